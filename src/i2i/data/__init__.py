@@ -1,0 +1,39 @@
+"""Datasets, transforms and the built-in sample data (imports numpy, Pillow and torch only)."""
+
+from i2i.data.folders import IMG_EXTENSIONS, DataError, is_image_file, list_images, load_rgb
+from i2i.data.sample import (
+    SAMPLE_TASKS,
+    SampleTask,
+    dusk_grade,
+    gray3,
+    make_sample_dataset,
+    sample_task_names,
+)
+from i2i.data.transforms import (
+    PREPROCESS_MODES,
+    TransformOptions,
+    apply_transform,
+    to_tensor,
+    to_uint8,
+)
+from i2i.data.unaligned import UnalignedDataset
+
+__all__ = [
+    "IMG_EXTENSIONS",
+    "PREPROCESS_MODES",
+    "SAMPLE_TASKS",
+    "DataError",
+    "SampleTask",
+    "TransformOptions",
+    "UnalignedDataset",
+    "apply_transform",
+    "dusk_grade",
+    "gray3",
+    "is_image_file",
+    "list_images",
+    "load_rgb",
+    "make_sample_dataset",
+    "sample_task_names",
+    "to_tensor",
+    "to_uint8",
+]

@@ -1,0 +1,410 @@
+"""Generators and discriminators of CycleGAN and pix2pix.
+
+The module tree mirrors ``models/networks.py`` of junyanz/pytorch-CycleGAN-and-pix2pix
+layer for layer: the same ``nn.Sequential`` attributes (``model``, ``conv_block``, ``net``)
+holding the same layers at the same indices. State-dict keys are therefore identical and the
+reference's checkpoints load unchanged. Layers are also created and initialised in the
+reference's order, so a seeded global torch RNG gives the reference's initial weights.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+NormFactory = Callable[[int], nn.Module]
+
+NORMS = ("instance", "batch", "none")
+PADDING_TYPES = ("reflect", "replicate", "zero")
+INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
+GENERATOR_ARCHS = ("resnet_9blocks", "resnet_6blocks", "unet_128", "unet_256")
+DISCRIMINATOR_ARCHS = ("basic", "n_layers", "pixel")
+
+_WEIGHTED_LAYERS = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.Linear,
+)
+
+
+def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; expected one of: {', '.join(choices)}")
+
+
+def norm_layer(name: str) -> NormFactory:
+    """Return a factory ``channels -> normalisation layer`` for ``name``."""
+    _check_choice("norm", name, NORMS)
+    if name == "instance":
+        return functools.partial(nn.InstanceNorm2d, affine=False, track_running_stats=False)
+    if name == "batch":
+        return functools.partial(nn.BatchNorm2d, affine=True, track_running_stats=True)
+    return lambda _channels: nn.Identity()
+
+
+def _conv_bias(norm: str) -> bool:
+    """Whether a convolution followed by a norm layer has a bias, by the reference's rule.
+
+    Batch norm has its own shift, which makes a bias redundant. The reference grants one only
+    with instance norm, so with ``"none"`` those convolutions have no bias either.
+    """
+    return norm == "instance"
+
+
+def _padding(padding_type: str) -> tuple[list[nn.Module], int]:
+    """Padding layers to put before a 3x3 convolution, and the convolution's own padding."""
+    _check_choice("padding type", padding_type, PADDING_TYPES)
+    if padding_type == "reflect":
+        return [nn.ReflectionPad2d(1)], 0
+    if padding_type == "replicate":
+        return [nn.ReplicationPad2d(1)], 0
+    return [], 1
+
+
+class ResnetBlock(nn.Module):
+    """Residual block: ``x + conv_block(x)``, with two 3x3 convolutions at constant size."""
+
+    def __init__(
+        self,
+        dim: int,
+        padding_type: str = "reflect",
+        norm: str = "batch",
+        use_dropout: bool = False,
+    ) -> None:
+        super().__init__()
+        make_norm = norm_layer(norm)
+        bias = _conv_bias(norm)
+        pad, conv_padding = _padding(padding_type)
+        layers: list[nn.Module] = [
+            *pad,
+            nn.Conv2d(dim, dim, kernel_size=3, padding=conv_padding, bias=bias),
+            make_norm(dim),
+            nn.ReLU(True),
+        ]
+        if use_dropout:
+            # Sits before the second padding, so it shifts the indices of the layers after it.
+            layers.append(nn.Dropout(0.5))
+        pad, conv_padding = _padding(padding_type)
+        layers += [
+            *pad,
+            nn.Conv2d(dim, dim, kernel_size=3, padding=conv_padding, bias=bias),
+            make_norm(dim),
+        ]
+        self.conv_block = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv_block(x)
+
+
+class ResnetGenerator(nn.Module):
+    """Johnson et al.'s generator: 2 downsamplings, ``n_blocks`` residual blocks, 2 upsamplings.
+
+    Height and width must be multiples of 4 for the output to have the input's size.
+    """
+
+    def __init__(
+        self,
+        input_nc: int,
+        output_nc: int,
+        ngf: int = 64,
+        norm: str = "batch",
+        use_dropout: bool = False,
+        n_blocks: int = 6,
+        padding_type: str = "reflect",
+    ) -> None:
+        super().__init__()
+        if n_blocks < 0:
+            raise ValueError(f"n_blocks must be >= 0, got {n_blocks}")
+        _check_choice("padding type", padding_type, PADDING_TYPES)
+        self.input_nc = input_nc
+        self.output_nc = output_nc
+        make_norm = norm_layer(norm)
+        bias = _conv_bias(norm)
+        layers: list[nn.Module] = [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(input_nc, ngf, kernel_size=7, padding=0, bias=bias),
+            make_norm(ngf),
+            nn.ReLU(True),
+        ]
+        channels = ngf
+        for _ in range(2):  # (N, C, H, W) -> (N, 2C, H/2, W/2)
+            layers += [
+                nn.Conv2d(channels, channels * 2, kernel_size=3, stride=2, padding=1, bias=bias),
+                make_norm(channels * 2),
+                nn.ReLU(True),
+            ]
+            channels *= 2
+        layers += [ResnetBlock(channels, padding_type, norm, use_dropout) for _ in range(n_blocks)]
+        for _ in range(2):  # (N, C, H, W) -> (N, C/2, 2H, 2W)
+            layers += [
+                nn.ConvTranspose2d(
+                    channels,
+                    channels // 2,
+                    kernel_size=3,
+                    stride=2,
+                    padding=1,
+                    output_padding=1,
+                    bias=bias,
+                ),
+                make_norm(channels // 2),
+                nn.ReLU(True),
+            ]
+            channels //= 2
+        layers += [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(ngf, output_nc, kernel_size=7, padding=0),
+            nn.Tanh(),
+        ]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)  # (N, input_nc, H, W) -> (N, output_nc, H, W) in [-1, 1]
+
+
+class UnetSkipConnectionBlock(nn.Module):
+    """One level of the U-Net: ``x -> [x, up(submodule(down(x)))]`` along channels.
+
+    The outermost level returns ``up(submodule(down(x)))`` alone, with a Tanh.
+    """
+
+    def __init__(
+        self,
+        outer_nc: int,
+        inner_nc: int,
+        input_nc: int | None = None,
+        submodule: nn.Module | None = None,
+        outermost: bool = False,
+        innermost: bool = False,
+        norm: str = "batch",
+        use_dropout: bool = False,
+    ) -> None:
+        super().__init__()
+        if outermost and innermost:
+            raise ValueError("a U-Net level cannot be both outermost and innermost")
+        if innermost == (submodule is not None):
+            raise ValueError("the innermost U-Net level takes no submodule; every other needs one")
+        self.outermost = outermost
+        make_norm = norm_layer(norm)
+        bias = _conv_bias(norm)
+        if input_nc is None:
+            input_nc = outer_nc
+        # Created before the up-convolution, as in the reference, so seeded weights match.
+        down_conv = nn.Conv2d(input_nc, inner_nc, kernel_size=4, stride=2, padding=1, bias=bias)
+        layers: list[nn.Module]
+        if outermost:
+            assert submodule is not None
+            up_conv = nn.ConvTranspose2d(inner_nc * 2, outer_nc, kernel_size=4, stride=2, padding=1)
+            layers = [down_conv, submodule, nn.ReLU(True), up_conv, nn.Tanh()]
+        elif innermost:
+            up_conv = nn.ConvTranspose2d(
+                inner_nc, outer_nc, kernel_size=4, stride=2, padding=1, bias=bias
+            )
+            layers = [
+                nn.LeakyReLU(0.2, True),
+                down_conv,
+                nn.ReLU(True),
+                up_conv,
+                make_norm(outer_nc),
+            ]
+        else:
+            assert submodule is not None
+            up_conv = nn.ConvTranspose2d(
+                inner_nc * 2, outer_nc, kernel_size=4, stride=2, padding=1, bias=bias
+            )
+            layers = [
+                nn.LeakyReLU(0.2, True),
+                down_conv,
+                make_norm(inner_nc),
+                submodule,
+                nn.ReLU(True),
+                up_conv,
+                make_norm(outer_nc),
+            ]
+            if use_dropout:
+                layers.append(nn.Dropout(0.5))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.outermost:
+            return self.model(x)
+        # The in-place LeakyReLU that opens self.model overwrites x first, so the skip carries
+        # the activated input. The reference does the same and its checkpoints rely on it.
+        return torch.cat([x, self.model(x)], 1)
+
+
+class UnetGenerator(nn.Module):
+    """U-Net of ``num_downs`` levels; a ``2**num_downs`` image is 1x1 at the bottleneck."""
+
+    def __init__(
+        self,
+        input_nc: int,
+        output_nc: int,
+        num_downs: int,
+        ngf: int = 64,
+        norm: str = "batch",
+        use_dropout: bool = False,
+    ) -> None:
+        super().__init__()
+        if num_downs < 5:
+            raise ValueError(f"num_downs must be >= 5, got {num_downs}")
+        self.input_nc = input_nc
+        self.output_nc = output_nc
+        # Built from the innermost level outwards, as in the reference.
+        block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, innermost=True, norm=norm)
+        for _ in range(num_downs - 5):
+            block = UnetSkipConnectionBlock(
+                ngf * 8, ngf * 8, submodule=block, norm=norm, use_dropout=use_dropout
+            )
+        for mult in (4, 2, 1):
+            block = UnetSkipConnectionBlock(ngf * mult, ngf * mult * 2, submodule=block, norm=norm)
+        self.model = UnetSkipConnectionBlock(
+            output_nc, ngf, input_nc=input_nc, submodule=block, outermost=True, norm=norm
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)  # (N, input_nc, H, W) -> (N, output_nc, H, W) in [-1, 1]
+
+
+class NLayerDiscriminator(nn.Module):
+    """PatchGAN: scores overlapping patches (70x70 for ``n_layers=3``) as real or fake."""
+
+    def __init__(
+        self, input_nc: int, ndf: int = 64, n_layers: int = 3, norm: str = "batch"
+    ) -> None:
+        super().__init__()
+        if n_layers < 0:
+            raise ValueError(f"n_layers must be >= 0, got {n_layers}")
+        make_norm = norm_layer(norm)
+        bias = _conv_bias(norm)
+        layers: list[nn.Module] = [
+            nn.Conv2d(input_nc, ndf, kernel_size=4, stride=2, padding=1),
+            nn.LeakyReLU(0.2, True),
+        ]
+        mult = 1
+        for n in range(1, n_layers):  # halve the size, double the width up to 8 * ndf
+            prev, mult = mult, min(2**n, 8)
+            layers += [
+                nn.Conv2d(ndf * prev, ndf * mult, kernel_size=4, stride=2, padding=1, bias=bias),
+                make_norm(ndf * mult),
+                nn.LeakyReLU(0.2, True),
+            ]
+        prev, mult = mult, min(2**n_layers, 8)
+        layers += [
+            nn.Conv2d(ndf * prev, ndf * mult, kernel_size=4, stride=1, padding=1, bias=bias),
+            make_norm(ndf * mult),
+            nn.LeakyReLU(0.2, True),
+            nn.Conv2d(ndf * mult, 1, kernel_size=4, stride=1, padding=1),
+        ]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)  # (N, input_nc, H, W) -> (N, 1, H', W') logits
+
+
+class PixelDiscriminator(nn.Module):
+    """1x1 PatchGAN: scores every pixel on its own."""
+
+    def __init__(self, input_nc: int, ndf: int = 64, norm: str = "batch") -> None:
+        super().__init__()
+        make_norm = norm_layer(norm)
+        bias = _conv_bias(norm)
+        self.net = nn.Sequential(
+            nn.Conv2d(input_nc, ndf, kernel_size=1, stride=1, padding=0),
+            nn.LeakyReLU(0.2, True),
+            nn.Conv2d(ndf, ndf * 2, kernel_size=1, stride=1, padding=0, bias=bias),
+            make_norm(ndf * 2),
+            nn.LeakyReLU(0.2, True),
+            # No norm follows, yet the reference applies the same bias rule here.
+            nn.Conv2d(ndf * 2, 1, kernel_size=1, stride=1, padding=0, bias=bias),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (N, input_nc, H, W) -> (N, 1, H, W) logits
+
+
+def init_weights(net: nn.Module, init_type: str = "normal", init_gain: float = 0.02) -> None:
+    """Initialise ``net`` in place from the global torch RNG, as the reference does.
+
+    Convolution and linear weights are drawn by ``init_type`` (``"kaiming"`` ignores
+    ``init_gain``) and their biases zeroed; BatchNorm2d weights are drawn from
+    N(1, init_gain) and their biases zeroed. Seed torch first for a deterministic result.
+    """
+    _check_choice("init type", init_type, INIT_TYPES)
+
+    def init_layer(module: nn.Module) -> None:
+        if isinstance(module, _WEIGHTED_LAYERS):
+            if init_type == "normal":
+                nn.init.normal_(module.weight, 0.0, init_gain)
+            elif init_type == "xavier":
+                nn.init.xavier_normal_(module.weight, gain=init_gain)
+            elif init_type == "kaiming":
+                nn.init.kaiming_normal_(module.weight, a=0, mode="fan_in")
+            else:
+                nn.init.orthogonal_(module.weight, gain=init_gain)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d) and module.weight is not None:
+            nn.init.normal_(module.weight, 1.0, init_gain)
+            nn.init.zeros_(module.bias)
+
+    # Module.apply visits layers in the reference's order, so the RNG draws line up.
+    net.apply(init_layer)
+
+
+def build_generator(
+    arch: str,
+    input_nc: int,
+    output_nc: int,
+    ngf: int = 64,
+    norm: str = "instance",
+    dropout: bool = False,
+    init_type: str = "normal",
+    init_gain: float = 0.02,
+) -> nn.Module:
+    """Build and initialise a generator by the reference's architecture name (``netG``)."""
+    _check_choice("generator architecture", arch, GENERATOR_ARCHS)
+    _check_choice("init type", init_type, INIT_TYPES)
+    net: nn.Module
+    if arch == "resnet_9blocks":
+        net = ResnetGenerator(input_nc, output_nc, ngf, norm, dropout, n_blocks=9)
+    elif arch == "resnet_6blocks":
+        net = ResnetGenerator(input_nc, output_nc, ngf, norm, dropout, n_blocks=6)
+    elif arch == "unet_128":
+        net = UnetGenerator(input_nc, output_nc, 7, ngf, norm, dropout)
+    else:
+        net = UnetGenerator(input_nc, output_nc, 8, ngf, norm, dropout)
+    init_weights(net, init_type, init_gain)
+    return net
+
+
+def build_discriminator(
+    arch: str,
+    input_nc: int,
+    ndf: int = 64,
+    n_layers: int = 3,
+    norm: str = "instance",
+    init_type: str = "normal",
+    init_gain: float = 0.02,
+) -> nn.Module:
+    """Build and initialise a discriminator by the reference's architecture name (``netD``).
+
+    ``n_layers`` is used by ``"n_layers"`` only; ``"basic"`` is the 3-layer 70x70 PatchGAN.
+    """
+    _check_choice("discriminator architecture", arch, DISCRIMINATOR_ARCHS)
+    _check_choice("init type", init_type, INIT_TYPES)
+    net: nn.Module
+    if arch == "basic":
+        net = NLayerDiscriminator(input_nc, ndf, n_layers=3, norm=norm)
+    elif arch == "n_layers":
+        net = NLayerDiscriminator(input_nc, ndf, n_layers=n_layers, norm=norm)
+    else:
+        net = PixelDiscriminator(input_nc, ndf, norm=norm)
+    init_weights(net, init_type, init_gain)
+    return net

@@ -1,0 +1,187 @@
+"""The registry of model families: what each family builds and how it is used.
+
+A family module (for example ``cyclegan.py``) describes itself with a :class:`ModelFamily`
+and calls :func:`register_family` once; ``i2i.models`` imports every family module by name.
+Training, export and serving look families up here instead of branching on names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ShapeRule:
+    """Which image sizes (height, width) a model accepts.
+
+    Either any size that is a multiple of ``multiple_of`` on both sides, or, when
+    ``fixed_size`` is set, exactly ``fixed_size`` x ``fixed_size``.
+    """
+
+    multiple_of: int = 1
+    fixed_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.multiple_of < 1:
+            raise ValueError(f"multiple_of must be >= 1, got {self.multiple_of}")
+        if self.fixed_size is not None and (
+            self.fixed_size < 1 or self.fixed_size % self.multiple_of
+        ):
+            raise ValueError(
+                f"fixed_size must be a positive multiple of {self.multiple_of}, "
+                f"got {self.fixed_size}"
+            )
+
+    def check(self, height: int, width: int) -> None:
+        """Raise ValueError if this rule does not accept a ``height`` x ``width`` image."""
+        if height < 1 or width < 1:
+            raise ValueError(f"image size {height}x{width} is empty")
+        if self.fixed_size is not None:
+            if (height, width) != (self.fixed_size, self.fixed_size):
+                raise ValueError(
+                    f"image size {height}x{width} is not accepted: this model takes exactly "
+                    f"{self.fixed_size}x{self.fixed_size}"
+                )
+        elif height % self.multiple_of or width % self.multiple_of:
+            near_h, near_w = self.nearest(height, width)
+            raise ValueError(
+                f"image size {height}x{width} is not accepted: height and width must be "
+                f"multiples of {self.multiple_of} (nearest accepted size: {near_h}x{near_w})"
+            )
+
+    def nearest(self, height: int, width: int) -> tuple[int, int]:
+        """The accepted (height, width) closest to the given one; ties round up."""
+        if self.fixed_size is not None:
+            return self.fixed_size, self.fixed_size
+        return self._round(height), self._round(width)
+
+    def _round(self, size: int) -> int:
+        m = self.multiple_of
+        return max(m, (size + m // 2) // m * m)
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """Everything the rest of i2i needs to know about one model family.
+
+    Attributes:
+        name: the registry key, as written in configs and checkpoints.
+        options_type: a dataclass of the family's architecture options; every field has a
+            default.
+        build: builds all of the family's networks from an ``options_type`` instance, keyed
+            by network name.
+        generators: the networks needed for inference and export.
+        directions: direction name (for example ``"A2B"``) -> the generator performing it.
+        shape_rule: the image sizes the generators accept, given the options.
+        description: one line for listings.
+    """
+
+    name: str
+    options_type: type[Any]
+    build: Callable[[Any], dict[str, nn.Module]]
+    generators: tuple[str, ...]
+    directions: dict[str, str]
+    shape_rule: Callable[[Any], ShapeRule]
+    description: str
+
+    def __post_init__(self) -> None:
+        if not dataclasses.is_dataclass(self.options_type):
+            raise TypeError(f"family {self.name!r}: options_type must be a dataclass")
+        if not self.generators:
+            raise ValueError(f"family {self.name!r}: generators must name at least one network")
+        unknown = sorted(set(self.directions.values()) - set(self.generators))
+        if unknown:
+            raise ValueError(
+                f"family {self.name!r}: directions use {', '.join(unknown)}, which are not "
+                f"among its generators ({', '.join(self.generators)})"
+            )
+
+
+_FAMILIES: dict[str, ModelFamily] = {}
+
+
+def register_family(family: ModelFamily) -> ModelFamily:
+    """Add ``family`` to the registry; its name must be new."""
+    if family.name in _FAMILIES:
+        raise ValueError(f"model family {family.name!r} is already registered")
+    _FAMILIES[family.name] = family
+    return family
+
+
+def get_family(name: str) -> ModelFamily:
+    """Look up a registered family; KeyError naming the known ones if there is none."""
+    try:
+        return _FAMILIES[name]
+    except KeyError:
+        known = ", ".join(list_families()) or "none"
+        raise KeyError(f"unknown model family {name!r}; known families: {known}") from None
+
+
+def list_families() -> list[str]:
+    """Names of the registered families, sorted."""
+    return sorted(_FAMILIES)
+
+
+def options_from_dict(family_name: str, values: Mapping[str, Any]) -> Any:
+    """Build a family's options dataclass from a plain dict (for example parsed YAML).
+
+    Keys left out keep their defaults. Unknown keys and values of the wrong basic type
+    (bool, int, float, str) raise ValueError; ints are accepted for float fields.
+    """
+    options_type = get_family(family_name).options_type
+    fields = {field.name for field in dataclasses.fields(options_type)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) for model family {family_name!r}: {', '.join(unknown)}; "
+            f"valid options: {', '.join(sorted(fields))}"
+        )
+    hints = typing.get_type_hints(options_type)
+    checked = {key: _checked_value(key, value, hints.get(key)) for key, value in values.items()}
+    return options_type(**checked)
+
+
+def _checked_value(key: str, value: Any, expected: Any) -> Any:
+    """``value`` if it suits a field annotated ``expected``; other annotations pass as they are."""
+    if expected not in (bool, int, float, str):
+        return value
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    # bool is a subclass of int, so True must not pass for an int field.
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ValueError(
+            f"option {key!r} must be {expected.__name__}, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def create_networks(
+    family_name: str, options: Mapping[str, Any] | Any | None = None, **overrides: Any
+) -> dict[str, nn.Module]:
+    """Build all networks of a family, keyed by network name.
+
+    Args:
+        family_name: a registered family, see :func:`list_families`.
+        options: the family's options dataclass, a plain dict of its fields, or None for the
+            defaults.
+        **overrides: option fields to change on top of ``options``.
+    """
+    family = get_family(family_name)
+    if options is None:
+        values: dict[str, Any] = {}
+    elif isinstance(options, Mapping):
+        values = dict(options)
+    elif isinstance(options, family.options_type):
+        values = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+    else:
+        raise TypeError(
+            f"options for model family {family_name!r} must be a dict or "
+            f"{family.options_type.__name__}, got {type(options).__name__}"
+        )
+    return family.build(options_from_dict(family_name, {**values, **overrides}))

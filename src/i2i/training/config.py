@@ -1,0 +1,222 @@
+"""Training configuration: typed dataclasses, loaded from YAML, overridable with checked keys."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+GAN_MODES = ("lsgan", "vanilla", "wgangp")
+CYCLE_LOSSES = ("l1", "l2")
+AMP_MODES = ("off", "fp16", "bf16")
+
+# Keys that may differ between a run and its resumption without changing what is computed.
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "max_steps",
+        "log_every",
+        "sample_every",
+        "save_every",
+        "keep_last",
+        "tensorboard",
+        "progress",
+        "data.root",
+        "data.num_workers",
+    }
+)
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid."""
+
+
+@dataclass
+class DataConfig:
+    """Where the images are and how they are prepared (the reference's preprocess options)."""
+
+    root: str = ""
+    preprocess: str = "resize_and_crop"
+    load_size: int = 286
+    crop_size: int = 256
+    no_flip: bool = False
+    serial: bool = False
+    num_workers: int = 2
+    skip_bad_images: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; stored whole in every checkpoint."""
+
+    family: str = "cyclegan"
+    model: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    batch_size: int = 1
+    n_epochs: int = 100
+    n_epochs_decay: int = 100
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    gan_mode: str = "lsgan"
+    lambda_a: float = 10.0
+    lambda_b: float = 10.0
+    lambda_identity: float = 0.5
+    lambda_gp: float = 10.0
+    cycle_loss: str = "l1"
+    pool_size: int = 50
+    seed: int = 0
+    max_steps: int = 0
+    device: str = "auto"
+    amp: str = "off"
+    channels_last: bool = False
+    compile: bool = False
+    log_every: int = 10
+    sample_every: int = 200
+    save_every: int = 500
+    keep_last: int = 3
+    tensorboard: bool = True
+    progress: bool = True
+
+    def validate(self) -> None:
+        """Raise ConfigError for values no run can use."""
+        _choice("gan_mode", self.gan_mode, GAN_MODES)
+        _choice("cycle_loss", self.cycle_loss, CYCLE_LOSSES)
+        _choice("amp", self.amp, AMP_MODES)
+        for name in ("batch_size", "log_every", "sample_every", "save_every", "keep_last"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.n_epochs < 0 or self.n_epochs_decay < 0 or self.n_epochs + self.n_epochs_decay < 1:
+            raise ConfigError("n_epochs + n_epochs_decay must be at least 1 (both >= 0)")
+        if self.pool_size < 0 or self.max_steps < 0:
+            raise ConfigError("pool_size and max_steps must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(f"{name}={value!r} is not one of {', '.join(valid)}")
+
+
+def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
+    """Build a TrainConfig from plain data, rejecting unknown keys by name."""
+    raw = dict(raw)
+    data_raw = raw.pop("data", {}) or {}
+    if not isinstance(data_raw, dict):
+        raise ConfigError("data must be a mapping of data.* keys")
+    _check_keys(raw, TrainConfig, "")
+    _check_keys(data_raw, DataConfig, "data.")
+    raw = {k: _typed(TrainConfig, k, v, "") for k, v in raw.items()}
+    data_raw = {k: _typed(DataConfig, k, v, "data.") for k, v in data_raw.items()}
+    cfg = TrainConfig(**raw, data=DataConfig(**data_raw))
+    cfg.model = dict(cfg.model or {})
+    cfg.validate()
+    return cfg
+
+
+def _typed(cls: type, key: str, value: Any, prefix: str) -> Any:
+    """`value` as the type of the field's default; a clear error if it cannot be."""
+    default = cls() if cls is DataConfig else TrainConfig()
+    expected = type(getattr(default, key))
+    ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
+    if ok:
+        return value
+    if expected is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:
+            return float(value)  # YAML reads 2e-4 (no dot) as a string
+        except ValueError:
+            pass
+    raise ConfigError(f"{prefix}{key} must be {expected.__name__}, got {value!r}")
+
+
+def _check_keys(raw: dict[str, Any], cls: type, prefix: str) -> None:
+    valid = {f.name for f in fields(cls)} - ({"data"} if cls is TrainConfig else set())
+    unknown = sorted(set(raw) - valid)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
+            f"valid: {', '.join(sorted(prefix + k for k in valid))}"
+        )
+
+
+PRESETS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def list_presets() -> list[str]:
+    """Names of the presets shipped with i2i (usable as `--config NAME`)."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A YAML file, or the name of a shipped preset (e.g. `cyclegan-tiny`)."""
+    candidate = Path(path)
+    if candidate.is_file():
+        return candidate
+    preset = PRESETS_DIR / f"{candidate.name.removesuffix('.yaml')}.yaml"
+    if candidate.parent == Path(".") and preset.is_file():
+        return preset
+    raise ConfigError(
+        f"{path}: no such config file or preset (presets: {', '.join(list_presets())})"
+    )
+
+
+def load_config(path: str | Path | None) -> TrainConfig:
+    """Read a YAML file or preset; None gives the defaults (the reference CycleGAN recipe)."""
+    if path is None:
+        return config_from_dict({})
+    path = resolve_config_path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    try:
+        return config_from_dict(raw)
+    except (ConfigError, TypeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
+    """Apply `key=value` overrides (dotted keys: `data.crop_size=64`, `model.ngf=32`)."""
+    raw = cfg.to_dict()
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        value = yaml.safe_load(text) if text else ""
+        parts = key.split(".")
+        target = raw
+        for part in parts[:-1]:
+            if part not in target or not isinstance(target[part], dict):
+                raise ConfigError(f"override {key!r}: {part!r} is not a config section")
+            target = target[part]
+        if (len(parts) == 1 or parts[0] == "data") and parts[-1] not in target:
+            raise ConfigError(f"override {key!r}: unknown key")
+        target[parts[-1]] = value
+    return config_from_dict(raw)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def resume_differences(saved: dict[str, Any], requested: dict[str, Any]) -> list[str]:
+    """Keys whose values differ and would change what the resumed run computes."""
+    a, b = flatten(saved), flatten(requested)
+    keys = sorted(set(a) | set(b))
+    return [k for k in keys if k not in RESUME_MAY_CHANGE and a.get(k) != b.get(k)]
+
+
+def replace(cfg: TrainConfig, **changes: Any) -> TrainConfig:
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,184 @@
+"""One CycleGAN training step, in the reference implementation's order.
+
+Names, with the reference's in brackets: g_ab [netG_A] maps A to B, g_ba [netG_B] maps
+B to A, d_b [netD_A] tells real B from fake B, d_a [netD_B] tells real A from fake A.
+Losses: gan_ab [loss_G_A], gan_ba [loss_G_B], cycle_a, cycle_b, idt_ab [loss_idt_A: g_ab
+fed real B], idt_ba [loss_idt_B], d_b [loss_D_A], d_a [loss_D_B].
+
+Order of one step (as the reference's optimize_parameters): forward both cycles;
+update both generators with the discriminators frozen; then update both discriminators
+on real images and on fakes drawn through the image pools.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import TrainConfig
+from .losses import gan_loss, gradient_penalty, reconstruction_loss
+from .pool import ImagePool
+
+
+def set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
+    for net in nets:
+        for p in net.parameters():
+            p.requires_grad_(flag)
+
+
+class CycleGANTrainer:
+    """Holds the optimisers and image pools of a CycleGAN run and performs its steps.
+
+    Args:
+        cfg: the run's configuration (loss weights, GAN mode, optimiser settings).
+        networks: g_ab, g_ba, d_a, d_b (already on `device`); these are what checkpoints store.
+        device: where the batches go.
+        wrap: turns a network into the module the step calls (DDP, torch.compile);
+            identity by default.
+    """
+
+    network_names = ("g_ab", "g_ba", "d_a", "d_b")
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        networks: dict[str, nn.Module],
+        device: torch.device,
+        wrap: Callable[[nn.Module], nn.Module] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.networks = networks
+        wrap = wrap or (lambda m: m)
+        self.g_ab, self.g_ba = wrap(networks["g_ab"]), wrap(networks["g_ba"])
+        self.d_a, self.d_b = wrap(networks["d_a"]), wrap(networks["d_b"])
+        betas = (cfg.beta1, cfg.beta2)
+        self.optimizers = {
+            "g": torch.optim.Adam(
+                itertools.chain(networks["g_ab"].parameters(), networks["g_ba"].parameters()),
+                lr=cfg.lr,
+                betas=betas,
+            ),
+            # Reference order: D_A (our d_b) then D_B (our d_a).
+            "d": torch.optim.Adam(
+                itertools.chain(networks["d_b"].parameters(), networks["d_a"].parameters()),
+                lr=cfg.lr,
+                betas=betas,
+            ),
+        }
+        self.pool_a = ImagePool(cfg.pool_size, seed=cfg.seed * 1_000_003 + 1)  # fakes of A
+        self.pool_b = ImagePool(cfg.pool_size, seed=cfg.seed * 1_000_003 + 2)  # fakes of B
+        fp16 = cfg.amp == "fp16"
+        self.scalers = {
+            name: torch.amp.GradScaler(device.type, enabled=fp16) for name in self.optimizers
+        }
+        self.last_visuals: dict[str, torch.Tensor] = {}
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.cfg.amp == "off":
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.cfg.amp == "fp16" else torch.bfloat16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def step(self, batch: dict[str, Any]) -> dict[str, float]:
+        """One optimisation step on a batch {"A": (N,C,H,W), "B": (N,C,H,W)}; returns losses."""
+        cfg = self.cfg
+        real_a, real_b = self._to_device(batch["A"]), self._to_device(batch["B"])
+        with self.autocast():
+            fake_b = self.g_ab(real_a)
+            rec_a = self.g_ba(fake_b)
+            fake_a = self.g_ba(real_b)
+            rec_b = self.g_ab(fake_a)
+
+        # Generators, with the discriminators frozen. The unwrapped discriminators are used
+        # here: under DDP their gradients are not wanted (and would never be reduced).
+        d_a_plain, d_b_plain = self.networks["d_a"], self.networks["d_b"]
+        set_requires_grad([d_a_plain, d_b_plain], False)
+        self.optimizers["g"].zero_grad(set_to_none=True)
+        losses: dict[str, torch.Tensor] = {}
+        with self.autocast():
+            if cfg.lambda_identity > 0:
+                idt_ab = self.g_ab(real_b)
+                idt_ba = self.g_ba(real_a)
+                losses["idt_ab"] = (
+                    reconstruction_loss(idt_ab, real_b, cfg.cycle_loss)
+                    * cfg.lambda_b
+                    * cfg.lambda_identity
+                )
+                losses["idt_ba"] = (
+                    reconstruction_loss(idt_ba, real_a, cfg.cycle_loss)
+                    * cfg.lambda_a
+                    * cfg.lambda_identity
+                )
+            losses["gan_ab"] = gan_loss(d_b_plain(fake_b), True, cfg.gan_mode)
+            losses["gan_ba"] = gan_loss(d_a_plain(fake_a), True, cfg.gan_mode)
+            losses["cycle_a"] = reconstruction_loss(rec_a, real_a, cfg.cycle_loss) * cfg.lambda_a
+            losses["cycle_b"] = reconstruction_loss(rec_b, real_b, cfg.cycle_loss) * cfg.lambda_b
+            loss_g = sum(losses.values(), torch.zeros((), device=self.device))
+        self._backward_and_step("g", loss_g)
+
+        # Discriminators, on real images and pooled fakes.
+        set_requires_grad([d_a_plain, d_b_plain], True)
+        self.optimizers["d"].zero_grad(set_to_none=True)
+        with self.autocast():
+            losses["d_b"] = self._discriminator_loss(self.d_b, real_b, self.pool_b.query(fake_b))
+            losses["d_a"] = self._discriminator_loss(self.d_a, real_a, self.pool_a.query(fake_a))
+        self._backward_and_step("d", losses["d_b"] + losses["d_a"])
+
+        self.last_visuals = {
+            "real_a": real_a.detach(),
+            "fake_b": fake_b.detach(),
+            "rec_a": rec_a.detach(),
+            "real_b": real_b.detach(),
+            "fake_a": fake_a.detach(),
+            "rec_b": rec_b.detach(),
+        }
+        out = {name: float(value.detach()) for name, value in losses.items()}
+        out["g_total"] = float(loss_g.detach())
+        return out
+
+    def _discriminator_loss(
+        self, net: nn.Module, real: torch.Tensor, fake: torch.Tensor
+    ) -> torch.Tensor:
+        mode = self.cfg.gan_mode
+        loss = (gan_loss(net(real), True, mode) + gan_loss(net(fake.detach()), False, mode)) * 0.5
+        if mode == "wgangp":
+            loss = loss + self.cfg.lambda_gp * gradient_penalty(net, real, fake)
+        return loss
+
+    def _backward_and_step(self, name: str, loss: torch.Tensor) -> None:
+        scaler = self.scalers[name]
+        scaler.scale(loss).backward()
+        scaler.step(self.optimizers[name])
+        scaler.update()
+
+    def visual_rows(self) -> Iterator[tuple[str, ...]]:
+        """Rows of the sample grid: each row a sequence of visual names."""
+        yield ("real_a", "fake_b", "rec_a")
+        yield ("real_b", "fake_a", "rec_b")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything beyond networks and optimisers that an exact resume needs."""
+        return {
+            "pool_a": self.pool_a.state_dict(),
+            "pool_b": self.pool_b.state_dict(),
+            "scalers": {name: s.state_dict() for name, s in self.scalers.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.pool_a.load_state_dict(state["pool_a"], self.device)
+        self.pool_b.load_state_dict(state["pool_b"], self.device)
+        for name, s in self.scalers.items():
+            if state["scalers"].get(name):
+                s.load_state_dict(state["scalers"][name])

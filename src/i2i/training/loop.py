@@ -1,0 +1,372 @@
+"""The shared training loop: devices, data order, schedules, checkpoints, logging, resume.
+
+Data order is a pure function of (seed, epoch): each epoch's permutation is drawn from
+its own generator and every item's augmentation from (seed, epoch, index), so a resumed
+run reads exactly the batches the uninterrupted run would have read. Together with the
+saved RNG states, optimisers, schedulers and image pools, resuming is exact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from i2i.checkpoint import CheckpointError, CheckpointManager, load_checkpoint, make_checkpoint
+from i2i.data import DataError, TransformOptions, UnalignedDataset
+from i2i.models import get_family, options_from_dict
+
+from . import distributed
+from .config import ConfigError, TrainConfig, config_from_dict, flatten, resume_differences
+from .cyclegan import CycleGANTrainer
+from .monitor import TrainingMonitor, visuals_grid
+
+log = logging.getLogger(__name__)
+
+TRAINERS: dict[str, Callable[..., Any]] = {"cyclegan": CycleGANTrainer}
+
+
+class ResumeError(ValueError):
+    """The run folder cannot be resumed with the requested configuration."""
+
+
+@dataclass
+class RunSummary:
+    out_dir: Path
+    step: int
+    epoch: int
+    seconds: float
+    steps_per_second: float
+    last_losses: dict[str, float]
+    checkpoint: Path | None
+    rank: int = 0
+
+
+def linear_decay(n_epochs: int, n_epochs_decay: int) -> Callable[[int], float]:
+    """The reference's 'linear' policy: constant for n_epochs, then linearly toward zero.
+
+    `e` counts finished epochs (0-based), so epoch k (1-based) trains with factor
+    1 - max(0, k - n_epochs) / (n_epochs_decay + 1).
+    """
+
+    def rule(e: int) -> float:
+        return 1.0 - max(0, e + 1 - n_epochs) / float(n_epochs_decay + 1)
+
+    return rule
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but no CUDA GPU is available")
+    return device
+
+
+def epoch_batches(
+    n_items: int, batch_size: int, seed: int, epoch: int, serial: bool, rank: int, world: int
+) -> list[list[int]]:
+    """This rank's batches of item indices for one epoch (equal count on every rank)."""
+    order = (
+        np.arange(n_items) if serial else np.random.default_rng([seed, epoch]).permutation(n_items)
+    )
+    per_rank = math.ceil(n_items / world)
+    order = np.concatenate([order, order[: per_rank * world - n_items]])
+    mine = order[rank::world].tolist()
+    return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": {"version": version, "state": list(internal), "gauss": gauss},
+        "numpy": {
+            "key": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    npy = state["numpy"]
+    np.random.set_state(
+        (
+            "MT19937",
+            npy["key"].numpy().astype(np.uint32),
+            npy["pos"],
+            npy["has_gauss"],
+            npy["cached_gaussian"],
+        )
+    )
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _truncate_loss_log(path: Path, step: int) -> None:
+    """Drop records past `step` (written after the checkpoint a resume starts from)."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= step]
+    path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
+
+
+def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = False) -> RunSummary:
+    """Train `cfg` into `out_dir`; with `resume`, continue from `out_dir`'s latest checkpoint."""
+    out_dir = Path(out_dir)
+    manager = CheckpointManager(out_dir, keep_last=cfg.keep_last)
+    checkpoint = None
+    if resume:
+        path = manager.find_latest()
+        if path is None:
+            raise ResumeError(f"{out_dir}: no checkpoint to resume from (latest.pt or step_*.pt)")
+        checkpoint = load_checkpoint(path)
+        if checkpoint["family"] != cfg.family:
+            raise ResumeError(
+                f"{path} is a {checkpoint['family']!r} run; the config asks for {cfg.family!r}"
+            )
+        if "training_state" not in checkpoint:
+            raise ResumeError(f"{path} holds no training state (an imported model?); cannot resume")
+        diffs = resume_differences(checkpoint["config"], cfg.to_dict())
+        if diffs:
+            saved = config_from_dict(checkpoint["config"]).to_dict()
+            a, b = flatten(saved), flatten(cfg.to_dict())
+            detail = "; ".join(f"{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}" for k in diffs)
+            raise ResumeError(
+                f"cannot resume {path}: the configuration differs ({detail}). Resume with the "
+                "run's own config (omit --config), or start a new run folder."
+            )
+    elif manager.find_latest() is not None:
+        raise ResumeError(
+            f"{out_dir} already holds a run; pass --resume to continue it or choose another --out"
+        )
+
+    dist = distributed.setup()
+    device = distributed.device_for(dist, pick_device(cfg.device))
+    family = get_family(cfg.family)
+    options = options_from_dict(cfg.family, cfg.model)
+
+    torch.manual_seed(cfg.seed)
+    networks = {name: net.to(device) for name, net in family.build(options).items()}
+    if cfg.channels_last:
+        networks = {n: m.to(memory_format=torch.channels_last) for n, m in networks.items()}
+    for net in networks.values():
+        net.train()
+
+    def wrap(module: nn.Module) -> nn.Module:
+        module = distributed.wrap(module, dist)
+        return torch.compile(module) if cfg.compile else module
+
+    trainer = TRAINERS[cfg.family](cfg, networks, device, wrap=wrap)
+    rule = linear_decay(cfg.n_epochs, cfg.n_epochs_decay)
+    schedulers = {
+        name: torch.optim.lr_scheduler.LambdaLR(opt, rule)
+        for name, opt in trainer.optimizers.items()
+    }
+
+    try:
+        transform = TransformOptions(
+            preprocess=cfg.data.preprocess,
+            load_size=cfg.data.load_size,
+            crop_size=cfg.data.crop_size,
+            no_flip=cfg.data.no_flip,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"data: {exc}") from exc
+    dataset = UnalignedDataset(
+        cfg.data.root,
+        phase="train",
+        transform=transform,
+        channels_a=options.input_nc,
+        channels_b=options.output_nc,
+        serial=cfg.data.serial,
+        seed=cfg.seed,
+        skip_bad_images=cfg.data.skip_bad_images,
+    )
+    dataset[0]  # fail now, not in a worker mid-epoch, if the settings don't fit the images
+    n_epochs_total = cfg.n_epochs + cfg.n_epochs_decay
+    steps_per_epoch = len(
+        epoch_batches(
+            len(dataset), cfg.batch_size, cfg.seed, 1, cfg.data.serial, dist.rank, dist.world_size
+        )
+    )
+    total_steps = steps_per_epoch * n_epochs_total
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+
+    step, epoch, batch_index = 0, 1, 0
+    if checkpoint is not None:
+        for name, net in networks.items():
+            net.load_state_dict(checkpoint["networks"][name])
+        for name, opt in trainer.optimizers.items():
+            opt.load_state_dict(checkpoint["optimizers"][name])
+        for name, sched in schedulers.items():
+            sched.load_state_dict(checkpoint["schedulers"][name])
+        state = checkpoint["training_state"]
+        trainer.load_state_dict(state["trainer"])
+        set_rng_state(state["rng"][min(dist.rank, len(state["rng"]) - 1)], device)
+        step, epoch, batch_index = checkpoint["step"], checkpoint["epoch"], state["batch_index"]
+        if dist.is_main:
+            _truncate_loss_log(out_dir / "losses.jsonl", step)
+        log.info("resuming %s at step %d (epoch %d, batch %d)", out_dir, step, epoch, batch_index)
+
+    monitor = TrainingMonitor(out_dir, tensorboard=cfg.tensorboard) if dist.is_main else None
+    if dist.is_main:
+        (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+    def save() -> Path | None:
+        rng_states = distributed.gather_objects(rng_state(device), dist)
+        if not dist.is_main:
+            return None
+        payload = make_checkpoint(
+            family=cfg.family,
+            config=cfg.to_dict(),
+            domains=["A", "B"],
+            networks={n: m.state_dict() for n, m in networks.items()},
+            step=step,
+            epoch=epoch,
+            optimizers={n: o.state_dict() for n, o in trainer.optimizers.items()},
+            schedulers={n: s.state_dict() for n, s in schedulers.items()},
+            training_state={
+                "trainer": trainer.state_dict(),
+                "rng": rng_states,
+                "batch_index": batch_index,
+                "world_size": dist.world_size,
+            },
+        )
+        return manager.save(payload)
+
+    progress = None
+    if dist.is_main and cfg.progress:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=total_steps, initial=step, unit="it", dynamic_ncols=True)
+
+    start_time, start_step = time.perf_counter(), step
+    losses: dict[str, float] = {}
+    last_saved: Path | None = None
+    interrupted = False
+    try:
+        while epoch <= n_epochs_total and step < total_steps:
+            dataset.set_epoch(epoch)
+            batches = epoch_batches(
+                len(dataset),
+                cfg.batch_size,
+                cfg.seed,
+                epoch,
+                cfg.data.serial,
+                dist.rank,
+                dist.world_size,
+            )
+            loader = DataLoader(
+                dataset,
+                batch_sampler=batches[batch_index:],
+                num_workers=cfg.data.num_workers,
+                pin_memory=device.type == "cuda",
+                # Its own generator: creating an iterator must not draw from the global RNG,
+                # or a resumed run would diverge from an uninterrupted one.
+                generator=torch.Generator().manual_seed(cfg.seed),
+            )
+            for batch in loader:
+                losses = trainer.step(batch)
+                step += 1
+                batch_index += 1
+                if monitor is not None:
+                    if step % cfg.log_every == 0 or step == total_steps:
+                        lrs = {n: o.param_groups[0]["lr"] for n, o in trainer.optimizers.items()}
+                        monitor.log_losses(step, epoch, losses, lrs)
+                    if step % cfg.sample_every == 0:
+                        monitor.log_samples(
+                            step, visuals_grid(trainer.last_visuals, list(trainer.visual_rows()))
+                        )
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
+                if step >= total_steps:
+                    break
+                if step % cfg.save_every == 0:
+                    last_saved = save()
+            else:
+                for sched in schedulers.values():
+                    sched.step()
+                epoch, batch_index = epoch + 1, 0
+    except DataError as exc:
+        # A worker's error arrives wrapped with its traceback; keep the message a person needs.
+        message = str(exc).strip().splitlines()[-1].removeprefix("i2i.data.folders.DataError: ")
+        raise DataError(message.removeprefix("DataError: ")) from None
+    except KeyboardInterrupt:
+        interrupted = True
+        log.warning("interrupted at step %d; saving a checkpoint to resume from", step)
+    finally:
+        if progress is not None:
+            progress.close()
+    last_saved = save() or last_saved
+    if monitor is not None:
+        if trainer.last_visuals:
+            monitor.log_samples(
+                step, visuals_grid(trainer.last_visuals, list(trainer.visual_rows()))
+            )
+        monitor.close()
+    distributed.cleanup(dist)
+    seconds = time.perf_counter() - start_time
+    done = step - start_step
+    summary = RunSummary(
+        out_dir=out_dir,
+        step=step,
+        epoch=epoch,
+        seconds=seconds,
+        steps_per_second=done / seconds if seconds > 0 else 0.0,
+        last_losses=losses,
+        checkpoint=manager.latest_path if last_saved else None,
+        rank=dist.rank,
+    )
+    if interrupted:
+        raise KeyboardInterrupt(f"training interrupted at step {step}; resume with --resume")
+    return summary
+
+
+def load_trained_networks(
+    path: str | os.PathLike[str],
+) -> tuple[dict[str, Any], dict[str, nn.Module]]:
+    """Read a checkpoint and rebuild its networks in eval mode (for evaluation and export)."""
+    checkpoint = load_checkpoint(path)
+    try:
+        family = get_family(checkpoint["family"])
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: unknown model family {checkpoint['family']!r}") from exc
+    options = options_from_dict(checkpoint["family"], checkpoint["config"].get("model", {}))
+    networks = family.build(options)
+    for name, state in checkpoint["networks"].items():
+        if name in networks:
+            networks[name].load_state_dict(state)
+    if not any(n in checkpoint["networks"] for n in family.generators):
+        raise CheckpointError(
+            f"{path}: checkpoint holds none of the generators {', '.join(family.generators)}"
+        )
+    networks = {n: net for n, net in networks.items() if n in checkpoint["networks"]}
+    for net in networks.values():
+        net.eval()
+    return checkpoint, networks

@@ -1,0 +1,178 @@
+"""Built-in sample data: layout, determinism, disjoint sources, correct truth, no download."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from i2i.data import (
+    SAMPLE_TASKS,
+    UnalignedDataset,
+    dusk_grade,
+    gray3,
+    make_sample_dataset,
+    sample_task_names,
+)
+from i2i.data import sample as sample_module
+
+SMALL = dict(size=16, n_train=6, n_test=3)
+FOLDERS = ("trainA", "trainB", "testA", "testB", "truth/A2B", "truth/B2A")
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory) -> dict[str, Path]:
+    made = {}
+    for task in sample_task_names():
+        out = tmp_path_factory.mktemp(task)
+        make_sample_dataset(task, out, seed=0, **SMALL)
+        made[task] = out
+    return made
+
+
+def _pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        assert img.mode == "RGB"
+        return np.asarray(img)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def test_registry_has_the_two_known_tasks():
+    assert {"day2dusk", "gray2color"} <= set(sample_task_names())
+    assert set(SAMPLE_TASKS) == set(sample_task_names())
+
+
+@pytest.mark.parametrize("task", ["day2dusk", "gray2color"])
+def test_layout_counts_sizes_and_json(datasets, task):
+    root = datasets[task]
+    info = json.loads((root / "dataset.json").read_text())
+    expected = {"trainA": 6, "trainB": 6, "testA": 3, "testB": 3, "truth/A2B": 3, "truth/B2A": 3}
+    for folder, count in expected.items():
+        names = sorted(os.listdir(root / folder))
+        assert len(names) == count and all(n.endswith(".png") for n in names)
+        for name in names:
+            assert _pixels(root / folder / name).shape == (16, 16, 3)
+    assert sorted(os.listdir(root / "truth/A2B")) == sorted(os.listdir(root / "testA"))
+    assert sorted(os.listdir(root / "truth/B2A")) == sorted(os.listdir(root / "testB"))
+    assert info["task"] == task and info["seed"] == 0 and info["size"] == 16
+    assert info["counts"] == {"trainA": 6, "trainB": 6, "testA": 3, "testB": 3}
+    assert set(info["domains"]) == {"A", "B"} and set(info["directions"]) == {"A2B", "B2A"}
+    assert info["description"]
+    # The folders are what UnalignedDataset reads.
+    assert len(UnalignedDataset(root, phase="test")) == 3
+
+
+def test_sources_are_disjoint_and_recorded(datasets):
+    info = json.loads((datasets["day2dusk"] / "dataset.json").read_text())
+    sources = {split: set(names) for split, names in info["sources"].items()}
+    assert set(sources) == {"trainA", "trainB", "test"}
+    assert not sources["trainA"] & sources["trainB"]
+    assert not sources["trainA"] & sources["test"]
+    assert not sources["trainB"] & sources["test"]
+    every_photo = {name for group in sample_module.PHOTO_GROUPS for name in group}
+    assert every_photo <= set().union(*sources.values())
+    # Both views of one scene stay together.
+    assert any({"motorcycle_left.png", "motorcycle_right.png"} <= s for s in sources.values())
+    for folder, files in info["files"].items():
+        split = folder if folder.startswith("train") else "test"
+        assert set(files.values()) <= sources[split]
+        assert sorted(files) == sorted(os.listdir(datasets["day2dusk"] / folder))
+
+
+def test_same_seed_byte_identical_other_seed_different(datasets, tmp_path):
+    again = tmp_path / "again"
+    make_sample_dataset("day2dusk", again, seed=0, **SMALL)
+    assert _files(again) == _files(datasets["day2dusk"])
+    other = tmp_path / "other"
+    make_sample_dataset("day2dusk", other, seed=1, **SMALL)
+    first, second = _files(datasets["day2dusk"]), _files(other)
+    assert first.keys() == second.keys()
+    pngs = [k for k in first if k.endswith(".png")]
+    assert sum(first[k] != second[k] for k in pngs) > len(pngs) // 2
+
+
+def test_gray2color_truth(datasets):
+    root = datasets["gray2color"]
+    for name in os.listdir(root / "testB"):
+        np.testing.assert_array_equal(
+            _pixels(root / "truth/B2A" / name), gray3(_pixels(root / "testB" / name))
+        )
+    for name in os.listdir(root / "testA"):
+        gray = _pixels(root / "testA" / name)
+        np.testing.assert_array_equal(gray, gray3(_pixels(root / "truth/A2B" / name)))
+    for folder in ("trainA", "testA"):
+        for path in (root / folder).iterdir():
+            pixels = _pixels(path)
+            assert (pixels == pixels[..., :1]).all()  # R = G = B
+    color = _pixels(next((root / "trainB").iterdir()))
+    assert not (color == color[..., :1]).all()
+
+
+def test_gray3_is_rounded_601_luma():
+    rgb = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [10, 200, 30]]], dtype=np.uint8)
+    expected = [76, 150, 29, round(0.299 * 10 + 0.587 * 200 + 0.114 * 30)]
+    assert gray3(rgb)[0, :, 0].tolist() == expected
+
+
+def test_day2dusk_truth(datasets):
+    root = datasets["day2dusk"]
+    for name in os.listdir(root / "testB"):
+        graded = dusk_grade(_pixels(root / "truth/B2A" / name)).astype(int)
+        assert np.abs(graded - _pixels(root / "testB" / name)).max() <= 1
+    for name in os.listdir(root / "testA"):
+        expected = dusk_grade(_pixels(root / "testA" / name))
+        np.testing.assert_array_equal(_pixels(root / "truth/A2B" / name), expected)
+
+
+def test_dusk_grade_is_monotone_darker_and_warmer():
+    levels = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)  # (256, 3)
+    graded = dusk_grade(levels).astype(int)
+    assert (np.diff(graded, axis=0) >= 0).all()
+    assert graded.mean() < levels.mean()
+    red, green, blue = graded[200]
+    assert red > green > blue  # white light turns warm
+
+
+def test_unknown_task_and_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="day2dusk.*gray2color|gray2color.*day2dusk"):
+        make_sample_dataset("horse2zebra", tmp_path)
+    with pytest.raises(ValueError, match="size"):
+        make_sample_dataset("day2dusk", tmp_path, size=2)
+    with pytest.raises(ValueError, match="seed"):
+        make_sample_dataset("day2dusk", tmp_path, seed=-1)
+    with pytest.raises(ValueError, match="n_test"):
+        make_sample_dataset("day2dusk", tmp_path, n_test=0)
+
+
+def test_refuses_to_mix_with_an_existing_dataset(tmp_path):
+    make_sample_dataset("gray2color", tmp_path, size=8, n_train=3, n_test=2)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        make_sample_dataset("gray2color", tmp_path, size=8, n_train=2, n_test=1)
+    make_sample_dataset("gray2color", tmp_path, size=8, n_train=2, n_test=1, overwrite=True)
+    assert len(os.listdir(tmp_path / "trainA")) == 2
+
+
+def test_missing_scikit_image_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(sample_module.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModuleNotFoundError, match="pip install scikit-image"):
+        sample_module.photo_folder()
+
+
+def test_data_package_imports_neither_skimage_nor_torchvision(tmp_path):
+    code = (
+        "import sys; from i2i.data import make_sample_dataset; "
+        f"make_sample_dataset('day2dusk', {str(tmp_path)!r}, size=8, n_train=1, n_test=1); "
+        "bad = [m for m in ('skimage', 'torchvision') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(sample_module.__file__).parents[2]))
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)

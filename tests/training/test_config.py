@@ -1,0 +1,79 @@
+"""Training configs: presets, YAML, checked overrides."""
+
+from __future__ import annotations
+
+import pytest
+
+from i2i.training import ConfigError, TrainConfig, apply_overrides, load_config
+from i2i.training.config import list_presets, resume_differences
+
+
+def test_presets_load_and_reference_preset_is_the_reference_recipe():
+    assert {"cyclegan", "cyclegan-tiny"} <= set(list_presets())
+    for name in list_presets():
+        load_config(name)
+    ref = load_config("configs/cyclegan.yaml")
+    assert ref.to_dict() == load_config("cyclegan").to_dict()
+    assert (ref.lr, ref.beta1, ref.beta2, ref.gan_mode, ref.pool_size) == (
+        2e-4,
+        0.5,
+        0.999,
+        "lsgan",
+        50,
+    )
+    assert (ref.lambda_a, ref.lambda_b, ref.lambda_identity) == (10.0, 10.0, 0.5)
+    assert (ref.n_epochs, ref.n_epochs_decay, ref.batch_size) == (100, 100, 1)
+    assert (ref.data.load_size, ref.data.crop_size, ref.data.preprocess) == (
+        286,
+        256,
+        "resize_and_crop",
+    )
+    assert ref.model["netG"] == "resnet_9blocks" and ref.model["dropout"] is False
+    # The defaults without a file are the same recipe.
+    default = TrainConfig().to_dict()
+    assert {
+        k: v
+        for k, v in default.items()
+        if k not in ("model", "data", "log_every", "sample_every", "save_every")
+    } == {
+        k: v
+        for k, v in ref.to_dict().items()
+        if k not in ("model", "data", "log_every", "sample_every", "save_every")
+    }
+
+
+def test_overrides_are_typed_and_checked():
+    cfg = apply_overrides(load_config(None), ["lr=2e-4", "data.crop_size=64", "model.ngf=8"])
+    assert cfg.lr == 2e-4 and isinstance(cfg.lr, float)
+    assert cfg.data.crop_size == 64 and cfg.model["ngf"] == 8
+    with pytest.raises(ConfigError, match="unknown key"):
+        apply_overrides(cfg, ["no_such=1"])
+    with pytest.raises(ConfigError, match="batch_size must be int"):
+        apply_overrides(cfg, ["batch_size=big"])
+    with pytest.raises(ConfigError, match="gan_mode"):
+        apply_overrides(cfg, ["gan_mode=hinge"])
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides(cfg, ["lr"])
+    with pytest.raises(ConfigError, match="data.no_flip must be bool"):
+        apply_overrides(cfg, ["data.no_flip=3"])
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file or preset"):
+        load_config(tmp_path / "absent.yaml")
+    (tmp_path / "bad.yaml").write_text("lr: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "unknown.yaml").write_text("learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="unknown config key"):
+        load_config(tmp_path / "unknown.yaml")
+
+
+def test_resume_differences_ignore_logging_keys():
+    a = TrainConfig().to_dict()
+    b = apply_overrides(
+        TrainConfig(), ["log_every=1", "data.num_workers=0", "max_steps=9"]
+    ).to_dict()
+    assert resume_differences(a, b) == []
+    c = apply_overrides(TrainConfig(), ["lambda_identity=0"]).to_dict()
+    assert resume_differences(a, c) == ["lambda_identity"]

@@ -1,0 +1,94 @@
+"""Resume is exact: stop at step k, resume, and get the uninterrupted run's losses and weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from i2i.checkpoint import load_checkpoint
+from i2i.training import ResumeError, train
+from i2i.training.config import TrainConfig
+from i2i.training.monitor import read_loss_log
+from tests.conftest import tiny_config
+
+
+def _losses(run) -> list[dict]:
+    return [
+        {k: v for k, v in r.items() if k != "time"} for r in read_loss_log(run / "losses.jsonl")
+    ]
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    for name in a["networks"]:
+        for key, tensor in a["networks"][name].items():
+            assert torch.equal(tensor, b["networks"][name][key]), f"{name}.{key} differs"
+    for name in a["optimizers"]:
+        sa, sb = a["optimizers"][name]["state"], b["optimizers"][name]["state"]
+        for idx in sa:
+            for key in ("exp_avg", "exp_avg_sq", "step"):
+                assert torch.equal(sa[idx][key], sb[idx][key]), f"optimizer {name}[{idx}].{key}"
+    assert a["schedulers"] == b["schedulers"]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resumed_run_equals_uninterrupted_run(tiny_dataset, tmp_path, workers):
+    # 8 images, batch 2 -> 4 steps an epoch; 10 steps cross two epoch boundaries and the
+    # start of the learning-rate decay (n_epochs 1, n_epochs_decay 2), with dropout on.
+    changes = {"data": {"num_workers": workers}, "pool_size": 3, "gan_mode": "wgangp"}
+    changes["model"] = {
+        "netG": "resnet_6blocks",
+        "netD": "n_layers",
+        "n_layers_D": 2,
+        "ngf": 4,
+        "ndf": 4,
+        "dropout": True,
+    }
+    full_cfg = tiny_config(tiny_dataset, max_steps=10, **changes)
+    train(full_cfg, tmp_path / "full")
+
+    part_cfg = tiny_config(tiny_dataset, max_steps=6, **changes)
+    train(part_cfg, tmp_path / "part")
+    assert load_checkpoint(tmp_path / "part" / "latest.pt")["step"] == 6
+    train(tiny_config(tiny_dataset, max_steps=10, **changes), tmp_path / "part", resume=True)
+
+    assert _losses(tmp_path / "part") == _losses(tmp_path / "full")
+    assert [r["step"] for r in _losses(tmp_path / "full")] == list(range(1, 11))
+    lrs = [r["lr_g"] for r in _losses(tmp_path / "full")]
+    # epoch 1 at the base rate, then 1 - k/3 for the k-th decay epoch (the reference's rule)
+    assert lrs == pytest.approx([2e-4] * 4 + [2e-4 * 2 / 3] * 4 + [2e-4 / 3] * 2)
+    _assert_same_state(
+        load_checkpoint(tmp_path / "full" / "latest.pt"),
+        load_checkpoint(tmp_path / "part" / "latest.pt"),
+    )
+
+
+def test_resume_drops_log_lines_after_the_checkpoint(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(tiny_dataset, max_steps=3), run)
+    with (run / "losses.jsonl").open("a") as f:  # as if it crashed after logging step 4
+        f.write(json.dumps({"step": 4, "bogus": 1.0}) + "\n")
+    train(tiny_config(tiny_dataset, max_steps=5), run, resume=True)
+    assert [r["step"] for r in read_loss_log(run / "losses.jsonl")] == [1, 2, 3, 4, 5]
+    assert all("bogus" not in r for r in read_loss_log(run / "losses.jsonl"))
+
+
+def test_resume_refuses_a_changed_config(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(tiny_dataset, max_steps=1), run)
+    with pytest.raises(ResumeError, match=r"lr: checkpoint 0.0002, now 0.001"):
+        train(tiny_config(tiny_dataset, max_steps=2, lr=1e-3), run, resume=True)
+    with pytest.raises(ResumeError, match="model.ngf"):
+        bigger = tiny_config(tiny_dataset, max_steps=2)
+        bigger.model["ngf"] = 8
+        train(bigger, run, resume=True)
+    other = tiny_config(tiny_dataset, max_steps=2)
+    other.family = "unit"
+    with pytest.raises(ResumeError, match="'cyclegan' run"):
+        train(other, run, resume=True)
+    with pytest.raises(ResumeError, match="already holds a run"):
+        train(tiny_config(tiny_dataset, max_steps=2), run)
+    with pytest.raises(ResumeError, match="no checkpoint"):
+        train(tiny_config(tiny_dataset, max_steps=2), tmp_path / "empty", resume=True)
+    assert isinstance(tiny_config(tiny_dataset), TrainConfig)
