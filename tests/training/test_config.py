@@ -77,3 +77,18 @@ def test_resume_differences_ignore_logging_keys():
     assert resume_differences(a, b) == []
     c = apply_overrides(TrainConfig(), ["lambda_identity=0"]).to_dict()
     assert resume_differences(a, c) == ["lambda_identity"]
+
+
+def test_bad_model_options_are_config_errors(tmp_path):
+    from i2i.training import train
+    from tests.conftest import tiny_config, write_images
+
+    write_images(tmp_path / "d" / "trainA", 2)
+    write_images(tmp_path / "d" / "trainB", 2)
+    cfg = tiny_config(tmp_path / "d")
+    cfg.model["netG"] = "resnet_7blocks"
+    with pytest.raises(ConfigError, match="resnet_9blocks"):
+        train(cfg, tmp_path / "run")
+    cfg = tiny_config(tmp_path / "d", family="nope")
+    with pytest.raises(ConfigError, match="cyclegan"):
+        train(cfg, tmp_path / "run")

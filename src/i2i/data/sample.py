@@ -54,7 +54,7 @@ SPLITS = ("trainA", "trainB", "test")
 PROCEDURAL_PER_SPLIT = 4
 PROCEDURAL_FRACTION = 0.25  # share of a split's crops taken from procedural images
 PROCEDURAL_SIDE = 256
-CROP_SCALE = (0.3, 1.0)  # crop side as a fraction of the source's short side
+CROP_SCALE = (0.15, 0.6)  # crop side as a fraction of the source's short side
 
 # Independent random streams: default_rng([seed, stream, ...]).
 _PARTITION_STREAM, _PROCEDURAL_STREAM, _CROP_STREAM = 0, 1, 2
@@ -62,9 +62,9 @@ _FOLDERS = ("trainA", "trainB", "testA", "testB")
 
 # The dusk grade: y = lift + (gain - lift) * x**gamma per channel (x, y in [0, 1]); strictly
 # increasing in x, so it is invertible. Darker, warmer highlights, bluish lifted shadows.
-_DUSK_LIFT = np.array([0.02, 0.01, 0.05])
-_DUSK_GAIN = np.array([0.97, 0.74, 0.60])
-_DUSK_GAMMA = np.array([1.15, 1.35, 1.55])
+_DUSK_LIFT = np.array([0.03, 0.01, 0.06])
+_DUSK_GAIN = np.array([0.92, 0.58, 0.40])
+_DUSK_GAMMA = np.array([1.3, 1.7, 2.1])
 _LUMA_601 = np.array([0.299, 0.587, 0.114])
 
 

@@ -91,7 +91,7 @@ def epoch_batches(
 
 def rng_state(device: torch.device) -> dict[str, Any]:
     version, internal, gauss = random.getstate()
-    np_state = np.random.get_state()
+    np_state: tuple[Any, ...] = tuple(np.random.get_state())
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": {"version": version, "state": list(internal), "gauss": gauss},
@@ -166,19 +166,23 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
 
     dist = distributed.setup()
     device = distributed.device_for(dist, pick_device(cfg.device))
-    family = get_family(cfg.family)
-    options = options_from_dict(cfg.family, cfg.model)
+    try:
+        family = get_family(cfg.family)
+        options = options_from_dict(cfg.family, cfg.model)
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(f"model: {exc.args[0] if exc.args else exc}") from exc
 
     torch.manual_seed(cfg.seed)
     networks = {name: net.to(device) for name, net in family.build(options).items()}
     if cfg.channels_last:
-        networks = {n: m.to(memory_format=torch.channels_last) for n, m in networks.items()}
+        for net in networks.values():
+            net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     for net in networks.values():
         net.train()
 
     def wrap(module: nn.Module) -> nn.Module:
         module = distributed.wrap(module, dist)
-        return torch.compile(module) if cfg.compile else module
+        return torch.compile(module) if cfg.compile else module  # type: ignore[return-value]
 
     trainer = TRAINERS[cfg.family](cfg, networks, device, wrap=wrap)
     rule = linear_decay(cfg.n_epochs, cfg.n_epochs_decay)

@@ -1,0 +1,60 @@
+"""End to end on the built-in data: a short tiny training learns the translation.
+
+The day2dusk task has a known true translation, so learning is measured, not eyeballed:
+after 400 steps (four short epochs, the last two with the learning rate decaying) the
+translated test images must be clearly closer to the truth than the untranslated ones.
+Deterministic for the seed; measured margins were about +1.6 dB in both directions.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from i2i.data import make_sample_dataset
+from i2i.training import apply_overrides, load_config, train
+from i2i.training.evaluate import evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_tiny_cyclegan_beats_the_identity_baseline(tmp_path):
+    data = tmp_path / "data"
+    make_sample_dataset("day2dusk", data, seed=0, size=64, n_train=100, n_test=12)
+    cfg = apply_overrides(
+        load_config("cyclegan-tiny"),
+        [
+            f"data.root={data}",
+            "n_epochs=2",
+            "n_epochs_decay=2",
+            "progress=false",
+            "tensorboard=false",
+        ],
+    )
+    summary = train(cfg, tmp_path / "run")
+    assert summary.step == 400
+    report = evaluate(summary.checkpoint, data, out_dir=tmp_path / "run")
+    for direction, rep in report["directions"].items():
+        gain = rep["psnr"] - rep["identity_psnr"]
+        assert gain > 0.75, (
+            f"{direction}: {rep['psnr']:.2f} dB vs identity {rep['identity_psnr']:.2f} dB"
+        )
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "i2i.cli", "demo", "--out", str(tmp_path / "demo"), "--steps", "10"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "A2B" in result.stdout and "eval_grid.png" in result.stdout
+    for name in ("eval.json", "eval_grid.png", "run/latest.pt", "data/dataset.json"):
+        assert (tmp_path / "demo" / name).is_file(), name
