@@ -211,3 +211,61 @@ def test_import_cyclegan_cli(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "A2B" in result.stdout and load_checkpoint(out)["config"]["model"]["dropout"] is True
+
+
+def test_sigint_stops_after_a_step_and_saves(tmp_path):
+    import signal
+    import time
+
+    data, run = tmp_path / "data", tmp_path / "run"
+    i2i(
+        "data",
+        "sample",
+        "--task",
+        "day2dusk",
+        "--out",
+        str(data),
+        "--size",
+        "32",
+        "--train",
+        "4",
+        "--test",
+        "1",
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "i2i.cli",
+        "train",
+        *TINY,
+        "--data",
+        str(data),
+        "--out",
+        str(run),
+        "--set",
+        "log_every=1",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    deadline = time.monotonic() + 120
+    while not ((run / "losses.jsonl").is_file() and (run / "losses.jsonl").read_text().strip()):
+        assert proc.poll() is None and time.monotonic() < deadline, (
+            proc.stderr.read() if proc.stderr else ""
+        )
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    step = load_checkpoint(run / "latest.pt")["step"]
+    assert f"stopped at step {step}" in out and "--resume" in out
+    logged = [json.loads(line)["step"] for line in (run / "losses.jsonl").read_text().splitlines()]
+    assert logged[-1] == step  # the checkpoint holds exactly the last completed step
+    result = i2i(
+        "--resume", str(run), "--max-steps", str(step + 1), "--no-progress", script="i2i-train"
+    )
+    assert result.returncode == 0 and load_checkpoint(run / "latest.pt")["step"] == step + 1

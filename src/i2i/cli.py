@@ -93,6 +93,9 @@ def run_train(args: argparse.Namespace) -> int:
     summary = train(cfg, out, resume=resume)
     if summary.rank != 0:
         return 0
+    if summary.stopped_early:
+        print(f"stopped at step {summary.step}; continue with: i2i-train --resume {out}")
+        return 130
     losses = ", ".join(f"{k} {v:.3f}" for k, v in summary.last_losses.items())
     print(
         f"trained {summary.step} steps (epoch {summary.epoch}) in {summary.seconds:.1f} s, "
@@ -316,8 +319,8 @@ def _dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> in
     except _user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as exc:
-        print(f"stopped: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("aborted", file=sys.stderr)
         return 130
 
 

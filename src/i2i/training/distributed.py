@@ -67,6 +67,16 @@ def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     return out
 
 
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """True on every rank if `flag` is true on any rank."""
+    if not info.enabled:
+        return flag
+    device = "cuda" if torch_dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def cleanup(info: DistInfo) -> None:
     if info.enabled and torch_dist.is_initialized():
         torch_dist.destroy_process_group()

@@ -13,6 +13,8 @@ import logging
 import math
 import os
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +54,7 @@ class RunSummary:
     last_losses: dict[str, float]
     checkpoint: Path | None
     rank: int = 0
+    stopped_early: bool = False
 
 
 def linear_decay(n_epochs: int, n_epochs_decay: int) -> Callable[[int], float]:
@@ -272,72 +275,74 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
     start_time, start_step = time.perf_counter(), step
     losses: dict[str, float] = {}
     last_saved: Path | None = None
-    interrupted = False
+    stop = GracefulStop()
     try:
-        while epoch <= n_epochs_total and step < total_steps:
-            dataset.set_epoch(epoch)
-            batches = epoch_batches(
-                len(dataset),
-                cfg.batch_size,
-                cfg.seed,
-                epoch,
-                cfg.data.serial,
-                dist.rank,
-                dist.world_size,
-            )
-            loader = DataLoader(
-                dataset,
-                batch_sampler=batches[batch_index:],
-                num_workers=cfg.data.num_workers,
-                pin_memory=device.type == "cuda",
-                # Its own generator: creating an iterator must not draw from the global RNG,
-                # or a resumed run would diverge from an uninterrupted one.
-                generator=torch.Generator().manual_seed(cfg.seed),
-            )
-            for batch in loader:
-                losses = trainer.step(batch)
-                step += 1
-                batch_index += 1
-                if monitor is not None:
-                    if step % cfg.log_every == 0 or step == total_steps:
-                        lrs = {n: o.param_groups[0]["lr"] for n, o in trainer.optimizers.items()}
-                        monitor.log_losses(step, epoch, losses, lrs)
-                    if step % cfg.sample_every == 0:
-                        monitor.log_samples(
-                            step, visuals_grid(trainer.last_visuals, list(trainer.visual_rows()))
+        with stop:
+            while epoch <= n_epochs_total and step < total_steps:
+                dataset.set_epoch(epoch)
+                batches = epoch_batches(
+                    len(dataset),
+                    cfg.batch_size,
+                    cfg.seed,
+                    epoch,
+                    cfg.data.serial,
+                    dist.rank,
+                    dist.world_size,
+                )
+                loader = DataLoader(
+                    dataset,
+                    batch_sampler=batches[batch_index:],
+                    num_workers=cfg.data.num_workers,
+                    pin_memory=device.type == "cuda",
+                    # Its own generator: creating an iterator must not draw from the global
+                    # RNG, or a resumed run would diverge from an uninterrupted one.
+                    generator=torch.Generator().manual_seed(cfg.seed),
+                )
+                for batch in loader:
+                    losses = trainer.step(batch)
+                    step += 1
+                    batch_index += 1
+                    if monitor is not None:
+                        if step % cfg.log_every == 0 or step == total_steps:
+                            lrs = {
+                                n: o.param_groups[0]["lr"] for n, o in trainer.optimizers.items()
+                            }
+                            monitor.log_losses(step, epoch, losses, lrs)
+                        if step % cfg.sample_every == 0:
+                            monitor.log_samples(step, _grid(trainer))
+                    if progress is not None:
+                        progress.update(1)
+                        progress.set_postfix(
+                            {k: f"{v:.3f}" for k, v in losses.items()}, refresh=False
                         )
-                if progress is not None:
-                    progress.update(1)
-                    progress.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
-                if step >= total_steps:
-                    break
-                if step % cfg.save_every == 0:
-                    last_saved = save()
-            else:
-                for sched in schedulers.values():
-                    sched.step()
-                epoch, batch_index = epoch + 1, 0
+                    if step >= total_steps or stop.agreed(dist):
+                        break
+                    if step % cfg.save_every == 0:
+                        last_saved = save()
+                else:  # the epoch is complete
+                    for sched in schedulers.values():
+                        sched.step()
+                    epoch, batch_index = epoch + 1, 0
+                    continue
+                break
     except DataError as exc:
         # A worker's error arrives wrapped with its traceback; keep the message a person needs.
         message = str(exc).strip().splitlines()[-1].removeprefix("i2i.data.folders.DataError: ")
         raise DataError(message.removeprefix("DataError: ")) from None
-    except KeyboardInterrupt:
-        interrupted = True
-        log.warning("interrupted at step %d; saving a checkpoint to resume from", step)
     finally:
         if progress is not None:
             progress.close()
+    if stop.requested:
+        log.warning("stopped by a signal at step %d; saving a checkpoint to resume from", step)
     last_saved = save() or last_saved
     if monitor is not None:
         if trainer.last_visuals:
-            monitor.log_samples(
-                step, visuals_grid(trainer.last_visuals, list(trainer.visual_rows()))
-            )
+            monitor.log_samples(step, _grid(trainer))
         monitor.close()
     distributed.cleanup(dist)
     seconds = time.perf_counter() - start_time
     done = step - start_step
-    summary = RunSummary(
+    return RunSummary(
         out_dir=out_dir,
         step=step,
         epoch=epoch,
@@ -346,10 +351,45 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
         last_losses=losses,
         checkpoint=manager.latest_path if last_saved else None,
         rank=dist.rank,
+        stopped_early=stop.requested,
     )
-    if interrupted:
-        raise KeyboardInterrupt(f"training interrupted at step {step}; resume with --resume")
-    return summary
+
+
+def _grid(trainer: Any) -> np.ndarray:
+    return visuals_grid(trainer.last_visuals, list(trainer.visual_rows()))
+
+
+class GracefulStop:
+    """SIGINT/SIGTERM ask the loop to stop after the current step and save a checkpoint.
+
+    Stopping between steps keeps the saved state exact; a second signal aborts at once.
+    Under DDP the ranks agree (an all-reduce of the flag) so they stop at the same step.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> GracefulStop:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning(
+            "stopping after this step (signal %d); signal again to abort without saving", signum
+        )
+
+    def agreed(self, dist: distributed.DistInfo) -> bool:
+        return distributed.any_rank(self.requested, dist)
 
 
 def load_trained_networks(
