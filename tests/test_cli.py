@@ -47,6 +47,25 @@ def i2i(*args: str, script: str = "i2i", cwd: Path | None = None) -> subprocess.
     )
 
 
+def _small_sample(data: Path) -> None:
+    """A 32 px day2dusk sample dataset with 4 training images per domain."""
+    result = i2i(
+        "data",
+        "sample",
+        "--task",
+        "day2dusk",
+        "--out",
+        str(data),
+        "--size",
+        "32",
+        "--train",
+        "4",
+        "--test",
+        "1",
+    )
+    assert result.returncode == 0, result.stderr
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -131,20 +150,7 @@ def test_training_data_errors_come_before_training(tmp_path):
 
 def test_corrupt_image_is_named_or_skipped(tmp_path):
     data, run = tmp_path / "data", tmp_path / "run"
-    i2i(
-        "data",
-        "sample",
-        "--task",
-        "day2dusk",
-        "--out",
-        str(data),
-        "--size",
-        "32",
-        "--train",
-        "4",
-        "--test",
-        "1",
-    )
+    _small_sample(data)
     bad = data / "trainB" / "zz_bad.png"
     bad.write_bytes(
         (data / "trainB").joinpath(sorted(os.listdir(data / "trainB"))[0]).read_bytes()[:50]
@@ -218,20 +224,7 @@ def test_sigint_stops_after_a_step_and_saves(tmp_path):
     import time
 
     data, run = tmp_path / "data", tmp_path / "run"
-    i2i(
-        "data",
-        "sample",
-        "--task",
-        "day2dusk",
-        "--out",
-        str(data),
-        "--size",
-        "32",
-        "--train",
-        "4",
-        "--test",
-        "1",
-    )
+    _small_sample(data)
     cmd = [
         sys.executable,
         "-m",

@@ -79,4 +79,7 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
 
 def cleanup(info: DistInfo) -> None:
     if info.enabled and torch_dist.is_initialized():
+        # Leave together: a rank tearing down its process group while another still uses
+        # it (rank 0 writing the checkpoint) can abort in the backend's threads.
+        torch_dist.barrier()
         torch_dist.destroy_process_group()

@@ -12,9 +12,6 @@ import json
 import logging
 import math
 import os
-import random
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +31,7 @@ from . import distributed
 from .config import ConfigError, TrainConfig, config_from_dict, flatten, resume_differences
 from .cyclegan import CycleGANTrainer
 from .monitor import TrainingMonitor, visuals_grid
+from .state import GracefulStop, rng_state, set_rng_state, truncate_loss_log
 
 log = logging.getLogger(__name__)
 
@@ -90,51 +88,6 @@ def epoch_batches(
     order = np.concatenate([order, order[: per_rank * world - n_items]])
     mine = order[rank::world].tolist()
     return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
-
-
-def rng_state(device: torch.device) -> dict[str, Any]:
-    version, internal, gauss = random.getstate()
-    np_state: tuple[Any, ...] = tuple(np.random.get_state())
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "python": {"version": version, "state": list(internal), "gauss": gauss},
-        "numpy": {
-            "key": torch.from_numpy(np_state[1].astype(np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
-    }
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    py = state["python"]
-    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
-    npy = state["numpy"]
-    np.random.set_state(
-        (
-            "MT19937",
-            npy["key"].numpy().astype(np.uint32),
-            npy["pos"],
-            npy["has_gauss"],
-            npy["cached_gaussian"],
-        )
-    )
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _truncate_loss_log(path: Path, step: int) -> None:
-    """Drop records past `step` (written after the checkpoint a resume starts from)."""
-    if not path.is_file():
-        return
-    lines = path.read_text(encoding="utf-8").splitlines()
-    kept = [ln for ln in lines if ln.strip() and json.loads(ln)["step"] <= step]
-    path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
 
 
 def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = False) -> RunSummary:
@@ -237,7 +190,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
         set_rng_state(state["rng"][min(dist.rank, len(state["rng"]) - 1)], device)
         step, epoch, batch_index = checkpoint["step"], checkpoint["epoch"], state["batch_index"]
         if dist.is_main:
-            _truncate_loss_log(out_dir / "losses.jsonl", step)
+            truncate_loss_log(out_dir / "losses.jsonl", step)
         log.info("resuming %s at step %d (epoch %d, batch %d)", out_dir, step, epoch, batch_index)
 
     monitor = TrainingMonitor(out_dir, tensorboard=cfg.tensorboard) if dist.is_main else None
@@ -325,10 +278,16 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
                     epoch, batch_index = epoch + 1, 0
                     continue
                 break
-    except DataError as exc:
-        # A worker's error arrives wrapped with its traceback; keep the message a person needs.
-        message = str(exc).strip().splitlines()[-1].removeprefix("i2i.data.folders.DataError: ")
-        raise DataError(message.removeprefix("DataError: ")) from None
+    except BaseException as exc:
+        if monitor is not None:
+            monitor.close()  # keep what was logged; the last checkpoint stays as it was
+        distributed.cleanup(dist)
+        if isinstance(exc, DataError):
+            # A worker's error arrives wrapped with its traceback; keep what a person needs.
+            message = str(exc).strip().splitlines()[-1]
+            message = message.removeprefix("i2i.data.folders.DataError: ")
+            raise DataError(message.removeprefix("DataError: ")) from None
+        raise
     finally:
         if progress is not None:
             progress.close()
@@ -357,39 +316,6 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
 
 def _grid(trainer: Any) -> np.ndarray:
     return visuals_grid(trainer.last_visuals, list(trainer.visual_rows()))
-
-
-class GracefulStop:
-    """SIGINT/SIGTERM ask the loop to stop after the current step and save a checkpoint.
-
-    Stopping between steps keeps the saved state exact; a second signal aborts at once.
-    Under DDP the ranks agree (an all-reduce of the flag) so they stop at the same step.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> GracefulStop:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        log.warning(
-            "stopping after this step (signal %d); signal again to abort without saving", signum
-        )
-
-    def agreed(self, dist: distributed.DistInfo) -> bool:
-        return distributed.any_rank(self.requested, dist)
 
 
 def load_trained_networks(
