@@ -113,6 +113,43 @@ def validate_checkpoint(payload: Any, source: str = "checkpoint") -> None:
         raise CheckpointError(f"{source}: checkpoint lacks {', '.join(missing)}")
 
 
+def load_trained_networks(
+    path: str | os.PathLike[str],
+) -> tuple[dict[str, Any], dict[str, torch.nn.Module]]:
+    """Read a checkpoint and rebuild the networks it holds, in eval mode (eval, export).
+
+    Only the networks and the config's `model` section are needed, so imported official
+    checkpoints (generators only, maybe one direction) load as well as training runs.
+    """
+    from i2i.models import get_family, options_from_dict
+
+    checkpoint = load_checkpoint(path)
+    try:
+        family = get_family(checkpoint["family"])
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: unknown model family {checkpoint['family']!r}") from exc
+    try:
+        options = options_from_dict(checkpoint["family"], checkpoint["config"].get("model", {}))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: invalid model options ({exc})") from exc
+    if not any(n in checkpoint["networks"] for n in family.generators):
+        raise CheckpointError(
+            f"{path}: checkpoint holds none of the generators {', '.join(family.generators)}"
+        )
+    built = family.build(options)
+    networks = {}
+    for name, state in checkpoint["networks"].items():
+        if name in built:
+            try:
+                built[name].load_state_dict(state)
+            except RuntimeError as exc:
+                raise CheckpointError(
+                    f"{path}: network {name!r} does not match its config ({exc})"
+                ) from exc
+            networks[name] = built[name].eval()
+    return checkpoint, networks
+
+
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)

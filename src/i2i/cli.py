@@ -278,6 +278,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-nc", type=int, default=3, help="channels of domain B (default 3)")
     p.set_defaults(func=run_import_cyclegan)
 
+    p = sub.add_parser("export", help="export a checkpoint (same as i2i-export)", epilog=EPILOG)
+    add_export_arguments(p)
+    p.set_defaults(func=run_export)
+
+    models = sub.add_parser("models", help="read model repositories").add_subparsers(
+        dest="models_command", required=True
+    )
+    p = models.add_parser("list", help="models and versions in a repository, with their parity")
+    p.add_argument("repository", type=Path)
+    p.set_defaults(func=run_models)
+    p = models.add_parser("show", help="one version's manifest, readable")
+    p.add_argument("repository", type=Path)
+    p.add_argument("name")
+    p.add_argument("--version", type=int, help="default: the latest")
+    p.set_defaults(func=run_models)
+
     p = sub.add_parser(
         "demo",
         help="sample data, train a tiny CycleGAN on the CPU, evaluate it",
@@ -297,7 +313,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input (a flag, a file, a folder): a message, exit 2, no traceback."""
     from i2i.checkpoint import CheckpointError
     from i2i.data import DataError
+    from i2i.export import ExportError
     from i2i.importers import ImportError_
+    from i2i.repository import RepositoryError
     from i2i.training import ConfigError, ResumeError
 
     return (
@@ -305,7 +323,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         CheckpointError,
         ConfigError,
         DataError,
+        ExportError,
         ImportError_,
+        RepositoryError,
         ResumeError,
         FileNotFoundError,
     )
@@ -343,15 +363,91 @@ def train_main(argv: Sequence[str] | None = None) -> int:
 
 def _not_in_this_release(name: str) -> int:
     print(
-        f"{name}: this release of i2i has the training stage only; export and serving land in "
-        "the next ones (see README.md, 'Status').",
+        f"{name}: serving is not in this release of i2i yet (see README.md, 'Status'); "
+        "export a model with i2i-export and run it with ONNX Runtime meanwhile.",
         file=sys.stderr,
     )
     return 2
 
 
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "checkpoint", type=Path, help="i2i checkpoint (a run's latest.pt or an imported .pt)"
+    )
+    p.add_argument(
+        "--repository", type=Path, required=True, help="model repository folder (created)"
+    )
+    p.add_argument("--name", required=True, help="model name in the repository, e.g. day2dusk")
+    p.add_argument(
+        "--formats",
+        default="onnx,onnx-fp16",
+        help="comma-separated: onnx, onnx-fp16, tensorrt (default onnx,onnx-fp16; tensorrt needs "
+        "the tensorrt package and an NVIDIA GPU and is built for that GPU)",
+    )
+    p.add_argument("--version", type=int, help="version number (default: the next free one)")
+    p.add_argument("--force", action="store_true", help="replace an existing --version")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18, the minimum)")
+    p.add_argument(
+        "--simplify", action="store_true", help="simplify the graph (needs onnxsim or onnxslim)"
+    )
+    p.add_argument("--max-batch", type=int, default=32, help="TensorRT: largest batch (default 32)")
+    p.add_argument(
+        "--shapes",
+        help="TensorRT optimisation profile MIN:OPT:MAX, each NxHxW, e.g. 1x256x256:8x256x256:32x512x512",
+    )
+    p.add_argument(
+        "--workspace-gb", type=float, default=4.0, help="TensorRT workspace limit (default 4)"
+    )
+    p.add_argument(
+        "--timing-cache", type=Path, help="TensorRT timing cache file, reused between builds"
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from i2i.export import export_checkpoint, format_parity, parse_formats
+
+    folder, manifest = export_checkpoint(
+        args.checkpoint,
+        args.repository,
+        args.name,
+        formats=parse_formats(args.formats),
+        version=args.version,
+        force=args.force,
+        opset=args.opset,
+        simplify=args.simplify,
+        max_batch=args.max_batch,
+        shapes=args.shapes,
+        workspace_gb=args.workspace_gb,
+        timing_cache=args.timing_cache,
+    )
+    print(f"wrote {folder} (version {manifest['version']})")
+    print(format_parity(manifest))
+    return 0
+
+
 def export_main(argv: Sequence[str] | None = None) -> int:
-    return _not_in_this_release("i2i-export")
+    parser = argparse.ArgumentParser(
+        prog="i2i-export",
+        description="Export every direction of a checkpoint into a versioned model repository: "
+        "<repository>/<name>/<version>/manifest.json plus <direction>.onnx (uint8 NHWC in and out, "
+        "dynamic batch and size), <direction>.fp16.onnx and TensorRT plans. Every artifact is "
+        "checked against PyTorch; a failed check writes nothing and exits non-zero.",
+        epilog=EPILOG,
+    )
+    add_export_arguments(parser)
+    parser.set_defaults(func=run_export)
+    return _dispatch(parser, argv)
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from i2i.repository import format_manifest, format_models_table, read_manifest
+
+    if args.models_command == "list":
+        print(format_models_table(args.repository))
+    else:
+        print(format_manifest(read_manifest(args.repository, args.name, args.version)))
+    return 0
 
 
 def serve_main(argv: Sequence[str] | None = None) -> int:

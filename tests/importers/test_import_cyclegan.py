@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from i2i.checkpoint import load_checkpoint
+from i2i.checkpoint import load_checkpoint, load_trained_networks
 from i2i.importers import ImportError_, import_cyclegan
 from i2i.models import CycleGANOptions, build_generator
-from i2i.training import load_trained_networks
 
 TINY = {"ngf": 4, "netG": "resnet_6blocks"}
 

@@ -21,19 +21,23 @@ from i2i.models.networks import (
 from i2i.models.registry import (
     ModelFamily,
     ShapeRule,
+    TranslatorFactory,
     create_networks,
     get_family,
     list_families,
     options_from_dict,
     register_family,
 )
+from i2i.models.translators import ImageTranslator, translators_by_direction
 
 __all__ = [
     "DISCRIMINATOR_ARCHS",
     "GENERATOR_ARCHS",
     "CycleGANOptions",
+    "ImageTranslator",
     "ModelFamily",
     "ShapeRule",
+    "TranslatorFactory",
     "build_discriminator",
     "build_generator",
     "create_networks",
@@ -43,4 +47,5 @@ __all__ = [
     "list_families",
     "options_from_dict",
     "register_family",
+    "translators_by_direction",
 ]

@@ -18,6 +18,7 @@ The state dict of each network equals the reference's, so ``latest_net_G_A.pth``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from torch import nn
@@ -31,6 +32,7 @@ from i2i.models.networks import (
     build_generator,
 )
 from i2i.models.registry import ModelFamily, ShapeRule, register_family
+from i2i.models.translators import translators_by_direction
 
 _UNET_SIZES = {"unet_128": 128, "unet_256": 256}
 
@@ -91,6 +93,16 @@ def build_cyclegan(options: CycleGANOptions) -> dict[str, nn.Module]:
     return {"g_ab": g_ab, "g_ba": g_ba, "d_a": d_a, "d_b": d_b}
 
 
+def cyclegan_translators(
+    networks: Mapping[str, nn.Module], options: CycleGANOptions
+) -> dict[str, nn.Module]:
+    """``{"A2B": ImageTranslator(g_ab), "B2A": ImageTranslator(g_ba)}``, in eval mode.
+
+    A direction whose generator is not in ``networks`` is left out.
+    """
+    return translators_by_direction(networks, {"A2B": "g_ab", "B2A": "g_ba"})
+
+
 CYCLEGAN = register_family(
     ModelFamily(
         name="cyclegan",
@@ -100,5 +112,6 @@ CYCLEGAN = register_family(
         directions={"A2B": "g_ab", "B2A": "g_ba"},
         shape_rule=lambda options: generator_shape_rule(options.netG),
         description="CycleGAN: unpaired translation between two domains, both directions",
+        translators=cyclegan_translators,
     )
 )

@@ -15,6 +15,11 @@ from typing import Any
 
 from torch import nn
 
+from i2i.models.translators import translators_by_direction
+
+# (networks, options) -> {direction: translator}
+TranslatorFactory = Callable[[Mapping[str, nn.Module], Any], dict[str, nn.Module]]
+
 
 @dataclass(frozen=True)
 class ShapeRule:
@@ -80,6 +85,13 @@ class ModelFamily:
         directions: direction name (for example ``"A2B"``) -> the generator performing it.
         shape_rule: the image sizes the generators accept, given the options.
         description: one line for listings.
+        translators: ``(networks, options) -> {direction: translator}``, the inference
+            modules of contract 2 (uint8 [N, H, W, C] in and out), in eval mode, one per
+            direction whose networks are present in ``networks`` (an imported checkpoint may
+            hold one direction only). Left out, each direction's generator is wrapped in an
+            :class:`~i2i.models.translators.ImageTranslator`.
+        style_dim: the size S of the style code a multimodal family's translators take as
+            a second input (float32 [N, S]); 0 for families without one.
     """
 
     name: str
@@ -89,6 +101,9 @@ class ModelFamily:
     directions: dict[str, str]
     shape_rule: Callable[[Any], ShapeRule]
     description: str
+    # None is replaced in __post_init__, so readers always find a callable.
+    translators: TranslatorFactory = None  # type: ignore[assignment]
+    style_dim: int = 0
 
     def __post_init__(self) -> None:
         if not dataclasses.is_dataclass(self.options_type):
@@ -100,6 +115,16 @@ class ModelFamily:
             raise ValueError(
                 f"family {self.name!r}: directions use {', '.join(unknown)}, which are not "
                 f"among its generators ({', '.join(self.generators)})"
+            )
+        if self.style_dim < 0:
+            raise ValueError(f"family {self.name!r}: style_dim must be >= 0, got {self.style_dim}")
+        if self.translators is None:
+            directions = dict(self.directions)
+            # Frozen dataclass: __post_init__ is the one place a field may still be set.
+            object.__setattr__(
+                self,
+                "translators",
+                lambda networks, options: translators_by_direction(networks, directions),
             )
 
 

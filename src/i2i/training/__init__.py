@@ -8,7 +8,7 @@ from .config import (
     config_from_dict,
     load_config,
 )
-from .loop import ResumeError, RunSummary, load_trained_networks, train
+from .loop import ResumeError, RunSummary, train
 
 __all__ = [
     "ConfigError",
@@ -19,6 +19,5 @@ __all__ = [
     "apply_overrides",
     "config_from_dict",
     "load_config",
-    "load_trained_networks",
     "train",
 ]

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from i2i.checkpoint import load_trained_networks
 from i2i.data import DataError, list_images, load_rgb, to_tensor, to_uint8
 from i2i.models import ShapeRule, get_family, options_from_dict
 
-from .loop import load_trained_networks
 from .metrics import psnr, ssim
 from .monitor import image_grid
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from i2i.checkpoint import CheckpointError, CheckpointManager, load_checkpoint, make_checkpoint
+from i2i.checkpoint import CheckpointManager, load_checkpoint, make_checkpoint
 from i2i.data import DataError, TransformOptions, UnalignedDataset
 from i2i.models import get_family, options_from_dict
 
@@ -316,27 +316,3 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
 
 def _grid(trainer: Any) -> np.ndarray:
     return visuals_grid(trainer.last_visuals, list(trainer.visual_rows()))
-
-
-def load_trained_networks(
-    path: str | os.PathLike[str],
-) -> tuple[dict[str, Any], dict[str, nn.Module]]:
-    """Read a checkpoint and rebuild its networks in eval mode (for evaluation and export)."""
-    checkpoint = load_checkpoint(path)
-    try:
-        family = get_family(checkpoint["family"])
-    except KeyError as exc:
-        raise CheckpointError(f"{path}: unknown model family {checkpoint['family']!r}") from exc
-    options = options_from_dict(checkpoint["family"], checkpoint["config"].get("model", {}))
-    networks = family.build(options)
-    for name, state in checkpoint["networks"].items():
-        if name in networks:
-            networks[name].load_state_dict(state)
-    if not any(n in checkpoint["networks"] for n in family.generators):
-        raise CheckpointError(
-            f"{path}: checkpoint holds none of the generators {', '.join(family.generators)}"
-        )
-    networks = {n: net for n, net in networks.items() if n in checkpoint["networks"]}
-    for net in networks.values():
-        net.eval()
-    return checkpoint, networks

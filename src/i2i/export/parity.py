@@ -1,0 +1,201 @@
+"""Parity: does an exported graph compute what the PyTorch translator computes?
+
+Both run on the same fixed, seeded uint8 images (smooth shapes plus noise, like photos
+rather than static) at three sizes the shape rule accepts and batches of 1 and 4. Errors are
+counted in uint8 levels, the unit clients see:
+
+- ``max_abs_diff``: the largest difference of any channel of any pixel;
+- ``fraction_over_1``: the fraction of pixels with some channel off by more than one level
+  (one level is a rounding flip of a value near .5, which every runtime may make);
+- ``psnr``: PSNR in dB over all values, with a peak of 255; None (JSON null) when the
+  outputs are identical (an infinite PSNR).
+
+The report's keys are those of the manifest's ``parity`` object (see
+``i2i/schemas/manifest.schema.json``).
+
+FP32 graphs are judged against PyTorch (:func:`parity_ok_fp32`), FP16 graphs against the
+FP32 graph (:func:`parity_ok_fp16`), since FP16 is expected to differ by more than rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from i2i.export.onnx import eval_mode
+from i2i.models import ShapeRule
+
+Size = int | tuple[int, int]
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+def check_parity(
+    translator: nn.Module,
+    onnx_path: Path,
+    shape_rule: ShapeRule,
+    channels: int,
+    sizes: Sequence[Size] | None = None,
+    batches: Sequence[int] = (1, 4),
+    seed: int = 0,
+    reference_onnx: Path | None = None,
+) -> dict[str, Any]:
+    """Compare ``onnx_path`` (ONNX Runtime, CPU) with the translator or a reference graph.
+
+    Args:
+        translator: the PyTorch translator the graph was exported from; run in eval mode.
+        onnx_path: the graph to check.
+        shape_rule: the sizes the translator accepts; every size must pass it.
+        channels: input channels, 1 or 3.
+        sizes: image sizes, ``s`` for s x s or ``(height, width)``; by default three the
+            rule accepts, about 32, 48 and 64 px (the fixed size three times for U-Nets).
+        batches: batch sizes to run each size at.
+        seed: seeds the test images; the same seed gives the same images.
+        reference_onnx: judge against this FP32 graph instead of PyTorch (for an FP16
+            graph); the report's ``reference`` is then ``"onnx-fp32"``, ``reference_file``
+            names the file, and the comparison with PyTorch is added as ``against_pytorch``.
+
+    Returns:
+        A JSON-serialisable report: ``artifact`` (the file name), ``reference``
+        (``"pytorch"`` or ``"onnx-fp32"``), ``runtime``, ``seed``, ``cases`` (one per size
+        and batch, each with ``batch``, ``height``, ``width`` and the three measures), the
+        measures over all cases (``max_abs_diff``, ``fraction_over_1`` over all pixels and
+        the lowest ``psnr``) and, with ``reference_onnx``, ``reference_file`` and
+        ``against_pytorch`` (``cases`` and the overall measures against PyTorch).
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    shapes = [_pair(size) for size in (sizes if sizes is not None else default_sizes(shape_rule))]
+    for height, width in shapes:
+        shape_rule.check(height, width)
+    if not batches or min(batches) < 1:
+        raise ValueError(f"batches must be positive, got {list(batches)}")
+
+    candidate = _onnx_runner(Path(onnx_path))
+    pytorch = _pytorch_runner(translator)
+    reference = _onnx_runner(Path(reference_onnx)) if reference_onnx is not None else pytorch
+
+    cases, pytorch_cases = [], []
+    rng = np.random.default_rng(seed)
+    for height, width in shapes:
+        for batch in batches:
+            images = parity_images(rng, batch, height, width, channels)
+            output = candidate(images)
+            expected = reference(images)
+            case = {"batch": batch, "height": height, "width": width}
+            cases.append({**case, **compare(output, expected)})
+            if reference_onnx is not None:
+                pytorch_cases.append({**case, **compare(output, pytorch(images))})
+
+    report: dict[str, Any] = {
+        "artifact": Path(onnx_path).name,
+        "reference": "pytorch" if reference_onnx is None else "onnx-fp32",
+        "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider",
+        "seed": seed,
+        "cases": cases,
+        **_overall(cases),
+    }
+    if reference_onnx is not None:
+        report["reference_file"] = Path(reference_onnx).name
+        report["against_pytorch"] = {"cases": pytorch_cases, **_overall(pytorch_cases)}
+    return report
+
+
+def parity_ok_fp32(report: dict[str, Any], max_fraction: float = 0.001) -> bool:
+    """True if in every case at most ``max_fraction`` of the pixels are off by more than 1."""
+    return bool(report["cases"]) and all(
+        case["fraction_over_1"] <= max_fraction for case in report["cases"]
+    )
+
+
+def parity_ok_fp16(report: dict[str, Any], min_psnr: float = 40.0) -> bool:
+    """True if every case reaches ``min_psnr`` dB (identical outputs count as infinite)."""
+    return bool(report["cases"]) and all(
+        case["psnr"] is None or case["psnr"] >= min_psnr for case in report["cases"]
+    )
+
+
+def compare(output: np.ndarray, expected: np.ndarray) -> dict[str, Any]:
+    """The three measures of two uint8 batches [N, H, W, C] of the same shape."""
+    if output.shape != expected.shape:
+        raise ValueError(f"output shape {output.shape} differs from expected {expected.shape}")
+    diff = np.abs(output.astype(np.int16) - expected.astype(np.int16))
+    mse = float(np.mean(diff.astype(np.float64) ** 2))
+    return {
+        "max_abs_diff": int(diff.max(initial=0)),
+        "fraction_over_1": float(np.mean(diff.max(axis=-1) > 1)),
+        "psnr": None if mse == 0 else round(10 * math.log10(255.0**2 / mse), 3),
+    }
+
+
+def default_sizes(shape_rule: ShapeRule) -> list[tuple[int, int]]:
+    """Three sizes the rule accepts: about 32x32, 48x48 and 64x48 (the fixed size thrice)."""
+    if shape_rule.fixed_size is not None:
+        return [(shape_rule.fixed_size, shape_rule.fixed_size)] * 3
+    return [shape_rule.nearest(h, w) for h, w in ((32, 32), (48, 48), (64, 48))]
+
+
+def parity_images(
+    rng: np.random.Generator, batch: int, height: int, width: int, channels: int
+) -> np.ndarray:
+    """Photo-like uint8 images [N, H, W, C]: gradients, soft discs and a wave, plus noise."""
+    yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
+    images = np.empty((batch, height, width, channels), dtype=np.uint8)
+    for n in range(batch):
+        planes = []
+        for _ in range(channels):
+            a, b = rng.uniform(-1, 1, 2)
+            plane = a * xx + b * yy  # a gradient
+            for _ in range(3):  # soft-edged discs
+                cy, cx, radius = rng.uniform(0.1, 0.9), rng.uniform(0.1, 0.9), rng.uniform(0.1, 0.3)
+                distance = np.hypot(yy - cy, xx - cx)
+                plane += rng.uniform(-1, 1) / (1 + np.exp((distance - radius) * 40))
+            frequency, phase = rng.uniform(2, 8), rng.uniform(0, 2 * np.pi)
+            plane += 0.2 * np.sin(2 * np.pi * frequency * (xx + yy) + phase)
+            planes.append(plane)
+        image = np.stack(planes, axis=-1)
+        image = (image - image.min()) / max(float(np.ptp(image)), 1e-6) * 255
+        image += rng.normal(0, 6, image.shape)
+        images[n] = np.clip(np.round(image), 0, 255).astype(np.uint8)
+    return images
+
+
+def _pair(size: Size) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def _overall(cases: list[dict[str, Any]]) -> dict[str, Any]:
+    psnrs = [case["psnr"] for case in cases if case["psnr"] is not None]
+    pixels = [case["batch"] * case["height"] * case["width"] for case in cases]
+    over = sum(case["fraction_over_1"] * count for case, count in zip(cases, pixels, strict=True))
+    return {
+        "max_abs_diff": max(case["max_abs_diff"] for case in cases),
+        "fraction_over_1": over / sum(pixels),
+        "psnr": min(psnrs) if psnrs else None,
+    }
+
+
+def _onnx_runner(path: Path) -> Runner:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+
+    def run(images: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run(None, {input_name: images})[0])
+
+    return run
+
+
+def _pytorch_runner(translator: nn.Module) -> Runner:
+    def run(images: np.ndarray) -> np.ndarray:
+        with eval_mode(translator), torch.inference_mode():
+            return translator(torch.from_numpy(images)).numpy()
+
+    return run

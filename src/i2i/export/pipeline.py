@@ -1,0 +1,244 @@
+"""`i2i-export`: checkpoint → translators → ONNX / FP16 ONNX / TensorRT → a repository version.
+
+Everything is built in a temporary folder that the repository renames into place only
+when every artifact has passed its parity check, so a failed or killed export never
+leaves a half version behind.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import i2i
+from i2i.checkpoint import CheckpointError, load_trained_networks
+from i2i.models import get_family, options_from_dict
+from i2i.repository import read_manifest, sha256_file, write_version
+
+from . import tensorrt
+from .errors import ExportError
+from .fp16 import convert_fp16
+from .onnx import export_onnx
+from .parity import check_parity, parity_ok_fp16, parity_ok_fp32
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "onnx-fp16", "tensorrt")
+
+
+def parse_formats(text: str) -> list[str]:
+    formats = [f.strip() for f in text.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ExportError(f"--formats {text!r}: choose from {', '.join(FORMATS)}")
+    if "onnx" not in formats:
+        formats.insert(0, "onnx")  # every other artifact is made from (and checked against) it
+    return formats
+
+
+def export_checkpoint(
+    checkpoint: str | os.PathLike[str],
+    repository: str | os.PathLike[str],
+    name: str,
+    formats: Sequence[str] = ("onnx", "onnx-fp16"),
+    version: int | None = None,
+    force: bool = False,
+    opset: int = 18,
+    simplify: bool = False,
+    max_batch: int = 32,
+    shapes: str | None = None,
+    workspace_gb: float = 4.0,
+    timing_cache: str | os.PathLike[str] | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """Export every direction of a checkpoint into `<repository>/<name>/<version>/`.
+
+    Returns the version folder and its manifest. Raises ExportError (nothing written)
+    when a format cannot be made here or an artifact fails its parity check.
+    """
+    checkpoint = Path(checkpoint)
+    formats = list(formats)
+    if "tensorrt" in formats:
+        reason = tensorrt.availability()
+        if reason:
+            raise ExportError(reason)  # before any work: nothing is written
+    try:
+        payload, networks = load_trained_networks(checkpoint)
+    except CheckpointError as exc:
+        raise ExportError(str(exc)) from exc
+    family = get_family(payload["family"])
+    options = options_from_dict(payload["family"], payload["config"].get("model", {}))
+    rule = family.shape_rule(options)
+    translators = family.translators(networks, options)
+    source = {
+        "checkpoint": str(checkpoint),
+        "sha256": sha256_file(checkpoint),
+        "step": int(payload.get("step", 0)),
+    }
+
+    def build(folder: Path) -> dict[str, Any]:
+        directions: dict[str, Any] = {}
+        artifacts: list[dict[str, Any]] = []
+        for direction, translator in translators.items():
+            c_in = int(getattr(translator, "in_channels", 3))
+            fp32 = folder / f"{direction}.onnx"
+            info = export_onnx(translator, fp32, rule, c_in, opset=opset, simplify=simplify)
+            report = check_parity(translator, fp32, rule, c_in)
+            if not parity_ok_fp32(report):
+                raise ExportError(
+                    f"{direction}: ONNX Runtime differs from PyTorch: {_summary(report)}"
+                )
+            artifacts.append(
+                _artifact(direction, "onnx", "fp32", fp32, report, "pytorch", opset=info["opset"])
+            )
+            directions[direction] = {
+                "input": info["input"],
+                "output": info["output"],
+                "style": None,
+                "shape_rule": {"multiple_of": rule.multiple_of, "fixed_size": rule.fixed_size},
+            }
+            fp16 = None
+            if "onnx-fp16" in formats or "tensorrt" in formats:
+                fp16 = folder / f"{direction}.fp16.onnx"
+                convert_fp16(fp32, fp16)
+                report16 = check_parity(translator, fp16, rule, c_in, reference_onnx=fp32)
+                if not parity_ok_fp16(report16):
+                    raise ExportError(
+                        f"{direction}: FP16 ONNX below 40 dB against FP32: {_summary(report16)}"
+                    )
+                if "onnx-fp16" in formats:
+                    artifacts.append(
+                        _artifact(
+                            direction,
+                            "onnx",
+                            "fp16",
+                            fp16,
+                            report16,
+                            "onnx-fp32",
+                            opset=info["opset"],
+                        )
+                    )
+            if "tensorrt" in formats:
+                artifacts.append(
+                    _tensorrt_artifact(
+                        direction,
+                        folder,
+                        fp32,
+                        fp16,
+                        c_in,
+                        max_batch,
+                        shapes,
+                        workspace_gb,
+                        timing_cache,
+                    )
+                )
+            if fp16 is not None and "onnx-fp16" not in formats:
+                fp16.unlink()
+            log.info("exported %s", direction)
+        return {
+            "format": "i2i.manifest",
+            "format_version": 1,
+            "name": name,
+            "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "i2i_version": i2i.__version__,
+            "family": payload["family"],
+            "domains": list(payload.get("domains", ["A", "B"])),
+            "source": source,
+            "directions": directions,
+            "artifacts": artifacts,
+        }
+
+    folder = write_version(repository, name, build, version=version, force=force)
+    return folder, read_manifest(repository, name, int(folder.name))
+
+
+def _summary(report: dict[str, Any]) -> str:
+    keys = ("max_abs_diff", "fraction_over_1", "psnr")
+    return ", ".join(f"{k} {report[k]}" for k in keys if k in report)
+
+
+def _artifact(
+    direction: str,
+    fmt: str,
+    precision: str,
+    path: Path,
+    report: dict[str, Any],
+    reference: str,
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "direction": direction,
+        "format": fmt,
+        "precision": precision,
+        "file": path.name,
+        "sha256": sha256_file(path),
+        "bytes": path.stat().st_size,
+        **extra,
+        "parity": {"reference": reference, **report},
+    }
+
+
+def _tensorrt_artifact(
+    direction: str,
+    folder: Path,
+    fp32: Path,
+    fp16: Path | None,
+    channels: int,
+    max_batch: int,
+    shapes: str | None,
+    workspace_gb: float,
+    timing_cache: str | os.PathLike[str] | None,
+) -> dict[str, Any]:
+    """Build and check one engine (runs only where TensorRT and a GPU exist; see tensorrt.py)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    profile = tensorrt.parse_shapes(shapes, channels, max_batch)
+    tmp_plan = folder / f"{direction}.plan"
+    info = tensorrt.build_engine(
+        fp32,
+        fp16,
+        tmp_plan,
+        profile,
+        int(workspace_gb * (1 << 30)),
+        Path(timing_cache) if timing_cache else None,
+    )
+    plan = folder / tensorrt.plan_name(direction, info["gpu"])
+    tmp_plan.rename(plan)
+    # Parity against ONNX Runtime on the same inputs, at the profile's optimum shape.
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=profile.opt, dtype=np.uint8)
+    session = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
+    expected = session.run(None, {session.get_inputs()[0].name: images})[0]
+    got = tensorrt.run_engine(plan, images)
+    diff = np.abs(expected.astype(np.int16) - got.astype(np.int16))
+    mse = float(np.mean(diff.astype(np.float64) ** 2))
+    psnr = 99.0 if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+    report = {
+        "max_abs_diff": int(diff.max()),
+        "fraction_over_1": float(np.mean(diff > 1)),
+        "psnr": psnr,
+    }
+    if psnr < 40.0:
+        raise ExportError(
+            f"{direction}: TensorRT engine below 40 dB against ONNX Runtime ({psnr:.1f} dB)"
+        )
+    return {**_artifact(direction, "tensorrt", "fp16", plan, report, "onnx-fp32"), "tensorrt": info}
+
+
+def format_parity(manifest: dict[str, Any]) -> str:
+    """The parity report of a manifest as a table: one line per artifact."""
+    lines = [
+        f"{'artifact':<28}{'precision':>10}{'vs':>12}{'max diff':>10}{'>1 level':>10}{'PSNR dB':>9}"
+    ]
+    for a in manifest["artifacts"]:
+        p = a["parity"]
+        psnr = "inf" if p.get("psnr") is None else f"{p['psnr']:.1f}"  # None: identical outputs
+        lines.append(
+            f"{a['file']:<28}{a['precision']:>10}{p['reference']:>12}{p.get('max_abs_diff', '-'):>10}"
+            f"{100 * p.get('fraction_over_1', 0):>9.3f}%{psnr:>9}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,92 @@
+"""Translators: the inference function of one translation direction, bytes in, bytes out.
+
+A translator is contract 2 between export and serving::
+
+    translate(image: uint8 [N, H, W, C_in]) -> uint8 [N, H, W, C_out]
+
+Pre- and post-processing (layout, scaling to [-1, 1], back to uint8) live inside the module,
+so the exported graph carries them and PyTorch, ONNX Runtime and TensorRT all compute the
+same function from the same bytes.
+
+Rounding is round-half-to-even, as both ``torch.round`` and ONNX ``Round`` define it: a
+generator output of exactly 0 maps to 127.5, which rounds to 128; 126.5 would round to 126.
+Only values that land exactly on a half are affected, and the tanh of a float network
+practically never does, so the choice matters for agreement between runtimes, not quality.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+
+def _channels(generator: nn.Module, attribute: str, given: int | None) -> int:
+    if given is not None:
+        channels = given
+    else:
+        found = getattr(generator, attribute, None)
+        if not isinstance(found, int):
+            raise ValueError(
+                f"{type(generator).__name__} has no integer attribute {attribute!r}; pass "
+                f"the number of channels to ImageTranslator explicitly"
+            )
+        channels = found
+    if channels not in (1, 3):
+        raise ValueError(f"images must have 1 or 3 channels, got {channels} ({attribute})")
+    return channels
+
+
+class ImageTranslator(nn.Module):
+    """Wraps a generator into ``uint8 [N, H, W, C_in] -> uint8 [N, H, W, C_out]``.
+
+    Args:
+        generator: maps (N, C_in, H, W) in [-1, 1] to (N, C_out, H, W) in [-1, 1].
+        in_channels: 1 (grayscale) or 3 (RGB); by default the generator's ``input_nc``.
+        out_channels: 1 or 3; by default the generator's ``output_nc``.
+    """
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        in_channels: int | None = None,
+        out_channels: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.generator = generator
+        self.in_channels = _channels(generator, "input_nc", in_channels)
+        self.out_channels = _channels(generator, "output_nc", out_channels)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if image.dtype != torch.uint8 or image.dim() != 4:
+            raise ValueError(
+                f"expected a uint8 image batch [N, H, W, C], got {image.dtype} with shape "
+                f"{tuple(image.shape)}"
+            )
+        # While TorchScript traces, the check would be baked into the graph as a constant.
+        if not torch.jit.is_tracing() and image.shape[-1] != self.in_channels:
+            raise ValueError(
+                f"expected {self.in_channels} channel(s) in the last dimension, got "
+                f"shape {tuple(image.shape)}"
+            )
+        x = image.permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1.0  # (N, C_in, H, W)
+        y = self.generator(x)  # (N, C_out, H, W) in [-1, 1]
+        pixels = torch.clamp(torch.round((y + 1.0) * 127.5), 0.0, 255.0)
+        return pixels.to(torch.uint8).permute(0, 2, 3, 1)  # (N, H, W, C_out)
+
+
+def translators_by_direction(
+    networks: Mapping[str, nn.Module], directions: Mapping[str, str]
+) -> dict[str, nn.Module]:
+    """One :class:`ImageTranslator` (in eval mode) per direction whose generator is present.
+
+    Directions whose generator is missing from ``networks`` are skipped: an imported
+    checkpoint may hold one direction only. The generators are wrapped, not copied, and are
+    switched to eval mode.
+    """
+    return {
+        direction: ImageTranslator(networks[generator]).eval()
+        for direction, generator in directions.items()
+        if generator in networks
+    }
