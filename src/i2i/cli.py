@@ -23,6 +23,20 @@ def _configure_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if not verbose:
+        _quiet_exporter_logs()
+
+
+def _quiet_exporter_logs() -> None:
+    """The ONNX exporter narrates every graph pass; keep the user's screen for i2i.
+
+    Called again after torch is imported, because importing torch resets its loggers.
+    """
+    import warnings
+
+    for name in ("onnx_ir", "onnxscript", "torch.onnx", "torch._dynamo", "torch.export"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`")
 
 
 # ---------------------------------------------------------------------------- train
@@ -182,6 +196,8 @@ def run_import_cyclegan(args: argparse.Namespace) -> int:
 
 def run_demo(args: argparse.Namespace) -> int:
     from i2i.demo import run_demo as demo
+
+    _quiet_exporter_logs()
 
     demo(out=args.out, task=args.task, steps=args.steps, seed=args.seed)
     return 0
@@ -406,6 +422,9 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     from i2i.export import export_checkpoint, format_parity, parse_formats
+
+    if not args.verbose:
+        _quiet_exporter_logs()
 
     folder, manifest = export_checkpoint(
         args.checkpoint,
