@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from i2i._files import fsync_dir
+
 FORMAT = "i2i.checkpoint"
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format", "format_version", "family", "config", "domains", "step", "networks")
@@ -76,7 +78,7 @@ def save_checkpoint(payload: Mapping[str, Any], path: str | os.PathLike[str]) ->
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
@@ -148,19 +150,6 @@ def load_trained_networks(
                 ) from exc
             networks[name] = built[name].eval()
     return checkpoint, networks
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class CheckpointManager:

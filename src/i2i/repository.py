@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import logging
 import math
@@ -37,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+
+from i2i._files import fsync_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -325,15 +326,6 @@ def _artifact_problems(folder: Path, manifest: Mapping[str, Any], verify: bool) 
     return problems
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """The SHA-256 of a file's bytes, as 64 lowercase hex digits."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # --- writing ------------------------------------------------------------------------------
 
 
@@ -468,11 +460,11 @@ def _publish(tmp: Path, final: Path) -> None:
         except BaseException:
             os.rename(aside, final)
             raise
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         shutil.rmtree(aside, ignore_errors=True)  # if it stays, the next writer removes it
     else:
         os.rename(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -481,20 +473,7 @@ def _fsync_tree(folder: Path) -> None:
         for file in files:
             with open(os.path.join(parent, file), "rb") as f:
                 os.fsync(f.fileno())
-        _fsync_dir(Path(parent))
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        fsync_dir(Path(parent))
 
 
 # --- what `i2i models list` and `i2i models show` print -----------------------------------

@@ -96,6 +96,18 @@ def test_formats_and_tensorrt_without_gpu(tmp_path):
     assert not (tmp_path / "repo" / "m").exists() or versions(tmp_path / "repo", "m") == []
 
 
+def test_tensorrt_shapes_must_fit_the_shape_rule(tmp_path):
+    with pytest.raises(ExportError, match="--shapes 1x30x30"):
+        export_checkpoint(
+            _checkpoint(tmp_path),
+            tmp_path / "repo",
+            "m",
+            formats=["onnx", "tensorrt"],
+            shapes="1x30x30:2x64x64:4x64x64",
+        )
+    assert versions(tmp_path / "repo", "m") == []
+
+
 def test_tensorrt_shapes_parsing():
     profile = trt_path.parse_shapes("1x256x256:8x256x256:32x512x512", 3, 32)
     assert profile.min == (1, 256, 256, 3) and profile.max == (32, 512, 512, 3)

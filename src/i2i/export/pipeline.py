@@ -61,10 +61,6 @@ def export_checkpoint(
     """
     checkpoint = Path(checkpoint)
     formats = list(formats)
-    if "tensorrt" in formats:
-        reason = tensorrt.availability()
-        if reason:
-            raise ExportError(reason)  # before any work: nothing is written
     try:
         payload, networks = load_trained_networks(checkpoint)
     except CheckpointError as exc:
@@ -73,6 +69,19 @@ def export_checkpoint(
     options = options_from_dict(payload["family"], payload["config"].get("model", {}))
     rule = family.shape_rule(options)
     translators = family.translators(networks, options)
+    if "tensorrt" in formats:  # checked before any work, so a refusal writes nothing
+        for translator in translators.values():
+            profile = tensorrt.parse_shapes(
+                shapes, int(getattr(translator, "in_channels", 3)), max_batch
+            )
+            for n, h, w, _ in (profile.min, profile.opt, profile.max):
+                try:
+                    rule.check(h, w)
+                except ValueError as exc:
+                    raise ExportError(f"--shapes {n}x{h}x{w}: {exc}") from exc
+        reason = tensorrt.availability()
+        if reason:
+            raise ExportError(reason)
     source = {
         "checkpoint": str(checkpoint),
         "sha256": sha256_file(checkpoint),

@@ -9,7 +9,6 @@ against the architecture the flags describe, and explain any mismatch in plain w
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, replace
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from i2i._files import sha256_file
 from i2i.checkpoint import make_checkpoint, save_checkpoint
 from i2i.models import GENERATOR_ARCHS, CycleGANOptions, build_generator, get_family
 
@@ -141,14 +141,6 @@ def fit_state_dict(
     return {k: state[k].to(expected[k].dtype) for k in expected}, dropped
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def import_cyclegan(
     out: str | os.PathLike[str],
     g_a: str | os.PathLike[str] | None = None,
@@ -182,7 +174,7 @@ def import_cyclegan(
         converted[name], dropped = fit_state_dict(path, networks[name], opts)
         summary["directions"].append(direction_of[name])
         summary["dropped_keys"][name] = dropped
-        summary["sources"][name] = {"file": str(path), "sha256": _sha256(path)}
+        summary["sources"][name] = {"file": str(path), "sha256": sha256_file(path)}
     model_config = asdict(opts)
     config = {"family": "cyclegan", "model": model_config}
     payload = make_checkpoint(
