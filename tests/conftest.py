@@ -10,6 +10,13 @@ from PIL import Image
 
 from i2i.training import TrainConfig, config_from_dict
 
+# Small architecture options per model family, so every contract test parametrised over
+# the registry stays fast. A new family must add an entry (tests/models/test_registry.py
+# checks that every registered family has one).
+TINY_MODEL_OPTIONS: dict[str, dict] = {
+    "cyclegan": {"ngf": 4, "ndf": 4, "netG": "resnet_6blocks"},
+}
+
 
 def write_images(
     folder: Path, n: int, size: int = 32, seed: int = 0, tint: tuple = (1, 1, 1)

@@ -82,13 +82,19 @@ def save_checkpoint(payload: Mapping[str, Any], path: str | os.PathLike[str]) ->
     return path
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: str = "cpu") -> dict[str, Any]:
-    """Read and validate a checkpoint; never unpickles anything but plain data and tensors."""
+def load_checkpoint(
+    path: str | os.PathLike[str], map_location: str = "cpu", mmap: bool = False
+) -> dict[str, Any]:
+    """Read and validate a checkpoint; never unpickles anything but plain data and tensors.
+
+    With `mmap`, tensor data is mapped rather than read: cheap when only the metadata
+    (config, family, step) is wanted.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # torch raises many types for truncated or foreign files
         raise CheckpointError(
             f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})"

@@ -87,7 +87,7 @@ def run_train(args: argparse.Namespace) -> int:
         latest = CheckpointManager(out).find_latest()
         if latest is None:
             raise UsageError(f"{out}: no checkpoint to resume from")
-        cfg = config_from_dict(load_checkpoint(latest)["config"])
+        cfg = config_from_dict(load_checkpoint(latest, mmap=True)["config"])
     else:
         cfg = load_config(args.config)
     overrides = list(args.overrides)

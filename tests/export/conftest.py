@@ -24,12 +24,7 @@ from i2i.models import (
     options_from_dict,
 )
 from i2i.models.cyclegan import generator_shape_rule
-
-# Small options per family, so that exporting every registered family stays fast. A new
-# family must add an entry; test_every_family_has_tiny_export_options says so.
-TINY_OPTIONS: dict[str, dict[str, Any]] = {
-    "cyclegan": {"ngf": 4, "ndf": 4, "netG": "resnet_6blocks"},
-}
+from tests.conftest import TINY_MODEL_OPTIONS as TINY_OPTIONS
 
 # (arch, norm, input channels, output channels): both generator kinds, both norms, and
 # grayscale on either side.

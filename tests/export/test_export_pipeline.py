@@ -20,13 +20,13 @@ from i2i.export import ExportError, export_checkpoint, parse_formats
 from i2i.export import tensorrt as trt_path
 from i2i.models import create_networks, get_family, list_families, options_from_dict
 from i2i.repository import read_manifest, versions
+from tests.conftest import TINY_MODEL_OPTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = {"cyclegan": {"ngf": 4, "ndf": 4, "netG": "resnet_6blocks"}}
 
 
 def _checkpoint(tmp_path: Path, family: str = "cyclegan", **model) -> Path:
-    options = {**TINY[family], **model}
+    options = {**TINY_MODEL_OPTIONS[family], **model}
     torch.manual_seed(0)
     nets = create_networks(family, options)
     payload = make_checkpoint(
@@ -163,7 +163,7 @@ def test_parity_failure_writes_nothing(tmp_path, monkeypatch):
     def export_another_model(translator, path, *args, **kwargs):
         torch.manual_seed(123)
         other = get_family("cyclegan").translators(
-            create_networks("cyclegan", TINY["cyclegan"]), None
+            create_networks("cyclegan", TINY_MODEL_OPTIONS["cyclegan"]), None
         )
         return real_export(next(iter(other.values())).eval(), path, *args, **kwargs)
 

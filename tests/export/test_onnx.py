@@ -28,15 +28,10 @@ from i2i.export import (
     training_mode_batchnorm_nodes,
 )
 from i2i.export.parity import parity_images
-from i2i.models import ImageTranslator, ShapeRule, list_families
-from tests.export.conftest import TINY_OPTIONS, Exported, family_cases, generator_keys
+from i2i.models import ImageTranslator, ShapeRule
+from tests.export.conftest import Exported, family_cases, generator_keys
 
 ExportedFactory = Callable[[str], Exported]
-
-
-def test_every_family_has_tiny_export_options() -> None:
-    missing = set(list_families()) - set(TINY_OPTIONS)
-    assert not missing, f"add tiny options for {sorted(missing)} to tests/export/conftest.py"
 
 
 def _op_types(path: Path) -> set[str]:

@@ -18,17 +18,14 @@ from i2i.models import (
     register_family,
     registry,
 )
-
-# Small options per family so that every contract test stays fast. A new family must add
-# an entry here; test_every_family_has_tiny_options says so.
-TINY_OPTIONS: dict[str, dict[str, Any]] = {
-    "cyclegan": {"ngf": 4, "ndf": 4, "netG": "resnet_6blocks"},
-}
+from tests.conftest import TINY_MODEL_OPTIONS as TINY_OPTIONS
 
 
 def test_every_family_has_tiny_options() -> None:
     missing = set(list_families()) - set(TINY_OPTIONS)
-    assert not missing, f"add tiny options for {sorted(missing)} to TINY_OPTIONS"
+    assert not missing, (
+        f"add tiny options for {sorted(missing)} to TINY_MODEL_OPTIONS in tests/conftest.py"
+    )
 
 
 @pytest.mark.parametrize("name", list_families())

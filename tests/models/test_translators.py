@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
 import torch
@@ -19,11 +17,7 @@ from i2i.models import (
     options_from_dict,
     translators_by_direction,
 )
-
-# Small options per family; a new family must add an entry (see the test below).
-TINY_OPTIONS: dict[str, dict[str, Any]] = {
-    "cyclegan": {"ngf": 4, "ndf": 4, "netG": "resnet_6blocks"},
-}
+from tests.conftest import TINY_MODEL_OPTIONS as TINY_OPTIONS
 
 
 class Constant(nn.Module):
@@ -125,11 +119,6 @@ def test_translator_needs_known_channels() -> None:
     with pytest.raises(ValueError, match="1 or 3"):
         ImageTranslator(nn.Identity(), in_channels=4, out_channels=3)
     assert ImageTranslator(nn.Identity(), 1, 1).out_channels == 1
-
-
-def test_every_family_has_tiny_options() -> None:
-    missing = set(list_families()) - set(TINY_OPTIONS)
-    assert not missing, f"add tiny options for {sorted(missing)} to TINY_OPTIONS"
 
 
 @pytest.mark.parametrize("name", list_families())

@@ -74,9 +74,9 @@ def test_resume_differences_ignore_logging_keys():
     b = apply_overrides(
         TrainConfig(), ["log_every=1", "data.num_workers=0", "max_steps=9"]
     ).to_dict()
-    assert resume_differences(a, b) == []
+    assert resume_differences(a, b) == {}
     c = apply_overrides(TrainConfig(), ["lambda_identity=0"]).to_dict()
-    assert resume_differences(a, c) == ["lambda_identity"]
+    assert resume_differences(a, c) == {"lambda_identity": (0.5, 0)}
 
 
 def test_bad_model_options_are_config_errors(tmp_path):

@@ -80,7 +80,30 @@ def test_evaluate_reports_both_directions_and_baseline(tmp_path):
         # An untrained generator is far worse than doing nothing.
         assert rep["psnr"] < rep["identity_psnr"]
         assert 0 < rep["identity_ssim"] <= 1 and math.isfinite(rep["cycle_psnr"])
-    saved = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    saved = json.loads(  # strict JSON: no NaN/Infinity literals
+        (tmp_path / "ev" / "eval.json").read_text(), parse_constant=lambda c: pytest.fail(c)
+    )
     assert saved["directions"]["A2B"]["psnr"] == pytest.approx(report["directions"]["A2B"]["psnr"])
     assert (tmp_path / "ev" / "eval_grid.png").stat().st_size > 0
     assert "A2B" in format_report(report)
+
+
+def test_evaluate_a_single_direction_model(tmp_path):
+    data = tmp_path / "data"
+    make_sample_dataset("gray2color", data, seed=0, size=32, n_train=2, n_test=6)
+    nets = create_networks("cyclegan", {"ngf": 4, "netG": "resnet_6blocks"})
+    payload = make_checkpoint(
+        family="cyclegan",
+        config={"family": "cyclegan", "model": {"ngf": 4, "netG": "resnet_6blocks"}},
+        domains=["A", "B"],
+        networks={"g_ba": nets["g_ba"].state_dict()},
+    )
+    ckpt = save_checkpoint(payload, tmp_path / "b2a.pt")
+    report = evaluate(ckpt, data, out_dir=tmp_path / "ev", grid_images=2)
+    assert set(report["directions"]) == {"B2A"}
+    assert report["directions"]["B2A"]["cycle_psnr"] is None  # no g_ab to cycle back with
+    assert "-" in format_report(report)
+    from PIL import Image
+
+    # 2 rows (input | output | truth) of 32 px cells with 2 px padding
+    assert Image.open(tmp_path / "ev" / "eval_grid.png").size == (3 * 34 + 2, 2 * 34 + 2)

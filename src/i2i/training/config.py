@@ -211,11 +211,15 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def resume_differences(saved: dict[str, Any], requested: dict[str, Any]) -> list[str]:
-    """Keys whose values differ and would change what the resumed run computes."""
+def resume_differences(
+    saved: dict[str, Any], requested: dict[str, Any]
+) -> dict[str, tuple[Any, Any]]:
+    """{key: (saved, requested)} for values that would change what the resumed run computes."""
     a, b = flatten(saved), flatten(requested)
     keys = sorted(set(a) | set(b))
-    return [k for k in keys if k not in RESUME_MAY_CHANGE and a.get(k) != b.get(k)]
+    return {
+        k: (a.get(k), b.get(k)) for k in keys if k not in RESUME_MAY_CHANGE and a.get(k) != b.get(k)
+    }
 
 
 def replace(cfg: TrainConfig, **changes: Any) -> TrainConfig:

@@ -33,7 +33,7 @@ class DirectionReport:
     ssim: float | None = None
     identity_psnr: float | None = None
     identity_ssim: float | None = None
-    cycle_psnr: float = 0.0
+    cycle_psnr: float | None = None
     per_image: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -56,9 +56,24 @@ def translate_image(
     return to_uint8(y[0].float().cpu())
 
 
-def _mean(values: list[float]) -> float:
+def _mean_of(items: list[dict[str, Any]], key: str) -> float | None:
+    """Mean of the finite values of `key` (identical images have infinite PSNR); None if absent."""
+    values = [item[key] for item in items if key in item]
     finite = [v for v in values if math.isfinite(v)]
+    if not values:
+        return None
     return float(np.mean(finite)) if finite else math.inf
+
+
+def _strict_json(value: Any) -> Any:
+    """JSON has no Infinity: non-finite numbers become null (identical images)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strict_json(v) for v in value]
+    return value
 
 
 def evaluate(
@@ -97,15 +112,14 @@ def evaluate(
             files = files[:max_images]
         truth_dir = data_root / "truth" / direction
         rep = DirectionReport(images=len(files))
-        psnrs, ssims, id_psnrs, id_ssims, cycles = [], [], [], [], []
-        for path in files:
+        for i, path in enumerate(files):
             real = np.asarray(load_rgb(path))
             fake = translate_image(nets[direction], real, rule, torch_device)
-            rec = translate_image(nets[back], fake, rule, torch_device) if back in nets else None
             item: dict[str, Any] = {"file": path.name}
-            if rec is not None:
-                item["cycle_psnr"] = psnr(rec, real)
-                cycles.append(item["cycle_psnr"])
+            if back in nets:
+                item["cycle_psnr"] = psnr(
+                    translate_image(nets[back], fake, rule, torch_device), real
+                )
             truth_path = truth_dir / path.relative_to(data_root / folder)
             truth = None
             if truth_path.is_file():
@@ -120,22 +134,20 @@ def evaluate(
                     identity_psnr=psnr(real, truth),
                     identity_ssim=ssim(real, truth),
                 )
-                psnrs.append(item["psnr"])
-                ssims.append(item["ssim"])
-                id_psnrs.append(item["identity_psnr"])
-                id_ssims.append(item["identity_ssim"])
             rep.per_image.append(item)
-            if len(grid_rows) < grid_images * (list(_DIRECTIONS).index(direction) + 1):
+            if i < grid_images:
                 grid_rows.append([real, fake] + ([truth] if truth is not None else []))
-        if psnrs:
-            rep.psnr, rep.ssim = _mean(psnrs), float(np.mean(ssims))
-            rep.identity_psnr, rep.identity_ssim = _mean(id_psnrs), float(np.mean(id_ssims))
-        rep.cycle_psnr = _mean(cycles) if cycles else math.nan
+        rep.psnr, rep.ssim = _mean_of(rep.per_image, "psnr"), _mean_of(rep.per_image, "ssim")
+        rep.identity_psnr = _mean_of(rep.per_image, "identity_psnr")
+        rep.identity_ssim = _mean_of(rep.per_image, "identity_ssim")
+        rep.cycle_psnr = _mean_of(rep.per_image, "cycle_psnr")
         report["directions"][direction] = rep.__dict__
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "eval.json").write_text(json.dumps(report, indent=2, allow_nan=True) + "\n")
+        (out / "eval.json").write_text(
+            json.dumps(_strict_json(report), indent=2, allow_nan=False) + "\n"
+        )
         if grid_rows:
             Image.fromarray(image_grid(grid_rows)).save(out / "eval_grid.png")
         report["files"] = {"json": str(out / "eval.json"), "grid": str(out / "eval_grid.png")}

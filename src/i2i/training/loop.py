@@ -28,7 +28,7 @@ from i2i.data import DataError, TransformOptions, UnalignedDataset
 from i2i.models import get_family, options_from_dict
 
 from . import distributed
-from .config import ConfigError, TrainConfig, config_from_dict, flatten, resume_differences
+from .config import ConfigError, TrainConfig, resume_differences
 from .cyclegan import CycleGANTrainer
 from .monitor import TrainingMonitor, visuals_grid
 from .state import GracefulStop, rng_state, set_rng_state, truncate_loss_log
@@ -73,7 +73,7 @@ def pick_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but no CUDA GPU is available")
+        raise ConfigError(f"device {name!r} requested but no CUDA GPU is available")
     return device
 
 
@@ -108,9 +108,9 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
             raise ResumeError(f"{path} holds no training state (an imported model?); cannot resume")
         diffs = resume_differences(checkpoint["config"], cfg.to_dict())
         if diffs:
-            saved = config_from_dict(checkpoint["config"]).to_dict()
-            a, b = flatten(saved), flatten(cfg.to_dict())
-            detail = "; ".join(f"{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}" for k in diffs)
+            detail = "; ".join(
+                f"{k}: checkpoint {old!r}, now {new!r}" for k, (old, new) in diffs.items()
+            )
             raise ResumeError(
                 f"cannot resume {path}: the configuration differs ({detail}). Resume with the "
                 "run's own config (omit --config), or start a new run folder."
@@ -187,6 +187,13 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
             sched.load_state_dict(checkpoint["schedulers"][name])
         state = checkpoint["training_state"]
         trainer.load_state_dict(state["trainer"])
+        if state["world_size"] != dist.world_size:
+            log.warning(
+                "resuming a %d-process run with %d processes: data shards and random streams "
+                "change, so the continuation is not the run's exact one",
+                state["world_size"],
+                dist.world_size,
+            )
         set_rng_state(state["rng"][min(dist.rank, len(state["rng"]) - 1)], device)
         step, epoch, batch_index = checkpoint["step"], checkpoint["epoch"], state["batch_index"]
         if dist.is_main:
