@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of PyTorch first, so nothing pulls a multi-GB CUDA build (see README).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test lint setup clean
+.PHONY: demo test lint setup clean protos
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ lint: setup
 
 test: lint
 	$(BIN)/python -m pytest
+
+# Regenerate the protocol modules (src/i2i/v1) from protos/; commit the result.
+protos: setup
+	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=src --grpc_python_out=src \
+		--pyi_out=src protos/i2i/v1/translator.proto
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,151 @@
+"""ONNX Runtime backends: an ONNX artifact on the CPU, CUDA or TensorRT execution provider."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from i2i.repository import sha256_file
+from i2i.serving.backends.base import Backend, BackendError, io_sizes, shape_rule_of
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+# The backend's name after the execution provider that runs the graph.
+_NAMES = {TENSORRT: "onnxruntime-tensorrt", CUDA: "onnxruntime-cuda", CPU: "onnxruntime-cpu"}
+# The manifest's dtypes as ONNX Runtime writes them in NodeArg.type.
+_ORT_TYPES = {
+    "uint8": "tensor(uint8)",
+    "float32": "tensor(float)",
+    "float16": "tensor(float16)",
+    "int32": "tensor(int32)",
+    "int64": "tensor(int64)",
+}
+
+
+def verify_artifact(path: Path, artifact: Mapping[str, Any]) -> None:
+    """BackendError unless the file exists and its sha256 is the manifest's.
+
+    Hashing at every load is cheap at these sizes (a CycleGAN graph is ~45 MB, hashed in
+    well under a second) and catches a file replaced or damaged after the export.
+    """
+    if not path.is_file():
+        raise BackendError(f"{path}: artifact missing; restore it or re-export this version")
+    digest = sha256_file(path)
+    if digest != artifact["sha256"]:
+        raise BackendError(
+            f"{path}: sha256 {digest} differs from the manifest's {artifact['sha256']}: the "
+            f"file changed after the export; restore it or re-export this version"
+        )
+
+
+class OnnxRuntimeBackend(Backend):
+    """An ONNX artifact in an ONNX Runtime session on the given execution providers.
+
+    Args:
+        path: the ONNX file (its sha256 is checked against ``artifact``).
+        artifact: the manifest's artifact entry.
+        spec: the manifest's entry for the artifact's direction (names, dtypes, shape rule).
+        providers: execution providers in order of preference; CPU is always added last.
+        device_id: the GPU for the CUDA and TensorRT providers.
+        threads: intra-op threads; None lets ONNX Runtime decide (one per physical core).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        artifact: Mapping[str, Any],
+        spec: Mapping[str, Any],
+        *,
+        providers: tuple[str, ...] = (CPU,),
+        device_id: int = 0,
+        threads: int | None = None,
+    ) -> None:
+        verify_artifact(path, artifact)
+        in_channels, out_channels, style_size = io_sizes(spec, path.name)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        fp16 = artifact["precision"] == "fp16"
+        wanted = [*dict.fromkeys([*providers, CPU])]
+        provider_options = {
+            TENSORRT: {"device_id": device_id, "trt_fp16_enable": fp16},
+            CUDA: {"device_id": device_id},
+            CPU: {},
+        }
+        try:
+            session = ort.InferenceSession(
+                str(path),
+                options,
+                providers=[(p, provider_options.get(p, {})) for p in wanted],
+            )
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
+            raise BackendError(
+                f"{path}: ONNX Runtime could not load it ({type(exc).__name__}: {exc}); "
+                f"re-export this version"
+            ) from exc
+        running = session.get_providers()[0]
+        if running != wanted[0]:
+            log.warning(
+                "%s: asked ONNX Runtime for %s but it runs on %s (see its log above)",
+                path.name,
+                wanted[0],
+                running,
+            )
+        super().__init__(
+            name=_NAMES.get(running, f"onnxruntime-{running}"),
+            artifact=path.name,
+            precision=artifact["precision"],
+            in_channels=in_channels,
+            out_channels=out_channels,
+            style_size=style_size,
+            shape_rule=shape_rule_of(spec),
+        )
+        self._input, self._output, self._style = _check_graph(session, spec, path.name)
+        self._style_dtype = np.dtype(spec["style"]["dtype"]) if spec["style"] else None
+        self._session: ort.InferenceSession | None = session
+        self.providers = tuple(session.get_providers())
+
+    def run(self, images: np.ndarray, style: np.ndarray | None = None) -> np.ndarray:
+        images, style = self.check_inputs(images, style)
+        if self._session is None:
+            raise RuntimeError(f"{self}: closed")
+        feeds = {self._input: images}
+        if style is not None and self._style is not None:
+            feeds[self._style] = style.astype(self._style_dtype, copy=False)
+        (output,) = self._session.run([self._output], feeds)
+        return np.asarray(output)
+
+    def close(self) -> None:
+        self._session = None
+
+
+def _check_graph(
+    session: ort.InferenceSession, spec: Mapping[str, Any], source: str
+) -> tuple[str, str, str | None]:
+    """The graph's (input, output, style) names, or BackendError if it is not the manifest's."""
+    tensors = [spec["input"]] + ([spec["style"]] if spec["style"] is not None else [])
+    expected = {t["name"]: _ORT_TYPES[t["dtype"]] for t in tensors}
+    found = {i.name: i.type for i in session.get_inputs()}
+    outputs = {o.name: o.type for o in session.get_outputs()}
+    output = spec["output"]
+    if found != expected or outputs.get(output["name"]) != _ORT_TYPES[output["dtype"]]:
+        raise BackendError(
+            f"{source}: the graph's inputs {_listed(found)} and outputs {_listed(outputs)} "
+            f"are not the manifest's (inputs {_listed(expected)}, output "
+            f"{output['name']} {_ORT_TYPES[output['dtype']]}); re-export this version"
+        )
+    style = spec["style"]["name"] if spec["style"] is not None else None
+    return spec["input"]["name"], output["name"], style
+
+
+def _listed(tensors: Mapping[str, str]) -> str:
+    return ", ".join(f"{name} {kind}" for name, kind in tensors.items()) or "none"

@@ -1,0 +1,272 @@
+"""The server's settings: one dataclass, filled from the command line (`i2i-serve --help`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cpu", "pytorch")
+PRECISIONS = ("auto", "fp32", "fp16")
+
+
+class ServerConfigError(ValueError):
+    """A setting is missing or contradicts another; the message names the flag."""
+
+
+@dataclass(frozen=True)
+class ModelSelection:
+    """One model to load: a name and a version (None: the latest)."""
+
+    name: str
+    version: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ModelSelection:
+        """Parse ``NAME`` or ``NAME:VERSION``."""
+        name, sep, version = text.partition(":")
+        if not name or (sep and not version.isdigit()) or (sep and int(version) < 1):
+            raise ServerConfigError(
+                f"--model {text!r}: expected NAME or NAME:VERSION with VERSION >= 1"
+            )
+        return cls(name, int(version) if sep else None)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything `i2i-serve` can be told. Defaults suit one GPU or a laptop."""
+
+    repository: Path
+    models: tuple[ModelSelection, ...] = ()  # empty: every model, latest version
+    host: str = "0.0.0.0"
+    port: int = 8001
+    metrics_port: int | None = 8002  # None: no metrics endpoint
+    metrics_host: str = "0.0.0.0"
+    backend: str = "auto"
+    precision: str = "auto"
+    device_id: int = 0
+    threads: int | None = None  # backend intra-op threads; None: the runtime's default
+    max_batch: int = 8
+    max_delay_ms: float = 5.0
+    max_queue: int = 64
+    instances: int = 1  # batches of one direction that may run at once
+    workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
+    max_concurrent_rpcs: int | None = None
+    max_message_mb: float = 32.0
+    max_image_pixels: int = 4096 * 4096
+    max_samples: int = 16
+    warmup_size: int = 256
+    grace_seconds: float = 30.0
+    token: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # set: mutual TLS, clients must present a certificate
+    log_format: str = "text"
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.backend not in BACKENDS:
+            problems.append(f"--backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
+        if self.precision not in PRECISIONS:
+            problems.append(
+                f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}"
+            )
+        for flag, value in (
+            ("--max-batch", self.max_batch),
+            ("--max-queue", self.max_queue),
+            ("--instances", self.instances),
+            ("--workers", self.workers),
+            ("--max-image-pixels", self.max_image_pixels),
+            ("--max-samples", self.max_samples),
+        ):
+            if value < 1:
+                problems.append(f"{flag} must be at least 1, got {value}")
+        if self.max_delay_ms < 0:
+            problems.append(f"--max-delay-ms must be >= 0, got {self.max_delay_ms}")
+        if self.max_message_mb <= 0:
+            problems.append(f"--max-message-mb must be > 0, got {self.max_message_mb}")
+        if self.grace_seconds < 0:
+            problems.append(f"--grace-seconds must be >= 0, got {self.grace_seconds}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            problems.append("--tls-cert and --tls-key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            problems.append("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        if self.token is not None and not self.token:
+            problems.append("the bearer token is empty")
+        if self.log_format not in ("text", "json"):
+            problems.append(f"--log-format {self.log_format!r}: choose text or json")
+        if problems:
+            raise ServerConfigError("; ".join(problems))
+
+    @property
+    def max_message_bytes(self) -> int:
+        return int(self.max_message_mb * (1 << 20))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of `i2i-serve`."""
+    d = ServerConfig(repository=Path("."))
+    parser.add_argument("--repository", required=True, type=Path, help="model repository folder")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="NAME[:VERSION]",
+        help="serve this model (repeat for several); default every model, latest version",
+    )
+    net = parser.add_argument_group("network")
+    net.add_argument("--host", default=d.host, help="gRPC address to bind (default %(default)s)")
+    net.add_argument("--port", type=int, default=d.port, help="gRPC port (default %(default)s)")
+    net.add_argument(
+        "--metrics-port",
+        type=int,
+        default=d.metrics_port,
+        help="Prometheus metrics port (default %(default)s; -1 turns metrics off)",
+    )
+    net.add_argument("--metrics-host", default=d.metrics_host, help="metrics address to bind")
+    net.add_argument(
+        "--max-message-mb",
+        type=float,
+        default=d.max_message_mb,
+        help="largest request or reply in MiB (default %(default)s)",
+    )
+    net.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        default=None,
+        help="calls handled at once; more are refused with RESOURCE_EXHAUSTED (default: no limit)",
+    )
+    run = parser.add_argument_group("inference")
+    run.add_argument("--backend", choices=BACKENDS, default=d.backend, help="which runtime")
+    run.add_argument(
+        "--precision", choices=PRECISIONS, default=d.precision, help="fp16 on GPUs by default"
+    )
+    run.add_argument("--device-id", type=int, default=d.device_id, help="CUDA device index")
+    run.add_argument("--threads", type=int, default=None, help="CPU threads per backend")
+    run.add_argument(
+        "--warmup-size",
+        type=int,
+        default=d.warmup_size,
+        help="image size the backends are warmed with before SERVING (default %(default)s)",
+    )
+    batch = parser.add_argument_group("dynamic batching")
+    batch.add_argument(
+        "--max-batch", type=int, default=d.max_batch, help="largest batch (default %(default)s)"
+    )
+    batch.add_argument(
+        "--max-delay-ms",
+        type=float,
+        default=d.max_delay_ms,
+        help="longest wait of a request for its batch to fill (default %(default)s; 0: no wait)",
+    )
+    batch.add_argument(
+        "--max-queue",
+        type=int,
+        default=d.max_queue,
+        help="requests waiting per model direction before RESOURCE_EXHAUSTED (default %(default)s)",
+    )
+    batch.add_argument(
+        "--instances",
+        type=int,
+        default=d.instances,
+        help="batches of one direction computed at once (default %(default)s)",
+    )
+    batch.add_argument(
+        "--workers",
+        type=int,
+        default=d.workers,
+        help="threads that decode and encode images (default %(default)s)",
+    )
+    limits = parser.add_argument_group("limits")
+    limits.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=d.max_image_pixels,
+        help="largest image (height x width) accepted (default %(default)s)",
+    )
+    limits.add_argument(
+        "--max-samples",
+        type=int,
+        default=d.max_samples,
+        help="largest num_samples of a multimodal request (default %(default)s)",
+    )
+    sec = parser.add_argument_group("security")
+    sec.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        help="require 'authorization: Bearer <token>' with the token in this file "
+        "(or set I2I_SERVE_TOKEN); health and reflection stay open for probes",
+    )
+    sec.add_argument("--tls-cert", type=Path, default=None, help="server certificate (PEM)")
+    sec.add_argument("--tls-key", type=Path, default=None, help="server private key (PEM)")
+    sec.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        default=None,
+        help="require client certificates signed by this CA (mutual TLS)",
+    )
+    life = parser.add_argument_group("lifecycle and logs")
+    life.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=d.grace_seconds,
+        help="on SIGTERM, how long accepted requests may take to finish (default %(default)s)",
+    )
+    life.add_argument("--log-format", choices=("text", "json"), default=d.log_format)
+    life.add_argument("--log-level", default=d.log_level, help="DEBUG, INFO, WARNING, ERROR")
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """Build the config from parsed flags; reads the token file or I2I_SERVE_TOKEN."""
+    token = None
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ServerConfigError(f"--token-file {args.token_file}: {exc.strerror}") from None
+    elif os.environ.get("I2I_SERVE_TOKEN"):
+        token = os.environ["I2I_SERVE_TOKEN"].strip()
+    for flag in ("tls_cert", "tls_key", "tls_client_ca"):
+        path = getattr(args, flag)
+        if path is not None and not path.is_file():
+            raise ServerConfigError(f"--{flag.replace('_', '-')} {path}: no such file")
+    return ServerConfig(
+        repository=args.repository,
+        models=tuple(ModelSelection.parse(m) for m in args.model),
+        host=args.host,
+        port=args.port,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        metrics_host=args.metrics_host,
+        backend=args.backend,
+        precision=args.precision,
+        device_id=args.device_id,
+        threads=args.threads,
+        max_batch=args.max_batch,
+        max_delay_ms=args.max_delay_ms,
+        max_queue=args.max_queue,
+        instances=args.instances,
+        workers=args.workers,
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
+        max_message_mb=args.max_message_mb,
+        max_image_pixels=args.max_image_pixels,
+        max_samples=args.max_samples,
+        warmup_size=args.warmup_size,
+        grace_seconds=args.grace_seconds,
+        token=token,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        log_format=args.log_format,
+        log_level=args.log_level,
+    )
+
+
+def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
+    """Parse `i2i-serve` flags into a config (exits 2 with usage on bad flags)."""
+    parser = argparse.ArgumentParser(prog="i2i-serve", description=__doc__)
+    add_arguments(parser)
+    return config_from_args(parser.parse_args(argv))

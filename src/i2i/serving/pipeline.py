@@ -1,0 +1,246 @@
+"""One translation, without the network: decode and fit, style, batch, restore and encode.
+
+The servicer turns protocol messages into a `Request` and calls `Pipeline.translate`;
+`LocalTranslator` (``i2i translate`` without a server) uses `prepare` and `finish` directly.
+Nothing here imports gRPC messages; errors are `i2i.serving.errors` classes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from i2i.serving import images
+from i2i.serving.batcher import Closed, Expired, QueueFull
+from i2i.serving.errors import (
+    DeadlineExceeded,
+    Internal,
+    InvalidArgument,
+    Unavailable,
+)
+from i2i.serving.errors import QueueFull as QueueFullError
+from i2i.serving.store import LoadedDirection, ModelStore
+
+SIZE_POLICIES = ("pad", "resize", "reject")
+OUTPUT_FORMATS = ("png", "jpeg", "webp", "raw")
+
+
+@dataclass(frozen=True)
+class RawPixels:
+    """Uncompressed uint8 pixels as the client declared them."""
+
+    pixels: bytes
+    height: int
+    width: int
+    channels: int
+
+
+@dataclass(frozen=True)
+class Request:
+    """A translation request in plain Python (the fields of TranslateRequest)."""
+
+    model: str
+    direction: str
+    image: bytes | RawPixels
+    version: int | None = None
+    num_samples: int = 1
+    style_seed: int | None = None
+    style_code: Sequence[float] | None = None
+    style_reference: bytes | RawPixels | None = None
+    output_format: str | None = None  # None: PNG for encoded inputs, raw for raw inputs
+    quality: int = 0
+    size_policy: str = "pad"
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class Result:
+    """The outputs of one request and where its time went."""
+
+    images: list[bytes | np.ndarray]  # encoded bytes, or (H, W, C) uint8 for raw output
+    output_format: str
+    direction: LoadedDirection
+    request_id: str
+    queue_s: float
+    compute_s: float
+    total_s: float
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A decoded image fitted to the model, and how to get its outputs back."""
+
+    pixels: np.ndarray  # (H', W', C_in) uint8, a size the model accepts
+    restore: Callable[[np.ndarray], np.ndarray]
+    style: np.ndarray | None  # (num_samples, S) float32 for multimodal models
+    output_format: str
+    quality: int
+
+
+def new_request_id() -> str:
+    return secrets.token_hex(8)
+
+
+def check_parameters(request: Request, direction: LoadedDirection, max_samples: int) -> None:
+    """Reject bad parameters before any image work, with a message that says what to send."""
+    if request.size_policy not in SIZE_POLICIES:
+        raise InvalidArgument(
+            f"size_policy {request.size_policy!r} is unknown: use {', '.join(SIZE_POLICIES)}"
+        )
+    if request.output_format is not None and request.output_format not in OUTPUT_FORMATS:
+        raise InvalidArgument(
+            f"output format {request.output_format!r} is unknown: use {', '.join(OUTPUT_FORMATS)}"
+        )
+    if not 0 <= request.quality <= 100:
+        raise InvalidArgument(f"quality must be 0 (default) to 100, got {request.quality}")
+    styled = (
+        request.style_seed is not None
+        or request.style_code is not None
+        or request.style_reference is not None
+    )
+    if direction.style_size == 0:
+        if request.num_samples != 1:
+            raise InvalidArgument(
+                f"num_samples is {request.num_samples}, but model {direction.model!r} "
+                f"({direction.family}) is not multimodal: it gives one output per image; "
+                f"send num_samples 0 or 1"
+            )
+        if styled:
+            raise InvalidArgument(
+                f"model {direction.model!r} ({direction.family}) takes no style; leave style unset"
+            )
+        return
+    limit = min(max_samples, direction.max_batch)
+    if not 1 <= request.num_samples <= limit:
+        raise InvalidArgument(f"num_samples must be 1 to {limit}, got {request.num_samples}")
+    if request.style_code is not None and len(request.style_code) != direction.style_size:
+        raise InvalidArgument(
+            f"the style code has {len(request.style_code)} values; model {direction.model!r} "
+            f"takes exactly {direction.style_size}"
+        )
+    if request.style_code is not None and not np.all(np.isfinite(request.style_code)):
+        raise InvalidArgument("the style code has a NaN or infinite value")
+    if request.style_reference is not None:
+        raise InvalidArgument(
+            f"model {direction.model!r} has no style encoder in its repository version, so a "
+            f"reference image cannot set the style; send a seed or a style code"
+        )
+
+
+def _style(request: Request, direction: LoadedDirection) -> np.ndarray | None:
+    if direction.style_size == 0:
+        return None
+    shape = (request.num_samples, direction.style_size)
+    if request.style_code is not None:
+        return np.repeat(np.asarray(request.style_code, np.float32)[None], shape[0], 0)
+    rng = np.random.default_rng(request.style_seed)  # None: fresh entropy, a random style
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def prepare(request: Request, direction: LoadedDirection, max_pixels: int) -> Prepared:
+    """Decode, convert and fit the image (blocking: run it in a worker thread)."""
+    if isinstance(request.image, RawPixels):
+        raw = request.image
+        pixels = images.raw_image(
+            raw.pixels,
+            raw.height,
+            raw.width,
+            raw.channels,
+            channels=direction.in_channels,
+            max_pixels=max_pixels,
+        )
+        default_format = "raw"
+    else:
+        pixels, _ = images.decode_image(
+            request.image, channels=direction.in_channels, max_pixels=max_pixels
+        )
+        default_format = "png"
+    fitted = images.fit_to_rule(
+        pixels, direction.multiple_of, direction.fixed_size, request.size_policy
+    )
+    return Prepared(
+        pixels=fitted.pixels,
+        restore=fitted.restore,
+        style=_style(request, direction),
+        output_format=request.output_format or default_format,
+        quality=request.quality,
+    )
+
+
+def finish(outputs: np.ndarray, prepared: Prepared) -> list[bytes | np.ndarray]:
+    """Crop or resize each output back and encode it (blocking: run it in a worker thread)."""
+    results: list[bytes | np.ndarray] = []
+    for output in outputs:  # (H', W', C_out) each
+        restored = prepared.restore(output)
+        if prepared.output_format == "raw":
+            results.append(np.ascontiguousarray(restored))
+        else:
+            results.append(images.encode_image(restored, prepared.output_format, prepared.quality))
+    return results
+
+
+class Pipeline:
+    """Runs requests through a model store: thread pool for images, batcher for compute."""
+
+    def __init__(self, store: ModelStore, executor: Executor, *, max_pixels: int, max_samples: int):
+        self.store = store
+        self.executor = executor
+        self.max_pixels = max_pixels
+        self.max_samples = max_samples
+
+    def lookup(self, request: Request) -> LoadedDirection:
+        """The loaded direction a request names (NotFound with what is loaded otherwise)."""
+        return self.store.direction(request.model, request.version, request.direction)
+
+    async def translate(self, request: Request, *, deadline: float | None = None) -> Result:
+        """Translate one request. `deadline` is on time.monotonic()'s scale."""
+        start = time.monotonic()
+        request_id = request.request_id or new_request_id()
+        direction = self.lookup(request)
+        check_parameters(request, direction, self.max_samples)
+        loop = asyncio.get_running_loop()
+        prepared = await loop.run_in_executor(
+            self.executor, prepare, request, direction, self.max_pixels
+        )
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExceeded("the deadline passed while the image was being decoded")
+        work = (prepared.pixels, prepared.style)
+        height, width = prepared.pixels.shape[:2]
+        try:
+            outputs, timing = await direction.batcher.submit(
+                (height, width), work, size=request.num_samples, deadline=deadline
+            )
+        except QueueFull:
+            raise QueueFullError(
+                f"the queue of {direction.label} is full ({direction.batcher_max_queue} requests "
+                f"waiting): retry with backoff, or add replicas"
+            ) from None
+        except Expired:
+            raise DeadlineExceeded(
+                "the deadline passed while the request waited in the queue; it was not computed"
+            ) from None
+        except Closed:
+            raise Unavailable("the server is shutting down: retry on another replica") from None
+        except Exception as exc:  # the backend failed this batch: only its requests see it
+            raise Internal(
+                f"the backend failed on the batch of request {request_id} ({direction.label}, "
+                f"{direction.backend.name}): {type(exc).__name__}: {exc}"
+            ) from exc
+        encoded = await loop.run_in_executor(self.executor, finish, outputs, prepared)
+        return Result(
+            images=encoded,
+            output_format=prepared.output_format,
+            direction=direction,
+            request_id=request_id,
+            queue_s=timing.queue_s,
+            compute_s=timing.compute_s,
+            total_s=time.monotonic() - start,
+            batch_size=timing.batch_size,
+        )

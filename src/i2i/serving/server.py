@@ -1,0 +1,303 @@
+"""`i2i-serve`: the gRPC server — health, reflection, auth, TLS, metrics and a graceful drain.
+
+Start-up binds the port first and answers health checks with NOT_SERVING while models
+load and warm (in a thread, so the event loop keeps answering); then SERVING. SIGTERM or
+SIGINT: health NOT_SERVING, new calls UNAVAILABLE, accepted calls finish (at most
+``--grace-seconds``), batchers drain, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from i2i.serving.batcher import BatchObserver
+from i2i.serving.config import ServerConfig, ServerConfigError, parse_config
+from i2i.serving.metrics import MetricsServer, ServerMetrics
+from i2i.serving.pipeline import Pipeline
+from i2i.serving.servicer import TranslatorServicer
+from i2i.serving.store import LoadedDirection, LoadError, ModelStore
+from i2i.v1 import translator_pb2 as pb
+from i2i.v1 import translator_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE = pb.DESCRIPTOR.services_by_name["Translator"].full_name  # "i2i.v1.Translator"
+# Probes (Kubernetes, grpcurl) need no token for these.
+OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+class TokenAuth(grpc.aio.ServerInterceptor):
+    """Requires ``authorization: Bearer <token>`` on every call but health and reflection."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+        async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "this server needs 'authorization: Bearer <token>' metadata with its token",
+            )
+
+        self._refuse_unary = grpc.unary_unary_rpc_method_handler(refuse)
+        self._refuse_stream = grpc.stream_stream_rpc_method_handler(refuse)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = details.method or ""
+        if method.startswith(OPEN_PREFIXES):
+            return await continuation(details)
+        given = dict(details.invocation_metadata or ()).get("authorization", "")
+        given_bytes = given.encode() if isinstance(given, str) else given
+        if hmac.compare_digest(given_bytes, self._expected):
+            return await continuation(details)
+        return self._refuse_stream if method.endswith("TranslateStream") else self._refuse_unary
+
+
+class _Observer:
+    """Feeds one direction's batcher events into the metrics."""
+
+    def __init__(self, metrics: ServerMetrics, model: str, direction: str) -> None:
+        self.metrics, self.model, self.direction = metrics, model, direction
+
+    def on_batch(self, key: Hashable, size: int, compute_s: float, failed: bool) -> None:
+        self.metrics.batch_done(self.model, self.direction, size, compute_s, failed)
+
+    def on_expired(self, key: Hashable, count: int) -> None:
+        self.metrics.expired(self.model, self.direction, count)
+
+
+class Server:
+    """One i2i server: start it, await `wait()`, or `stop()` it (tests run it in-process)."""
+
+    def __init__(self, config: ServerConfig, metrics: ServerMetrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or ServerMetrics()
+        self.executor = ThreadPoolExecutor(config.workers, thread_name_prefix="i2i-image")
+        self.store = ModelStore(config, observer_for=self._observer)
+        self.pipeline = Pipeline(
+            self.store,
+            self.executor,
+            max_pixels=config.max_image_pixels,
+            max_samples=config.max_samples,
+        )
+        self.servicer = TranslatorServicer(self.pipeline, self.metrics)
+        self.health = health.aio.HealthServicer()
+        self.port = 0
+        self.metrics_server: MetricsServer | None = None
+        self._server: grpc.aio.Server | None = None
+        self._stopped = asyncio.Event()
+        self._stopping = False
+
+    def _observer(self, model: str, direction: str) -> BatchObserver:
+        return _Observer(self.metrics, model, direction)
+
+    def _loaded(self, direction: LoadedDirection, seconds: float) -> None:
+        self.metrics.model_loaded(
+            direction.model,
+            direction.version,
+            direction.name,
+            direction.backend.name,
+            seconds,
+            artifact=direction.backend.artifact,
+        )
+        batcher = direction.batcher
+        self.metrics.watch_queue_depth(direction.model, direction.name, lambda: batcher.queue_depth)
+
+    async def _set_health(self, status: int) -> None:
+        for service in ("", SERVICE):
+            await self.health.set(service, status)
+
+    def _credentials(self) -> grpc.ServerCredentials | None:
+        config = self.config
+        if config.tls_cert is None or config.tls_key is None:
+            return None
+        pair = (config.tls_key.read_bytes(), config.tls_cert.read_bytes())
+        client_ca = config.tls_client_ca.read_bytes() if config.tls_client_ca else None
+        return grpc.ssl_server_credentials(
+            [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
+        )
+
+    async def start(self) -> None:
+        """Bind, answer NOT_SERVING, load and warm every model, then SERVING."""
+        config = self.config
+        interceptors = [TokenAuth(config.token)] if config.token else []
+        options = [
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = grpc.aio.server(
+            interceptors=interceptors,
+            options=options,
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        )
+        pb_grpc.add_TranslatorServicer_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (
+                SERVICE,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        address = f"{config.host}:{config.port}"
+        credentials = self._credentials()
+        try:
+            if credentials is None:
+                self.port = server.add_insecure_port(address)
+            else:
+                self.port = server.add_secure_port(address, credentials)
+        except RuntimeError as exc:
+            raise ServerConfigError(f"cannot listen on {address}: {exc}") from None
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.metrics.set_serving(False)
+        await server.start()
+        self._server = server
+        if config.metrics_port is not None:
+            try:
+                self.metrics_server = self.metrics.start_http_server(
+                    config.metrics_port, config.metrics_host
+                )
+            except RuntimeError as exc:
+                await server.stop(0)
+                raise ServerConfigError(str(exc)) from None
+        log.info(
+            "listening on %s:%d (%s), metrics on %s; loading models from %s",
+            config.host,
+            self.port,
+            "TLS" if credentials else "plaintext",
+            f"port {self.metrics_server.port}" if self.metrics_server else "off",
+            config.repository,
+        )
+        start = time.monotonic()
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, self.store.load, self._loaded)
+        except BaseException:
+            await self._close(grace=0)
+            raise
+        await self.store.start()
+        self.servicer.accepting = True
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self.metrics.set_serving(True)
+        names = ", ".join(d.label for d in self.store.directions())
+        log.info("SERVING %s (ready in %.1f s)", names, time.monotonic() - start)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: NOT_SERVING, refuse new calls, finish accepted ones, stop everything."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        grace = self.config.grace_seconds if grace is None else grace
+        log.info("draining: NOT_SERVING, finishing accepted requests (grace %.1f s)", grace)
+        self.servicer.accepting = False
+        await self.health.enter_graceful_shutdown()
+        self.metrics.set_serving(False)
+        # The port stays open while accepted requests finish, so probes read NOT_SERVING and
+        # new calls get a clear UNAVAILABLE instead of a refused connection.
+        deadline = time.monotonic() + grace
+        while self.servicer.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if self.servicer.in_flight:
+            log.warning("%d requests still running after the grace period", self.servicer.in_flight)
+        await self._close(max(0.0, deadline - time.monotonic()))
+
+    async def _close(self, grace: float) -> None:
+        if self._server is not None:
+            # Waits for running calls (which wait on their batches) up to `grace`.
+            await self._server.stop(grace)
+        await self.store.stop(drain=True)
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self._stopped.set()
+        log.info("stopped")
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+
+async def serve(config: ServerConfig) -> int:
+    """Run until SIGTERM or SIGINT; return the exit status."""
+    server = Server(config)
+    loop = asyncio.get_running_loop()
+    stop_task: list[asyncio.Task[None]] = []
+
+    def on_signal(signum: int) -> None:
+        if not stop_task:
+            log.info("got %s", signal.Signals(signum).name)
+            stop_task.append(loop.create_task(server.stop()))
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await server.start()
+    except LoadError as exc:
+        log.error("could not load the models: %s", exc)
+        return 1
+    await server.wait()
+    return 0
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the request id and model when a record has them."""
+
+    FIELDS = ("request_id", "model", "direction")
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in self.FIELDS:
+            if hasattr(record, name):
+                entry[name] = getattr(record, name)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(config: ServerConfig) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if config.log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(config.log_level.upper())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The `i2i-serve` command."""
+    try:
+        config = parse_config(argv)
+    except ServerConfigError as exc:
+        print(f"i2i-serve: error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config)
+    try:
+        return asyncio.run(serve(config))
+    except ServerConfigError as exc:
+        log.error("%s", exc)
+        return 2

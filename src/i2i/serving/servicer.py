@@ -1,0 +1,246 @@
+"""The `i2i.v1.Translator` servicer: protocol messages in and out, nothing else.
+
+It turns a TranslateRequest into a `pipeline.Request`, awaits the pipeline, and turns the
+result (or a `ServingError`) into the reply (or a status with a message); it counts and
+logs every call with its request id.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import grpc
+import numpy as np
+
+from i2i.serving.errors import InvalidArgument, ServingError, Unavailable
+from i2i.serving.metrics import ServerMetrics
+from i2i.serving.pipeline import Pipeline, RawPixels, Request, Result, new_request_id
+from i2i.serving.store import LoadedModel
+from i2i.v1 import translator_pb2 as pb
+from i2i.v1 import translator_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+FORMAT_NAMES = {
+    pb.IMAGE_FORMAT_UNSPECIFIED: None,
+    pb.IMAGE_FORMAT_PNG: "png",
+    pb.IMAGE_FORMAT_JPEG: "jpeg",
+    pb.IMAGE_FORMAT_WEBP: "webp",
+    pb.IMAGE_FORMAT_RAW: "raw",
+}
+POLICY_NAMES = {
+    pb.SIZE_POLICY_UNSPECIFIED: "pad",
+    pb.SIZE_POLICY_PAD: "pad",
+    pb.SIZE_POLICY_RESIZE: "resize",
+    pb.SIZE_POLICY_REJECT: "reject",
+}
+# RESOURCE_EXHAUSTED that a retry cannot fix (an image too large) carries this trailer.
+NOT_RETRYABLE = (("i2i-retryable", "false"),)
+
+
+def _image(message: pb.Image, what: str) -> bytes | RawPixels:
+    kind = message.WhichOneof("data")
+    if kind == "encoded":
+        if not message.encoded:
+            raise InvalidArgument(f"{what} is empty: send PNG, JPEG or WebP bytes, or raw pixels")
+        return message.encoded
+    if kind == "raw":
+        raw = message.raw
+        return RawPixels(raw.pixels, raw.height, raw.width, raw.channels)
+    raise InvalidArgument(f"{what} is missing: set image.encoded or image.raw")
+
+
+def request_from_proto(message: pb.TranslateRequest) -> Request:
+    """The plain request; InvalidArgument for fields that cannot be read at all."""
+    if not message.model:
+        raise InvalidArgument("model is empty: name a model (ListModels shows them)")
+    if not message.direction:
+        raise InvalidArgument("direction is empty: name one, for example A2B (GetModel lists them)")
+    if message.output.format not in FORMAT_NAMES:
+        raise InvalidArgument(f"output format {message.output.format} is not a known ImageFormat")
+    if message.size_policy not in POLICY_NAMES:
+        raise InvalidArgument(f"size_policy {message.size_policy} is not a known SizePolicy")
+    seed = code = reference = None
+    source = message.style.WhichOneof("source") if message.HasField("style") else None
+    if source == "seed":
+        seed = message.style.seed
+    elif source == "code":
+        code = list(message.style.code.values)
+    elif source == "reference":
+        reference = _image(message.style.reference, "style.reference")
+    return Request(
+        model=message.model,
+        version=message.version or None,
+        direction=message.direction,
+        image=_image(message.image, "image"),
+        num_samples=message.num_samples or 1,
+        style_seed=seed,
+        style_code=code,
+        style_reference=reference,
+        output_format=FORMAT_NAMES[message.output.format],
+        quality=message.output.quality,
+        size_policy=POLICY_NAMES[message.size_policy],
+        request_id=message.request_id[:64],
+    )
+
+
+def _out_image(image: bytes | np.ndarray) -> pb.Image:
+    if isinstance(image, np.ndarray):
+        height, width, channels = image.shape
+        raw = pb.RawImage(pixels=image.tobytes(), height=height, width=width, channels=channels)
+        return pb.Image(raw=raw)
+    return pb.Image(encoded=image)
+
+
+def response_from_result(result: Result) -> pb.TranslateResponse:
+    return pb.TranslateResponse(
+        images=[_out_image(image) for image in result.images],
+        model=result.direction.model,
+        version=result.direction.version,
+        direction=result.direction.name,
+        request_id=result.request_id,
+        timing=pb.Timing(
+            queue_ms=result.queue_s * 1e3,
+            compute_ms=result.compute_s * 1e3,
+            total_ms=result.total_s * 1e3,
+        ),
+        batch_size=result.batch_size,
+    )
+
+
+def model_info(model: LoadedModel) -> pb.ModelInfo:
+    return pb.ModelInfo(
+        name=model.name,
+        version=model.version,
+        family=model.manifest["family"],
+        domains=model.manifest["domains"],
+        created=model.manifest["created"],
+        directions=[
+            pb.DirectionInfo(
+                name=d.name,
+                input_channels=d.in_channels,
+                output_channels=d.out_channels,
+                shape_rule=pb.ShapeRule(multiple_of=d.multiple_of, fixed_size=d.fixed_size or 0),
+                style_size=d.style_size,
+                backend=d.backend.name,
+                artifact=d.backend.artifact,
+                max_batch=d.max_batch,
+            )
+            for d in model.directions.values()
+        ],
+    )
+
+
+class TranslatorServicer(pb_grpc.TranslatorServicer):
+    """Thin: parse, call the pipeline, reply; every error becomes its status code."""
+
+    def __init__(self, pipeline: Pipeline, metrics: ServerMetrics) -> None:
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.accepting = False  # False while loading and while draining
+        self.in_flight = 0  # accepted Translate requests not yet answered
+
+    def _check_accepting(self) -> None:
+        if not self.accepting:
+            raise Unavailable(
+                "the server is not serving (starting up or shutting down): retry shortly, or "
+                "on another replica"
+            )
+
+    async def _translate_one(
+        self, message: pb.TranslateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TranslateResponse:
+        """One request, counted and logged; raises ServingError for the caller to report."""
+        start = time.monotonic()
+        request_id = message.request_id[:64] or new_request_id()
+        # Metric labels name only loaded models, so made-up names cannot grow the series.
+        model, direction, images = "unknown", "unknown", 0
+        code = grpc.StatusCode.OK
+        self.in_flight += 1
+        try:
+            with self.metrics.track_in_flight():
+                self._check_accepting()
+                request = replace(request_from_proto(message), request_id=request_id)
+                loaded = self.pipeline.lookup(request)
+                model, direction = loaded.model, loaded.name
+                remaining = context.time_remaining()
+                deadline = None if remaining is None else start + remaining
+                result = await self.pipeline.translate(request, deadline=deadline)
+            images = len(result.images)
+            self.metrics.queued(model, direction, result.queue_s)
+            return response_from_result(result)
+        except ServingError as exc:
+            code = exc.code
+            internal = code == grpc.StatusCode.INTERNAL
+            log.log(
+                logging.ERROR if internal else logging.INFO,
+                "request %s failed: %s %s",
+                request_id,
+                code.name,
+                exc.message,
+                exc_info=exc if internal else None,
+                extra={"request_id": request_id, "model": model, "direction": direction},
+            )
+            raise
+        finally:
+            self.in_flight -= 1
+            elapsed = time.monotonic() - start
+            self.metrics.request_done(model, direction, code.name, elapsed, images)
+            log.debug(
+                "request %s: %s %s %s in %.1f ms",
+                request_id,
+                model,
+                direction,
+                code.name,
+                elapsed * 1e3,
+                extra={"request_id": request_id, "model": model, "direction": direction},
+            )
+
+    async def Translate(  # noqa: N802 - the protocol's name
+        self, request: pb.TranslateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TranslateResponse:
+        try:
+            return await self._translate_one(request, context)
+        except ServingError as exc:
+            await _abort(context, exc)
+            raise AssertionError("unreachable") from None
+
+    async def TranslateStream(  # noqa: N802
+        self,
+        request_iterator: AsyncIterator[pb.TranslateRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.TranslateResponse]:
+        # Frames are answered in order, one at a time: a video's frames share a shape, and
+        # several streams at once still fill batches together.
+        async for message in request_iterator:
+            try:
+                yield await self._translate_one(message, context)
+            except ServingError as exc:
+                await _abort(context, exc)
+
+    async def ListModels(  # noqa: N802
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        store = self.pipeline.store
+        return pb.ListModelsResponse(
+            models=[model_info(m) for _, m in sorted(store.models.items())]
+        )
+
+    async def GetModel(  # noqa: N802
+        self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInfo:
+        try:
+            return model_info(self.pipeline.store.model(request.model, request.version or None))
+        except ServingError as exc:
+            await _abort(context, exc)
+            raise AssertionError("unreachable") from None
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: ServingError) -> Any:
+    if not exc.retryable:
+        context.set_trailing_metadata(NOT_RETRYABLE)
+    await context.abort(exc.code, exc.message)

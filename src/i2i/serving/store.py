@@ -1,0 +1,245 @@
+"""The loaded models: a backend and a dynamic batcher per model version and direction.
+
+Loading reads each manifest, picks a backend (`backends.load_backend`), warms it at every
+batch size and builds the batcher whose `execute` runs that backend. A direction is found
+by (model, version, direction); anything not loaded is NotFound with what is.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from i2i.repository import RepositoryError, list_models, read_manifest, version_folder
+from i2i.serving.backends import Backend, BackendError, Hardware, load_backend
+from i2i.serving.batcher import BatchObserver, DynamicBatcher
+from i2i.serving.config import ModelSelection, ServerConfig
+from i2i.serving.errors import NotFound
+
+log = logging.getLogger(__name__)
+
+Work = tuple[np.ndarray, "np.ndarray | None"]  # (H, W, C) pixels, (k, S) style or None
+
+
+class LoadError(RuntimeError):
+    """A model could not be loaded; the server does not start."""
+
+
+def batch_runner(backend: Backend) -> Callable[[Hashable, list[Any]], list[np.ndarray]]:
+    """The batcher's `execute`: stack the requests' images, run once, split the outputs."""
+
+    def execute(key: Hashable, works: list[Any]) -> list[np.ndarray]:
+        counts = [1 if style is None else len(style) for _, style in works]
+        batch = np.stack(
+            [pixels for (pixels, _), k in zip(works, counts, strict=True) for _ in range(k)]
+        )  # (N, H, W, C_in)
+        styles = [style for _, style in works if style is not None]
+        style = np.concatenate(styles) if styles else None  # (N, S)
+        outputs = backend.run(batch, style)  # (N, H, W, C_out)
+        bounds = np.cumsum([0, *counts])
+        return [outputs[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    return execute
+
+
+@dataclass
+class LoadedDirection:
+    """One direction of one model version, ready to take requests."""
+
+    model: str
+    version: int
+    name: str
+    family: str
+    backend: Backend
+    multiple_of: int
+    fixed_size: int | None
+    max_batch: int
+    batcher_max_queue: int
+    batcher: DynamicBatcher = field(repr=False)
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}:{self.version} {self.name}"
+
+    @property
+    def in_channels(self) -> int:
+        return self.backend.in_channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.backend.out_channels
+
+    @property
+    def style_size(self) -> int:
+        return self.backend.style_size
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    version: int
+    manifest: dict[str, Any]
+    directions: dict[str, LoadedDirection]
+
+
+class ModelStore:
+    """Loads the configured models and finds them by name, version and direction."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        observer_for: Callable[[str, str], BatchObserver | None] | None = None,
+        hardware: Hardware | None = None,
+    ) -> None:
+        self.config = config
+        self.models: dict[tuple[str, int], LoadedModel] = {}
+        self.latest: dict[str, int] = {}
+        self._observer_for = observer_for or (lambda model, direction: None)
+        self._hardware = hardware
+
+    def selections(self) -> list[ModelSelection]:
+        """What to load: the --model flags, or every model of the repository."""
+        if self.config.models:
+            return list(self.config.models)
+        try:
+            found = list_models(self.config.repository)
+        except RepositoryError as exc:
+            raise LoadError(str(exc)) from None
+        if not found:
+            raise LoadError(
+                f"the repository {self.config.repository} holds no model: export one with "
+                f"i2i-export, or point --repository at the right folder"
+            )
+        return [ModelSelection(name) for name in sorted(found)]
+
+    def load(self, on_loaded: Callable[[LoadedDirection, float], None] | None = None) -> None:
+        """Load, warm and batch every selected model (blocking; raises LoadError)."""
+        hardware = self._hardware or Hardware.detect(self.config.device_id)
+        for selection in self.selections():
+            try:
+                manifest = read_manifest(self.config.repository, selection.name, selection.version)
+            except RepositoryError as exc:
+                raise LoadError(str(exc)) from None
+            name, version = manifest["name"], manifest["version"]
+            folder = version_folder(self.config.repository, name, version)
+            directions = {}
+            for direction in manifest["directions"]:
+                start = time.monotonic()
+                loaded = self._load_direction(folder, manifest, direction, hardware)
+                seconds = time.monotonic() - start
+                log.info(
+                    "loaded %s with %s (%s, %s) in %.2f s",
+                    loaded.label,
+                    loaded.backend.name,
+                    loaded.backend.artifact,
+                    loaded.backend.precision,
+                    seconds,
+                )
+                if on_loaded is not None:
+                    on_loaded(loaded, seconds)
+                directions[direction] = loaded
+            self.models[(name, version)] = LoadedModel(name, version, manifest, directions)
+            self.latest[name] = max(version, self.latest.get(name, 0))
+
+    def _load_direction(
+        self, folder: Path, manifest: dict[str, Any], direction: str, hardware: Hardware
+    ) -> LoadedDirection:
+        config = self.config
+        try:
+            backend = load_backend(
+                folder,
+                manifest,
+                direction,
+                choice=config.backend,
+                precision=config.precision,
+                hardware=hardware,
+                device_id=config.device_id,
+                threads=config.threads,
+            )
+        except BackendError as exc:
+            raise LoadError(
+                f"{manifest['name']}:{manifest['version']} {direction}: {exc}"
+            ) from None
+        rule = manifest["directions"][direction]["shape_rule"]
+        fixed = rule["fixed_size"]
+        size = fixed or max(
+            rule["multiple_of"], config.warmup_size // rule["multiple_of"] * rule["multiple_of"]
+        )
+        backend.warmup(size, size, _warmup_batches(config.max_batch))
+        batcher = DynamicBatcher(
+            batch_runner(backend),
+            max_batch=config.max_batch,
+            max_delay_s=config.max_delay_ms / 1000.0,
+            max_queue=config.max_queue,
+            instances=config.instances,
+            observer=self._observer_for(manifest["name"], direction),
+            name=f"{manifest['name']}:{manifest['version']}:{direction}",
+        )
+        return LoadedDirection(
+            model=manifest["name"],
+            version=manifest["version"],
+            name=direction,
+            family=manifest["family"],
+            backend=backend,
+            multiple_of=rule["multiple_of"],
+            fixed_size=fixed,
+            max_batch=config.max_batch,
+            batcher_max_queue=config.max_queue,
+            batcher=batcher,
+        )
+
+    def directions(self) -> list[LoadedDirection]:
+        return [d for m in self.models.values() for d in m.directions.values()]
+
+    async def start(self) -> None:
+        for direction in self.directions():
+            await direction.batcher.start()
+
+    async def stop(self, drain: bool = True) -> None:
+        """Stop every batcher (answering what they accepted when `drain`), then the backends."""
+        for direction in self.directions():
+            await direction.batcher.stop(drain=drain)
+        for direction in self.directions():
+            direction.backend.close()
+
+    def model(self, name: str, version: int | None) -> LoadedModel:
+        """A loaded model version; version None or 0 means the latest loaded."""
+        if name not in self.latest:
+            loaded = ", ".join(sorted(self.latest)) or "none"
+            raise NotFound(f"model {name!r} is not loaded on this server; loaded: {loaded}")
+        version = version or self.latest[name]
+        found = self.models.get((name, version))
+        if found is None:
+            have = ", ".join(str(v) for n, v in sorted(self.models) if n == name)
+            raise NotFound(
+                f"version {version} of model {name!r} is not loaded on this server; loaded "
+                f"versions: {have}"
+            )
+        return found
+
+    def direction(self, name: str, version: int | None, direction: str) -> LoadedDirection:
+        model = self.model(name, version)
+        found = model.directions.get(direction)
+        if found is None:
+            raise NotFound(
+                f"model {name!r} version {model.version} has no direction {direction!r}; its "
+                f"directions: {', '.join(model.directions)}"
+            )
+        return found
+
+
+def _warmup_batches(max_batch: int) -> Sequence[int]:
+    """Batch sizes to warm: 1, powers of two and max_batch (what dynamic batching will see)."""
+    sizes = {1, max_batch}
+    size = 2
+    while size < max_batch:
+        sizes.add(size)
+        size *= 2
+    return sorted(sizes)

@@ -1,0 +1,275 @@
+"""A real i2i server on 127.0.0.1 serving the tiny model with ONNX Runtime, called over gRPC."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+from PIL import Image
+
+from i2i.v1 import translator_pb2 as pb
+from tests.serving.conftest import MODEL, png_bytes, sample_image
+
+
+def ort_translate(repository: Path, direction: str, pixels: np.ndarray) -> np.ndarray:
+    """The tiny model's FP32 ONNX graph run directly: (H, W, 3) -> (H, W, 3)."""
+    session = ort.InferenceSession(
+        str(repository / MODEL / "1" / f"{direction}.onnx"), providers=["CPUExecutionProvider"]
+    )
+    return session.run(None, {"image": pixels[None]})[0][0]
+
+
+def request(pixels: np.ndarray, direction: str = "A2B", **fields) -> pb.TranslateRequest:
+    return pb.TranslateRequest(
+        model=MODEL, direction=direction, image=pb.Image(encoded=png_bytes(pixels)), **fields
+    )
+
+
+def decode(image: pb.Image) -> np.ndarray:
+    if image.WhichOneof("data") == "raw":
+        raw = image.raw
+        return np.frombuffer(raw.pixels, np.uint8).reshape(raw.height, raw.width, raw.channels)
+    return np.asarray(Image.open(io.BytesIO(image.encoded)))
+
+
+def test_translate_equals_onnxruntime(shared_server, tiny_repository):
+    stub = shared_server.stub()
+    for direction, seed in (("A2B", 1), ("B2A", 2)):
+        pixels = sample_image(32, 48, seed)
+        reply = stub.Translate(request(pixels, direction, request_id="r-1"), timeout=30)
+        assert (reply.model, reply.version, reply.direction) == (MODEL, 1, direction)
+        assert reply.request_id == "r-1"
+        assert len(reply.images) == 1 and reply.batch_size >= 1
+        assert reply.timing.total_ms >= reply.timing.compute_ms > 0
+        np.testing.assert_array_equal(
+            decode(reply.images[0]), ort_translate(tiny_repository, direction, pixels)
+        )
+
+
+def test_raw_pixels_in_and_out(shared_server, tiny_repository):
+    pixels = sample_image(36, 40, seed=3)
+    raw = pb.RawImage(pixels=pixels.tobytes(), height=36, width=40, channels=3)
+    reply = shared_server.stub().Translate(
+        pb.TranslateRequest(model=MODEL, direction="A2B", image=pb.Image(raw=raw)), timeout=30
+    )
+    out = decode(reply.images[0])  # raw in → raw out by default
+    assert reply.images[0].WhichOneof("data") == "raw"
+    np.testing.assert_array_equal(out, ort_translate(tiny_repository, "A2B", pixels))
+
+
+def test_size_policies(shared_server, tiny_repository):
+    stub = shared_server.stub()
+    pixels = sample_image(30, 34, seed=4)  # not a multiple of 4
+    padded = stub.Translate(request(pixels), timeout=30)
+    assert decode(padded.images[0]).shape == (30, 34, 3)
+    # Pad reflects up to 32x36: the translated crop equals translating the padded image.
+    big = np.pad(pixels, ((0, 2), (0, 2), (0, 0)), mode="reflect")
+    expected = ort_translate(tiny_repository, "A2B", big)[:30, :34]
+    np.testing.assert_array_equal(decode(padded.images[0]), expected)
+    resized = stub.Translate(request(pixels, size_policy=pb.SIZE_POLICY_RESIZE), timeout=30)
+    assert decode(resized.images[0]).shape == (30, 34, 3)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Translate(request(pixels, size_policy=pb.SIZE_POLICY_REJECT), timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "32x36" in caught.value.details()
+
+
+def test_output_formats(shared_server):
+    stub = shared_server.stub()
+    pixels = sample_image(32, 32, seed=5)
+    lossless = decode(stub.Translate(request(pixels), timeout=30).images[0]).astype(int)
+
+    def translated(fmt: int, quality: int) -> tuple[str, np.ndarray]:
+        options = pb.OutputOptions(format=fmt, quality=quality)
+        reply = stub.Translate(request(pixels, output=options), timeout=30)
+        image = Image.open(io.BytesIO(reply.images[0].encoded))
+        return image.format, np.asarray(image.convert("RGB")).astype(int)
+
+    fmt, webp = translated(pb.IMAGE_FORMAT_WEBP, 100)  # quality 100 is lossless WebP
+    assert fmt == "WEBP"
+    np.testing.assert_array_equal(webp, lossless)
+    for fmt_id, name in ((pb.IMAGE_FORMAT_JPEG, "JPEG"), (pb.IMAGE_FORMAT_WEBP, "WEBP")):
+        fmt, good = translated(fmt_id, 95)
+        _, poor = translated(fmt_id, 10)
+        assert fmt == name
+        assert np.abs(good - lossless).mean() < np.abs(poor - lossless).mean()
+
+
+def test_stream_answers_in_order(shared_server, tiny_repository):
+    frames = [sample_image(32, 32, seed=10 + i) for i in range(5)]
+    replies = list(
+        shared_server.stub().TranslateStream(
+            iter(request(f, request_id=f"frame-{i}") for i, f in enumerate(frames)), timeout=60
+        )
+    )
+    assert [r.request_id for r in replies] == [f"frame-{i}" for i in range(5)]
+    for frame, reply in zip(frames, replies, strict=True):
+        np.testing.assert_array_equal(
+            decode(reply.images[0]), ort_translate(tiny_repository, "A2B", frame)
+        )
+
+
+def test_stream_error_ends_the_stream_with_its_code(shared_server):
+    messages = [request(sample_image()), request(sample_image(), direction="nope")]
+    replies = []
+    with pytest.raises(grpc.RpcError) as caught:
+        for reply in shared_server.stub().TranslateStream(iter(messages), timeout=30):
+            replies.append(reply)
+    assert len(replies) == 1
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_list_and_get_model(shared_server):
+    stub = shared_server.stub()
+    models = stub.ListModels(pb.ListModelsRequest(), timeout=10).models
+    assert [(m.name, m.version, m.family) for m in models] == [(MODEL, 1, "cyclegan")]
+    info = stub.GetModel(pb.GetModelRequest(model=MODEL), timeout=10)
+    assert sorted(d.name for d in info.directions) == ["A2B", "B2A"]
+    a2b = next(d for d in info.directions if d.name == "A2B")
+    assert (a2b.input_channels, a2b.output_channels, a2b.style_size) == (3, 3, 0)
+    assert a2b.shape_rule.multiple_of == 4 and a2b.shape_rule.fixed_size == 0
+    assert a2b.backend == "onnxruntime-cpu" and a2b.artifact == "A2B.onnx"
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.GetModel(pb.GetModelRequest(model=MODEL, version=7), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "loaded versions: 1" in caught.value.details()
+
+
+def test_health_and_reflection(shared_server):
+    assert shared_server.health() == "SERVING"
+    assert shared_server.health("i2i.v1.Translator") == "SERVING"
+    with shared_server.channel() as channel:
+        services = ProtoReflectionDescriptorDatabase(channel).get_services()
+    assert {"i2i.v1.Translator", "grpc.health.v1.Health"} <= set(services)
+
+
+def test_concurrent_calls_form_batches(start_server, tiny_repository):
+    server = start_server(max_batch=4, max_delay_ms=300.0)
+    stub = server.stub()
+    pixels = [sample_image(32, 32, seed=20 + i) for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda p: stub.Translate(request(p), timeout=30), pixels))
+    assert max(r.batch_size for r in replies) > 1
+    for p, reply in zip(pixels, replies, strict=True):  # batching does not mix up outputs
+        np.testing.assert_array_equal(
+            decode(reply.images[0]), ort_translate(tiny_repository, "A2B", p)
+        )
+    samples = server.metrics()
+    labels = 'direction="A2B",model="tiny"'
+    batches = samples[f"i2i_inference_batch_size_count{{{labels}}}"]
+    assert samples[f"i2i_inference_batch_size_sum{{{labels}}}"] == 8
+    assert batches < 8  # fewer batches than requests: they were batched
+    assert samples[f'i2i_inference_requests_total{{code="OK",{labels}}}'] == 8
+
+
+class Gate:
+    """Holds a direction's backend inside `run` until released; records what it computed."""
+
+    def __init__(self, server, direction: str = "A2B") -> None:
+        loaded = server.server.store.direction(MODEL, None, direction)
+        self.backend = loaded.backend
+        self.real_run = self.backend.run
+        self.entered = threading.Semaphore(0)
+        self.release = threading.Event()
+        self.batches: list[int] = []
+        self.backend.run = self.run
+
+    def run(self, images, style=None):
+        self.batches.append(len(images))
+        self.entered.release()
+        assert self.release.wait(30), "the test never released the gate"
+        return self.real_run(images, style)
+
+    def wait_entered(self) -> None:
+        assert self.entered.acquire(timeout=30), "no batch reached the backend"
+
+
+def test_full_queue_is_refused_at_once(start_server):
+    server = start_server(max_batch=1, max_queue=2, max_delay_ms=0.0)
+    gate = Gate(server)
+    stub = server.stub()
+    with ThreadPoolExecutor(4) as pool:
+        running = pool.submit(stub.Translate, request(sample_image()), timeout=30)
+        gate.wait_entered()  # one request computing; two more fill the queue
+        queued = [
+            pool.submit(stub.Translate, request(sample_image()), timeout=30) for _ in range(2)
+        ]
+        deadline = time.monotonic() + 10
+        while server.server.store.direction(MODEL, None, "A2B").batcher.queue_depth < 2:
+            assert time.monotonic() < deadline, "requests never queued"
+            time.sleep(0.01)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Translate(request(sample_image()), timeout=30)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "queue" in caught.value.details()
+        assert dict(caught.value.trailing_metadata()).get("i2i-retryable") != "false"
+        pending = server.metrics()['i2i_inference_pending_requests{direction="A2B",model="tiny"}']
+        assert pending == 2
+        gate.release.set()
+        assert running.result(30).images and all(q.result(30).images for q in queued)
+    assert gate.batches == [1, 1, 1]
+    assert server.health() == "SERVING"
+
+
+def test_deadline_and_cancellation_cost_no_compute(start_server):
+    server = start_server(max_batch=1, max_delay_ms=0.0)
+    gate = Gate(server)
+    stub = server.stub()
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(stub.Translate, request(sample_image()), timeout=30)
+        gate.wait_entered()
+        with pytest.raises(grpc.RpcError) as caught:  # waits behind the held batch
+            stub.Translate(request(sample_image(seed=1)), timeout=0.5)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        cancelled = stub.Translate.future(request(sample_image(seed=2)), timeout=30)
+        time.sleep(0.3)  # let it reach the queue
+        assert cancelled.cancel()
+        time.sleep(0.3)
+        gate.release.set()
+        assert first.result(30).images
+    assert stub.Translate(request(sample_image(seed=3)), timeout=30).images
+    assert gate.batches == [1, 1]  # the first and the last: neither dropped one was computed
+
+
+def test_backend_failure_fails_only_its_batch(start_server, tiny_repository):
+    server = start_server(max_batch=4, max_delay_ms=100.0)
+    backend = server.server.store.direction(MODEL, None, "A2B").backend
+    real_run = backend.run
+
+    def run(images, style=None):
+        if images.shape[1] == 40:  # the poisoned shape
+            raise RuntimeError("injected failure")
+        return real_run(images, style)
+
+    backend.run = run
+    stub = server.stub()
+    good = [sample_image(32, 32, seed=30 + i) for i in range(3)]
+    with ThreadPoolExecutor(6) as pool:
+        bad = [pool.submit(stub.Translate, request(sample_image(40, 32)), timeout=30)]
+        oks = [pool.submit(stub.Translate, request(p), timeout=30) for p in good]
+        for future in bad:
+            with pytest.raises(grpc.RpcError) as caught:
+                future.result(30)
+            assert caught.value.code() == grpc.StatusCode.INTERNAL
+            assert "injected failure" in caught.value.details()
+        for p, future in zip(good, oks, strict=True):
+            np.testing.assert_array_equal(
+                decode(future.result(30).images[0]), ort_translate(tiny_repository, "A2B", p)
+            )
+    assert server.health() == "SERVING"
+    backend.run = real_run  # the server carries on: the same shape works once the fault is gone
+    assert len(stub.Translate(request(sample_image(40, 32)), timeout=30).images) == 1
+    samples = server.metrics()
+    assert (
+        samples['i2i_inference_requests_total{code="INTERNAL",direction="A2B",model="tiny"}'] == 1
+    )
