@@ -85,13 +85,19 @@ def test_help_documents_every_command(args):
     assert result.returncode == 0 and "usage:" in result.stdout
 
 
-def test_train_help_and_unreleased_stages():
+def test_stage_helps():
     result = i2i("--help", script="i2i-train")
     assert result.returncode == 0 and "--resume" in result.stdout and "torchrun" in result.stdout
     result = i2i("--help", script="i2i-export")
     assert result.returncode == 0 and "--formats" in result.stdout and "--shapes" in result.stdout
-    result = i2i(script="i2i-serve")
-    assert result.returncode == 2 and "serving is not in this release" in result.stderr
+    result = i2i("--help", script="i2i-serve")
+    assert (
+        result.returncode == 0 and "--max-delay-ms" in result.stdout and "SIGTERM" in result.stdout
+    )
+    result = i2i("serve", "--help")
+    assert result.returncode == 0 and "--repository" in result.stdout
+    result = i2i("--repository", ".", "--max-batch", "0", script="i2i-serve")
+    assert result.returncode == 2 and "--max-batch must be at least 1" in result.stderr
 
 
 def test_sample_train_resume_eval(tmp_path):

@@ -22,6 +22,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from i2i.serving.metrics import BATCH_SIZE_BUCKETS, LATENCY_BUCKETS, GpuCollector, ServerMetrics
+from i2i.v1 import translator_pb2 as pb
+from tests.serving.conftest import png_bytes, sample_image
 
 HANG_GUARD_S = 60.0
 ROUTE = {"model": "tiny", "direction": "A2B"}
@@ -306,15 +308,15 @@ def get_json(url: str) -> Any:
 
 
 @pytest.fixture
-def recorded() -> Iterator[tuple[ServerMetrics, int]]:
-    """ServerMetrics with `record_some` history, served on a free port of 127.0.0.1."""
-    metrics = ServerMetrics(gpu=False)
-    record_some(metrics)
-    server = metrics.start_http_server(0, "127.0.0.1")
-    try:
-        yield metrics, server.port
-    finally:
-        server.close()
+def recorded(start_server: Any) -> tuple[ServerMetrics, int]:
+    """A real i2i server on 127.0.0.1 with its metrics port, after three A2B translations."""
+    server = start_server(metrics_port=0, metrics_host="127.0.0.1")
+    stub = server.stub()
+    image = pb.Image(encoded=png_bytes(sample_image()))
+    for _ in range(3):
+        stub.Translate(pb.TranslateRequest(model="tiny", direction="A2B", image=image), timeout=30)
+    assert server.server.metrics_server is not None
+    return server.server.metrics, server.server.metrics_server.port
 
 
 @dataclass
@@ -363,11 +365,37 @@ def prometheus(recorded: tuple[ServerMetrics, int], tmp_path: Path) -> Iterator[
         log.close()
 
 
+def test_server_metrics_port_passes_promtool(recorded: tuple[ServerMetrics, int]) -> None:
+    _, port = recorded
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read()
+    assert value(text, "i2i_inference_images_total", model="tiny", direction="A2B") == 3
+    assert value(text, "i2i_server_ready") == 1
+    assert (
+        value(
+            text,
+            "i2i_model_info",
+            model="tiny",
+            version="1",
+            direction="B2A",
+            backend="onnxruntime-cpu",
+            artifact="B2A.onnx",
+        )
+        == 1
+    )
+    check = subprocess.run(
+        [tool("promtool"), "check", "metrics"], input=text, capture_output=True, timeout=60
+    )
+    assert check.returncode == 0 and not check.stdout.strip() and not check.stderr.strip(), (
+        check.stdout + check.stderr
+    )
+
+
 def test_a_real_prometheus_scrapes_the_server(
     prometheus: Prometheus, recorded: tuple[ServerMetrics, int]
 ) -> None:
     _, target_port = recorded
-    query = 'i2i_inference_requests_total{model="tiny",code="OK"}'
+    query = 'i2i_inference_requests_total{model="tiny",direction="A2B",code="OK"}'
     url = f"{prometheus.url}/api/v1/query?" + urllib.parse.urlencode({"query": query})
     deadline = time.monotonic() + HANG_GUARD_S
     result: list[Any] = []

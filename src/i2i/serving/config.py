@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -263,10 +262,3 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         log_format=args.log_format,
         log_level=args.log_level,
     )
-
-
-def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
-    """Parse `i2i-serve` flags into a config (exits 2 with usage on bad flags)."""
-    parser = argparse.ArgumentParser(prog="i2i-serve", description=__doc__)
-    add_arguments(parser)
-    return config_from_args(parser.parse_args(argv))

@@ -15,7 +15,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -24,7 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from i2i.serving.batcher import BatchObserver
-from i2i.serving.config import ServerConfig, ServerConfigError, parse_config
+from i2i.serving.config import ServerConfig, ServerConfigError
 from i2i.serving.metrics import MetricsServer, ServerMetrics
 from i2i.serving.pipeline import Pipeline
 from i2i.serving.servicer import TranslatorServicer
@@ -288,13 +288,8 @@ def configure_logging(config: ServerConfig) -> None:
     root.setLevel(config.log_level.upper())
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The `i2i-serve` command."""
-    try:
-        config = parse_config(argv)
-    except ServerConfigError as exc:
-        print(f"i2i-serve: error: {exc}", file=sys.stderr)
-        return 2
+def run(config: ServerConfig) -> int:
+    """Serve with `config` until signalled; the exit status (2: a bad setting found late)."""
     configure_logging(config)
     try:
         return asyncio.run(serve(config))

@@ -1,0 +1,207 @@
+"""The asyncio Python client of an i2i server: `Client`'s methods as coroutines (grpc.aio)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from i2i.client.messages import (
+    DEFAULT_TIMEOUT,
+    Frame,
+    ImageInput,
+    Timeout,
+    TranslateResult,
+    auth_metadata,
+    backoff_delay,
+    channel_options,
+    check_tls,
+    error_of,
+    is_retryable,
+    request_message,
+    result_of,
+)
+from i2i.v1 import translator_pb2 as pb
+from i2i.v1 import translator_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class AsyncClient:
+    """`Client` for asyncio code: the same arguments, retries and errors, awaited.
+
+    Create it inside the event loop that uses it; `await client.close()` or
+    `async with AsyncClient(...) as client:`. See `Client` for the arguments.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str | None = None,
+        root_certificates: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        private_key: bytes | None = None,
+        timeout: float | None = 30.0,
+        retries: int = 4,
+        backoff_s: float = 0.1,
+        max_backoff_s: float = 2.0,
+        max_message_bytes: int = 64 << 20,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        check_tls(root_certificates, certificate_chain, private_key)
+        if retries < 0:
+            raise ValueError(f"retries must be 0 or more, got {retries}")
+        self.target = target
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self._metadata = auth_metadata(token)
+        self._rng = random.Random()
+        opts = channel_options(max_message_bytes, options)
+        if root_certificates is not None:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates, private_key, certificate_chain
+            )
+            self._channel = grpc.aio.secure_channel(target, credentials, options=opts)
+        else:
+            self._channel = grpc.aio.insecure_channel(target, options=opts)
+        self._stub = pb_grpc.TranslatorStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    async def translate(
+        self,
+        image: ImageInput,
+        *,
+        model: str,
+        direction: str,
+        version: int = 0,
+        output_format: str | None = None,
+        quality: int = 0,
+        size_policy: str = "pad",
+        num_samples: int = 1,
+        style_seed: int | None = None,
+        style_code: Sequence[float] | None = None,
+        style_reference: ImageInput | None = None,
+        request_id: str = "",
+        timeout: Timeout = DEFAULT_TIMEOUT,
+    ) -> TranslateResult:
+        """Translate one image; see `Client.translate`."""
+        request = request_message(
+            Frame(
+                image=image,
+                model=model,
+                direction=direction,
+                version=version,
+                output_format=output_format,
+                quality=quality,
+                size_policy=size_policy,
+                num_samples=num_samples,
+                style_seed=style_seed,
+                style_code=style_code,
+                style_reference=style_reference,
+                request_id=request_id,
+            )
+        )
+        response = await self._call(self._stub.Translate, request, timeout, request.request_id)
+        return result_of(response)
+
+    async def translate_stream(
+        self, frames: Iterable[Frame] | AsyncIterable[Frame], *, timeout: float | None = None
+    ) -> AsyncIterator[TranslateResult]:
+        """Translate a stream of frames in order; see `Client.translate_stream`."""
+        failed: list[BaseException] = []
+
+        async def requests() -> AsyncIterator[pb.TranslateRequest]:
+            try:
+                if isinstance(frames, AsyncIterable):
+                    async for frame in frames:
+                        yield request_message(frame)
+                else:
+                    for frame in frames:
+                        yield request_message(frame)
+            except Exception as exc:  # surfaced to the caller below
+                failed.append(exc)
+                raise
+
+        call = self._stub.TranslateStream(requests(), timeout=timeout, metadata=self._metadata)
+        try:
+            async for response in call:
+                yield result_of(response)
+        except grpc.RpcError as exc:
+            if failed:
+                raise failed[0] from None
+            raise error_of(exc, "", 1) from exc
+        finally:
+            call.cancel()
+        if failed:
+            raise failed[0]
+
+    async def list_models(self, *, timeout: Timeout = DEFAULT_TIMEOUT) -> list[pb.ModelInfo]:
+        """The models the server has loaded (`i2i.v1.ModelInfo` messages)."""
+        response = await self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout, "")
+        return list(response.models)
+
+    async def get_model(
+        self, model: str, version: int = 0, *, timeout: Timeout = DEFAULT_TIMEOUT
+    ) -> pb.ModelInfo:
+        """One loaded model (an `i2i.v1.ModelInfo`)."""
+        request = pb.GetModelRequest(model=model, version=version)
+        result: pb.ModelInfo = await self._call(self._stub.GetModel, request, timeout, "")
+        return result
+
+    async def health(self, service: str = "", *, timeout: Timeout = DEFAULT_TIMEOUT) -> str:
+        """The standard health check: "SERVING", "NOT_SERVING", ... ("" is the whole server)."""
+        request = health_pb2.HealthCheckRequest(service=service)
+        response = await self._call(self._health.Check, request, timeout, "")
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    async def _call(
+        self,
+        method: Callable[..., Awaitable[T]],
+        request: Any,
+        timeout: Timeout,
+        request_id: str,
+    ) -> T:
+        """Call a unary method, retrying what may succeed later, within one deadline."""
+        budget = self.timeout if timeout is DEFAULT_TIMEOUT else timeout
+        deadline = None if budget is None else time.monotonic() + budget
+        attempt = 0
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return await method(request, timeout=remaining, metadata=self._metadata)
+            except grpc.aio.AioRpcError as exc:
+                delay = backoff_delay(attempt, self.backoff_s, self.max_backoff_s, self._rng)
+                out_of_time = deadline is not None and time.monotonic() + delay >= deadline
+                retryable = is_retryable(exc.code(), exc.trailing_metadata())
+                if attempt >= self.retries or out_of_time or not retryable:
+                    raise error_of(exc, request_id, attempt + 1) from exc
+                log.debug("%s: %s, retry %d in %.3f s", self.target, exc.code(), attempt + 1, delay)
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    async def close(self) -> None:
+        """Close the channel; calls in flight are cancelled."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

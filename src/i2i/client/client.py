@@ -1,0 +1,248 @@
+"""The synchronous Python client of an i2i server (contract 3), with retries and deadlines."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from i2i.client.messages import (
+    DEFAULT_TIMEOUT,
+    Frame,
+    ImageInput,
+    Timeout,
+    TranslateResult,
+    auth_metadata,
+    backoff_delay,
+    channel_options,
+    check_tls,
+    error_of,
+    is_retryable,
+    request_message,
+    result_of,
+)
+from i2i.v1 import translator_pb2 as pb
+from i2i.v1 import translator_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Client:
+    """A connection to an i2i server: `translate`, `translate_stream`, models and health.
+
+    Unary calls are retried on UNAVAILABLE and RESOURCE_EXHAUSTED (unless the server marks
+    the error final with the trailer `i2i-retryable: false`), with exponential backoff and
+    full jitter, at most `retries` times and never past the call's deadline: `timeout`
+    covers all attempts together. Other errors are raised at once. Streams are not retried.
+    Every failure raises `TranslateError`. Safe to share between threads.
+
+    Args:
+        target: "host:port" of the server.
+        token: bearer token, sent as `authorization: Bearer <token>` with every call.
+        root_certificates: PEM of the CA to trust; TLS when given, plaintext otherwise.
+        certificate_chain: PEM of the client's certificate, for mutual TLS (with private_key).
+        private_key: PEM of the client's key, for mutual TLS.
+        timeout: default deadline of a call in seconds (None: no deadline).
+        retries: how many times a retryable failure is tried again.
+        backoff_s: the first backoff's upper bound; it doubles with every retry.
+        max_backoff_s: the largest backoff.
+        max_message_bytes: largest message sent or received (images are big).
+        options: extra gRPC channel options, e.g. `[("grpc.lb_policy_name", "round_robin")]`.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str | None = None,
+        root_certificates: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        private_key: bytes | None = None,
+        timeout: float | None = 30.0,
+        retries: int = 4,
+        backoff_s: float = 0.1,
+        max_backoff_s: float = 2.0,
+        max_message_bytes: int = 64 << 20,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        check_tls(root_certificates, certificate_chain, private_key)
+        if retries < 0:
+            raise ValueError(f"retries must be 0 or more, got {retries}")
+        self.target = target
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self._metadata = auth_metadata(token)
+        self._rng = random.Random()
+        opts = channel_options(max_message_bytes, options)
+        if root_certificates is not None:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates, private_key, certificate_chain
+            )
+            self._channel = grpc.secure_channel(target, credentials, options=opts)
+        else:
+            self._channel = grpc.insecure_channel(target, options=opts)
+        self._stub = pb_grpc.TranslatorStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    # ------------------------------------------------------------------ calls
+
+    def translate(
+        self,
+        image: ImageInput,
+        *,
+        model: str,
+        direction: str,
+        version: int = 0,
+        output_format: str | None = None,
+        quality: int = 0,
+        size_policy: str = "pad",
+        num_samples: int = 1,
+        style_seed: int | None = None,
+        style_code: Sequence[float] | None = None,
+        style_reference: ImageInput | None = None,
+        request_id: str = "",
+        timeout: Timeout = DEFAULT_TIMEOUT,
+    ) -> TranslateResult:
+        """Translate one image (several samples for multimodal models).
+
+        Args:
+            image: a PNG, JPEG or WebP file's bytes, or a uint8 array (H, W, C), C 1, 3 or 4.
+            model: the model's name on the server.
+            direction: e.g. "A2B".
+            version: 0 for the version the server loaded.
+            output_format: "png", "jpeg", "webp", "raw", or None for the server's default
+                (PNG for encoded inputs, raw pixels for arrays).
+            quality: JPEG/WebP quality 1-100; 0 for the server's default.
+            size_policy: "pad", "resize" or "reject" for sizes the model cannot take.
+            num_samples: outputs per image (multimodal models only).
+            style_seed, style_code, style_reference: at most one; the style of the output.
+            request_id: echoed back and logged by the server; made here when empty.
+            timeout: deadline in seconds for all attempts together; default: the client's.
+
+        Raises:
+            ValueError: a bad argument (checked before anything is sent).
+            TranslateError: the server refused or failed, after any retries.
+        """
+        request = request_message(
+            Frame(
+                image=image,
+                model=model,
+                direction=direction,
+                version=version,
+                output_format=output_format,
+                quality=quality,
+                size_policy=size_policy,
+                num_samples=num_samples,
+                style_seed=style_seed,
+                style_code=style_code,
+                style_reference=style_reference,
+                request_id=request_id,
+            )
+        )
+        response = self._call(self._stub.Translate, request, timeout, request.request_id)
+        return result_of(response)
+
+    def translate_stream(
+        self, frames: Iterable[Frame], *, timeout: float | None = None
+    ) -> Iterator[TranslateResult]:
+        """Translate a stream of frames over one call; results come in the frames' order.
+
+        `frames` is read lazily, as the call goes. The stream is not retried: an error on
+        one frame ends it with a `TranslateError` (a bad `Frame` raises its ValueError).
+
+        Args:
+            frames: the requests, e.g. `Frame(image, model="m", direction="A2B")` per frame.
+            timeout: deadline of the whole stream in seconds (default: none).
+        """
+        failed: list[BaseException] = []
+
+        def requests() -> Iterator[pb.TranslateRequest]:
+            try:
+                for frame in frames:
+                    yield request_message(frame)
+            except Exception as exc:  # surfaced in the caller's thread below
+                failed.append(exc)
+                raise
+
+        responses = self._stub.TranslateStream(requests(), timeout=timeout, metadata=self._metadata)
+        try:
+            for response in responses:
+                yield result_of(response)
+        except grpc.RpcError as exc:
+            if failed:
+                raise failed[0] from None
+            raise error_of(exc, "", 1) from exc
+        finally:
+            responses.cancel()
+        if failed:
+            raise failed[0]
+
+    def list_models(self, *, timeout: Timeout = DEFAULT_TIMEOUT) -> list[pb.ModelInfo]:
+        """The models the server has loaded (`i2i.v1.ModelInfo` messages)."""
+        return list(self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout, "").models)
+
+    def get_model(
+        self, model: str, version: int = 0, *, timeout: Timeout = DEFAULT_TIMEOUT
+    ) -> pb.ModelInfo:
+        """One loaded model (an `i2i.v1.ModelInfo`): its directions, shape rules and backends."""
+        request = pb.GetModelRequest(model=model, version=version)
+        result: pb.ModelInfo = self._call(self._stub.GetModel, request, timeout, "")
+        return result
+
+    def health(self, service: str = "", *, timeout: Timeout = DEFAULT_TIMEOUT) -> str:
+        """The standard health check: "SERVING", "NOT_SERVING", ... ("" is the whole server)."""
+        request = health_pb2.HealthCheckRequest(service=service)
+        response = self._call(self._health.Check, request, timeout, "")
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _call(
+        self,
+        method: Callable[..., T],
+        request: Any,
+        timeout: Timeout,
+        request_id: str,
+    ) -> T:
+        """Call a unary method, retrying what may succeed later, within one deadline."""
+        budget = self.timeout if timeout is DEFAULT_TIMEOUT else timeout
+        deadline = None if budget is None else time.monotonic() + budget
+        attempt = 0
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return method(request, timeout=remaining, metadata=self._metadata)
+            except grpc.RpcError as exc:
+                code = exc.code() if isinstance(exc, grpc.Call) else None
+                trailing = exc.trailing_metadata() if isinstance(exc, grpc.Call) else None
+                delay = backoff_delay(attempt, self.backoff_s, self.max_backoff_s, self._rng)
+                out_of_time = deadline is not None and time.monotonic() + delay >= deadline
+                if attempt >= self.retries or out_of_time or not is_retryable(code, trailing):
+                    raise error_of(exc, request_id, attempt + 1) from exc
+                log.debug("%s: %s, retry %d in %.3f s", self.target, code, attempt + 1, delay)
+            time.sleep(delay)
+            attempt += 1
+
+    def close(self) -> None:
+        """Close the channel; calls in flight are cancelled."""
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,276 @@
+"""What the clients send and get back: requests from Python values, results, errors, retry rules.
+
+Shared by the sync and the asyncio client, so both build the same messages and retry the
+same errors in the same way.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import grpc
+import numpy as np
+
+from i2i.v1 import translator_pb2 as pb
+
+OUTPUT_FORMATS: dict[str | None, pb.ImageFormat] = {
+    None: pb.IMAGE_FORMAT_UNSPECIFIED,
+    "png": pb.IMAGE_FORMAT_PNG,
+    "jpeg": pb.IMAGE_FORMAT_JPEG,
+    "webp": pb.IMAGE_FORMAT_WEBP,
+    "raw": pb.IMAGE_FORMAT_RAW,
+}
+SIZE_POLICIES: dict[str, pb.SizePolicy] = {
+    "pad": pb.SIZE_POLICY_PAD,
+    "resize": pb.SIZE_POLICY_RESIZE,
+    "reject": pb.SIZE_POLICY_REJECT,
+}
+# Retrying can help only when the server is starting, draining or its queue is full.
+RETRYABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+# The server's mark on a RESOURCE_EXHAUSTED that retrying cannot fix (an image too large).
+RETRYABLE_TRAILER = "i2i-retryable"
+
+ImageInput = bytes | np.ndarray
+
+
+class _Default(enum.Enum):
+    TIMEOUT = "the client's default timeout"
+
+
+# A call's `timeout` when the caller gives none: the client's own (None means no deadline).
+DEFAULT_TIMEOUT: Final = _Default.TIMEOUT
+Timeout = float | None | _Default
+
+
+class TranslateError(Exception):
+    """A call to the i2i server failed, after any retries.
+
+    Not a `grpc.RpcError`: `.code` is an attribute here (grpc's is a method). The original
+    `grpc.RpcError` is the exception's `__cause__`.
+
+    Attributes:
+        code: the gRPC status code, e.g. `grpc.StatusCode.INVALID_ARGUMENT`.
+        details: the server's message (what was wrong, what to do).
+        request_id: the request's id ("" for calls that have none, such as `list_models`).
+        attempts: how many times the call was sent.
+    """
+
+    def __init__(
+        self, code: grpc.StatusCode, details: str, request_id: str = "", attempts: int = 1
+    ) -> None:
+        where = f" (request {request_id})" if request_id else ""
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        super().__init__(f"{code.name}: {details}{where}{tries}")
+        self.code = code
+        self.details = details
+        self.request_id = request_id
+        self.attempts = attempts
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Where a request's time went on the server, in milliseconds."""
+
+    queue_ms: float
+    compute_ms: float
+    total_ms: float
+
+
+@dataclass(frozen=True)
+class TranslateResult:
+    """A translation: one image per sample, plus what computed it and how long it took.
+
+    `images` holds the encoded files' bytes (PNG, JPEG, WebP), or uint8 arrays of shape
+    (H, W, C) when the output is raw pixels.
+    """
+
+    images: list[bytes | np.ndarray]
+    request_id: str
+    model: str
+    version: int
+    direction: str
+    timing: Timing
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One translation request, with the same fields as `Client.translate`'s arguments.
+
+    `translate_stream` takes an iterable of these (the frames of a video, say); `translate`
+    builds one from its arguments.
+    """
+
+    image: ImageInput
+    model: str
+    direction: str
+    version: int = 0
+    output_format: str | None = None
+    quality: int = 0
+    size_policy: str = "pad"
+    num_samples: int = 1
+    style_seed: int | None = None
+    style_code: Sequence[float] | None = None
+    style_reference: ImageInput | None = None
+    # Made by the client when empty, so errors and retries carry the same id.
+    request_id: str = field(default="")
+
+
+def image_message(image: ImageInput, what: str = "image") -> pb.Image:
+    """Encoded bytes as `Image.encoded`; a uint8 (H, W, C) array as `Image.raw`.
+
+    Raises:
+        ValueError: the array is not uint8, or not (H, W), (H, W, 1), (H, W, 3), (H, W, 4).
+        TypeError: neither bytes nor an array.
+    """
+    if isinstance(image, bytes | bytearray | memoryview):
+        if len(image) == 0:
+            raise ValueError(f"{what} is empty (0 bytes)")
+        return pb.Image(encoded=bytes(image))
+    if not isinstance(image, np.ndarray):
+        raise TypeError(
+            f"{what} must be bytes (a PNG, JPEG or WebP file) or a numpy array, "
+            f"not {type(image).__name__}"
+        )
+    if image.dtype != np.uint8:
+        raise ValueError(
+            f"{what} must be a uint8 array, not {image.dtype} (convert with "
+            "np.clip(x, 0, 255).astype(np.uint8))"
+        )
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or 0 in image.shape:
+        raise ValueError(
+            f"{what} must have shape (height, width, channels) with 1, 3 or 4 channels, "
+            f"got {image.shape}"
+        )
+    height, width, channels = image.shape
+    return pb.Image(
+        raw=pb.RawImage(
+            pixels=np.ascontiguousarray(image).tobytes(),
+            height=height,
+            width=width,
+            channels=channels,
+        )
+    )
+
+
+def request_message(frame: Frame) -> pb.TranslateRequest:
+    """The protocol message for a frame; checks the arguments first (ValueError)."""
+    if frame.output_format not in OUTPUT_FORMATS:
+        known = ", ".join(str(k) for k in OUTPUT_FORMATS)
+        raise ValueError(f"unknown output_format {frame.output_format!r}; use one of {known}")
+    if frame.size_policy not in SIZE_POLICIES:
+        raise ValueError(
+            f"unknown size_policy {frame.size_policy!r}; use one of {', '.join(SIZE_POLICIES)}"
+        )
+    if not 0 <= frame.quality <= 100:
+        raise ValueError(f"quality must be 0 (the default) to 100, got {frame.quality}")
+    if frame.num_samples < 1:
+        raise ValueError(f"num_samples must be at least 1, got {frame.num_samples}")
+    if frame.version < 0:
+        raise ValueError(f"version must be 0 (the loaded one) or positive, got {frame.version}")
+    if not frame.model or not frame.direction:
+        raise ValueError("model and direction are required, e.g. model='day2dusk', direction='A2B'")
+    sources = [frame.style_seed, frame.style_code, frame.style_reference]
+    if sum(s is not None for s in sources) > 1:
+        raise ValueError("give at most one of style_seed, style_code and style_reference")
+    style = None
+    if frame.style_seed is not None:
+        if frame.style_seed < 0:
+            raise ValueError(f"style_seed must be non-negative, got {frame.style_seed}")
+        style = pb.Style(seed=frame.style_seed)
+    elif frame.style_code is not None:
+        style = pb.Style(code=pb.StyleCode(values=[float(v) for v in frame.style_code]))
+    elif frame.style_reference is not None:
+        style = pb.Style(reference=image_message(frame.style_reference, "style_reference"))
+    return pb.TranslateRequest(
+        model=frame.model,
+        version=frame.version,
+        direction=frame.direction,
+        image=image_message(frame.image),
+        style=style,
+        num_samples=frame.num_samples,
+        output=pb.OutputOptions(format=OUTPUT_FORMATS[frame.output_format], quality=frame.quality),
+        size_policy=SIZE_POLICIES[frame.size_policy],
+        request_id=frame.request_id or uuid.uuid4().hex,
+    )
+
+
+def _image_value(image: pb.Image) -> bytes | np.ndarray:
+    if image.WhichOneof("data") == "raw":
+        raw = image.raw
+        pixels = np.frombuffer(raw.pixels, dtype=np.uint8)
+        return pixels.reshape(raw.height, raw.width, raw.channels)
+    return bytes(image.encoded)
+
+
+def result_of(response: pb.TranslateResponse) -> TranslateResult:
+    """The Python view of a `TranslateResponse`."""
+    timing = response.timing
+    return TranslateResult(
+        images=[_image_value(image) for image in response.images],
+        request_id=response.request_id,
+        model=response.model,
+        version=response.version,
+        direction=response.direction,
+        timing=Timing(timing.queue_ms, timing.compute_ms, timing.total_ms),
+        batch_size=response.batch_size,
+    )
+
+
+def is_retryable(code: grpc.StatusCode | None, trailing: Iterable[Any] | None) -> bool:
+    """Whether another attempt may succeed: UNAVAILABLE, or RESOURCE_EXHAUSTED not marked final."""
+    if code not in RETRYABLE_CODES:
+        return False
+    for key, value in trailing or ():
+        if key == RETRYABLE_TRAILER and str(value).lower() == "false":
+            return False
+    return True
+
+
+def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(max_s, base_s * 2**attempt)]."""
+    return rng.uniform(0.0, min(max_s, base_s * (2**attempt)))
+
+
+def error_of(exc: grpc.RpcError, request_id: str, attempts: int) -> TranslateError:
+    """A `TranslateError` from a failed call (a `grpc.Call` or `grpc.aio.AioRpcError`)."""
+    code = exc.code() if callable(getattr(exc, "code", None)) else None
+    details = exc.details() if callable(getattr(exc, "details", None)) else None
+    return TranslateError(
+        code or grpc.StatusCode.UNKNOWN, details or str(exc), request_id, attempts
+    )
+
+
+def channel_options(
+    max_message_bytes: int, options: Sequence[tuple[str, Any]]
+) -> list[tuple[str, Any]]:
+    """Message size limits in both directions, then the caller's own options (which win)."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        *options,
+    ]
+
+
+def check_tls(
+    root_certificates: bytes | None, certificate_chain: bytes | None, private_key: bytes | None
+) -> None:
+    """Mutual TLS needs both halves of the client's key pair, and a root to trust."""
+    if (certificate_chain is None) != (private_key is None):
+        raise ValueError("mutual TLS needs both certificate_chain and private_key")
+    if certificate_chain is not None and root_certificates is None:
+        raise ValueError(
+            "mutual TLS needs root_certificates too (the CA that signed the server's certificate)"
+        )
+
+
+def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """The bearer token as call metadata (nothing without a token)."""
+    return (("authorization", f"Bearer {token}"),) if token else ()
