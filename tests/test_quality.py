@@ -58,3 +58,8 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "A2B" in result.stdout and "eval_grid.png" in result.stdout
     for name in ("eval.json", "eval_grid.png", "run/latest.pt", "data/dataset.json"):
         assert (tmp_path / "demo" / name).is_file(), name
+    # The served step: every test image came back through i2i-serve, and latency was shown.
+    tests = sorted(p.stem for p in (tmp_path / "demo" / "data" / "testA").iterdir())
+    translated = sorted(p.stem for p in (tmp_path / "demo" / "translated").glob("*.png"))
+    assert translated == tests and tests
+    assert "latency seen by the client: median" in result.stdout

@@ -2,17 +2,22 @@
 
 Sample data (day2dusk) → a tiny CycleGAN (the `cyclegan-tiny` preset) → evaluation
 against the true translation → export to ONNX and FP16 ONNX in a model repository, with
-the parity report. Prints the numbers and where everything is.
+the parity report → `i2i-serve` on that repository (a child process on 127.0.0.1) → the
+test images translated through it with the Python client, timed. Prints the numbers and
+where everything is.
 """
 
 from __future__ import annotations
 
 import shutil
+import statistics
 import time
 from pathlib import Path
 
-from i2i.data import make_sample_dataset
+from i2i.client import Client
+from i2i.data import list_images, make_sample_dataset
 from i2i.export import export_checkpoint, format_parity
+from i2i.serving.process import ServerProcess
 from i2i.training import apply_overrides, load_config, train
 from i2i.training.evaluate import evaluate, format_report
 
@@ -23,11 +28,12 @@ def run_demo(
     """Run the demo in `out` (replacing an earlier demo there); return the evaluation report."""
     out = Path(out)
     data_dir, run_dir, models_dir = out / "data", out / "run", out / "models"
-    for folder in (data_dir, run_dir, models_dir):
+    translated_dir = out / "translated"
+    for folder in (data_dir, run_dir, models_dir, translated_dir):
         if folder.exists():
             shutil.rmtree(folder)
     started = time.perf_counter()
-    print(f"[1/4] sample data: task {task!r} -> {data_dir}")
+    print(f"[1/5] sample data: task {task!r} -> {data_dir}")
     make_sample_dataset(task, data_dir, seed=seed)
 
     cfg = load_config("cyclegan-tiny")
@@ -35,25 +41,53 @@ def run_demo(
     if steps:
         overrides.append(f"max_steps={steps}")
     cfg = apply_overrides(cfg, overrides)
-    print(f"[2/4] training a tiny CycleGAN on the CPU -> {run_dir}")
+    print(f"[2/5] training a tiny CycleGAN on the CPU -> {run_dir}")
     summary = train(cfg, run_dir)
     print(
         f"      {summary.step} steps in {summary.seconds:.0f} s ({summary.steps_per_second:.2f} it/s)"
     )
 
-    print("[3/4] evaluating on the test split against the true translation")
+    print("[3/5] evaluating on the test split against the true translation")
     checkpoint = summary.checkpoint or run_dir / "latest.pt"
     report = evaluate(checkpoint, data_dir, out_dir=out)
     print(format_report(report))
 
-    print(f"[4/4] exporting to ONNX and FP16 ONNX -> {models_dir}")
+    print(f"[4/5] exporting to ONNX and FP16 ONNX -> {models_dir}")
     version_dir, manifest = export_checkpoint(checkpoint, models_dir, task)
     print(format_parity(manifest))
+
+    print(f"[5/5] serving {models_dir} with i2i-serve and translating the test images through it")
+    latencies = serve_and_translate(models_dir, task, data_dir / "testA", translated_dir)
+    print(
+        f"      {len(latencies)} images A2B -> {translated_dir}; latency seen by the client: "
+        f"median {statistics.median(latencies):.1f} ms, max {max(latencies):.1f} ms"
+    )
     print(
         f"\ndone in {time.perf_counter() - started:.0f} s\n"
         f"  evaluation grid (input | output | truth): {out / 'eval_grid.png'}\n"
         f"  numbers: {out / 'eval.json'}\n"
         f"  training samples: {run_dir / 'samples'}   TensorBoard: tensorboard --logdir {run_dir}\n"
-        f"  exported model: {version_dir} (i2i models show {models_dir} {task})"
+        f"  exported model: {version_dir} (i2i models show {models_dir} {task})\n"
+        f"  translated through the server: {translated_dir}\n"
+        f"  serve it yourself: i2i-serve --repository {models_dir}"
     )
     return report
+
+
+def serve_and_translate(repository: Path, model: str, inputs: Path, out: Path) -> list[float]:
+    """Start i2i-serve on `repository`, translate every image of `inputs` A2B into `out`,
+    stop the server (SIGTERM: it drains and exits 0); return each call's latency in ms."""
+    out.mkdir(parents=True, exist_ok=True)
+    latencies = []
+    server = ServerProcess(repository, "--metrics-port", "-1", "--warmup-size", "64")
+    with server, Client(server.target, timeout=60) as client:
+        for path in list_images(inputs):
+            start = time.perf_counter()
+            result = client.translate(path.read_bytes(), model=model, direction="A2B")
+            latencies.append((time.perf_counter() - start) * 1e3)
+            image = result.images[0]
+            assert isinstance(image, bytes)  # PNG: the server's default for encoded inputs
+            (out / f"{path.stem}.png").write_bytes(image)
+    if server.stop() != 0:
+        raise RuntimeError("i2i-serve did not exit cleanly:\n" + "".join(server.log[-20:]))
+    return latencies

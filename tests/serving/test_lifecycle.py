@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import signal
 import subprocess
 import sys
@@ -17,6 +15,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from i2i.serving.process import ServerProcess
 from i2i.serving.server import Server
 from i2i.serving.store import ModelStore
 from i2i.v1 import translator_pb2 as pb
@@ -103,58 +102,15 @@ def test_not_serving_until_loaded_then_draining(tiny_repository, monkeypatch):
         thread.join(10)
 
 
-def start_subprocess(repository: Path, *flags: str) -> tuple[subprocess.Popen, str]:
-    """`python -m i2i.serving` on a free port; returns once it logs SERVING."""
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "i2i.serving",
-            "--repository",
-            str(repository),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--metrics-port",
-            "-1",
-            "--warmup-size",
-            "32",
-            *flags,
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    port = None
-    deadline = time.monotonic() + 120
-    assert process.stderr is not None
-    lines = []
-    while time.monotonic() < deadline:
-        line = process.stderr.readline()
-        if not line:
-            break
-        lines.append(line)
-        found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-        if found:
-            port = found.group(1)
-        if "SERVING" in line and "NOT_SERVING" not in line:
-            # Keep draining stderr so the server never blocks on a full pipe.
-            threading.Thread(
-                target=lambda: [lines.append(x) for x in process.stderr], daemon=True
-            ).start()
-            return process, f"127.0.0.1:{port}"
-    process.kill()
-    raise AssertionError("the server did not start:\n" + "".join(lines))
-
-
 @pytest.mark.slow
 def test_sigterm_drains_accepted_requests_and_exits_0(tiny_repository):
     # Requests wait up to 1.5 s for their batch to fill, so SIGTERM finds them accepted.
-    process, target = start_subprocess(
-        tiny_repository, "--max-batch", "16", "--max-delay-ms", "1500", "--grace-seconds", "20"
-    )
+    server = ServerProcess(
+        tiny_repository, "--metrics-port", "-1", "--warmup-size", "32", "--max-batch", "16",
+        "--max-delay-ms", "1500", "--grace-seconds", "20",
+    ).start()  # fmt: skip
+    process, target = server.process, server.target
+    assert process is not None
     try:
         stub = pb_grpc.TranslatorStub(grpc.insecure_channel(target))
         with ThreadPoolExecutor(4) as pool:
