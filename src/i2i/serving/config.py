@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,6 +96,8 @@ class ServerConfig:
             problems.append("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
         if self.token is not None and not self.token:
             problems.append("the bearer token is empty")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            problems.append(f"--log-level {self.log_level!r}: use DEBUG, INFO, WARNING or ERROR")
         if self.log_format not in ("text", "json"):
             problems.append(f"--log-format {self.log_format!r}: choose text or json")
         if problems:
@@ -105,8 +108,34 @@ class ServerConfig:
         return int(self.max_message_mb * (1 << 20))
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of `i2i-serve`."""
+ENV_PREFIX = "I2I_SERVE_"
+
+
+def env_name(dest: str) -> str:
+    """The environment variable that sets a flag: --max-batch is I2I_SERVE_MAX_BATCH."""
+    return ENV_PREFIX + dest.upper()
+
+
+def _env_defaults(parser: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    """Let I2I_SERVE_<FLAG> set each flag's default (a Kubernetes ConfigMap, a container's
+    ENV); flags on the command line still win. String defaults go through the flag's type."""
+    for action in parser._actions:
+        if not action.option_strings or action.dest in ("help", "token_file"):
+            continue
+        value = environ.get(env_name(action.dest))
+        if value is None:
+            continue
+        if isinstance(action, argparse._AppendAction):
+            action.default = [v.strip() for v in value.split(",") if v.strip()]
+        else:
+            action.default = value
+        action.required = False
+
+
+def add_arguments(
+    parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None
+) -> None:
+    """The flags of `i2i-serve`; each may also come from I2I_SERVE_<FLAG> in `environ`."""
     d = ServerConfig(repository=Path("."))
     parser.add_argument("--repository", required=True, type=Path, help="model repository folder")
     parser.add_argument(
@@ -217,6 +246,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     life.add_argument("--log-format", choices=("text", "json"), default=d.log_format)
     life.add_argument("--log-level", default=d.log_level, help="DEBUG, INFO, WARNING, ERROR")
+    parser.epilog = (parser.epilog + "\n\n" if parser.epilog else "") + (
+        "Every flag can also be set in the environment as I2I_SERVE_<FLAG> (for example "
+        "I2I_SERVE_MAX_BATCH=16, I2I_SERVE_MODEL=a,b:2); the command line wins. The token "
+        "comes from --token-file or I2I_SERVE_TOKEN."
+    )
+    _env_defaults(parser, os.environ if environ is None else environ)
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:

@@ -1,0 +1,71 @@
+"""`i2i-serve` settings: flags, I2I_SERVE_* environment defaults, and refusals that name the flag."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from i2i.serving.config import (
+    ModelSelection,
+    ServerConfig,
+    ServerConfigError,
+    add_arguments,
+    config_from_args,
+)
+
+
+def parse(argv: list[str], environ: dict[str, str] | None = None) -> ServerConfig:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, environ or {})
+    return config_from_args(parser.parse_args(argv))
+
+
+def test_flags():
+    config = parse(["--repository", "r", "--model", "a", "--model", "b:3", "--max-batch", "16",
+                    "--metrics-port", "-1", "--max-delay-ms", "0"])  # fmt: skip
+    assert config.repository == Path("r")
+    assert config.models == (ModelSelection("a"), ModelSelection("b", 3))
+    assert (config.max_batch, config.metrics_port, config.max_delay_ms) == (16, None, 0.0)
+
+
+def test_environment_sets_defaults_and_flags_win():
+    environ = {
+        "I2I_SERVE_REPOSITORY": "/models",
+        "I2I_SERVE_MAX_BATCH": "12",
+        "I2I_SERVE_MODEL": "day2dusk, night:2",
+        "I2I_SERVE_BACKEND": "onnxruntime-cpu",
+        "I2I_SERVE_TOKEN": "t0ken",
+    }
+    config = parse([], environ)
+    assert config.repository == Path("/models") and config.max_batch == 12
+    assert config.models == (ModelSelection("day2dusk"), ModelSelection("night", 2))
+    assert config.backend == "onnxruntime-cpu"
+    assert parse(["--max-batch", "2"], environ).max_batch == 2
+
+
+def test_environment_token(monkeypatch, tmp_path):
+    monkeypatch.setenv("I2I_SERVE_TOKEN", " s3cret\n")
+    assert parse(["--repository", "r"]).token == "s3cret"
+    (tmp_path / "token").write_text("from-file\n")
+    assert (
+        parse(["--repository", "r", "--token-file", str(tmp_path / "token")]).token == "from-file"
+    )
+
+
+def test_bad_values_are_refused_with_the_flag_named(capsys):
+    with pytest.raises(SystemExit) as caught:
+        parse([], {"I2I_SERVE_REPOSITORY": "r", "I2I_SERVE_MAX_BATCH": "lots"})
+    assert caught.value.code == 2 and "--max-batch" in capsys.readouterr().err
+    cases = {
+        ("--max-queue", "0"): "--max-queue must be at least 1",
+        ("--tls-cert", __file__): "--tls-cert and --tls-key go together",
+        ("--log-level", "LOUD"): "--log-level",
+        ("--model", "m:zero"): "NAME:VERSION",
+    }
+    for flag, words in cases.items():
+        with pytest.raises(ServerConfigError, match=words):
+            parse(["--repository", "r", *flag])
+    with pytest.raises(ServerConfigError, match="no such file"):
+        parse(["--repository", "r", "--tls-cert", "missing.pem", "--tls-key", "missing.key"])
