@@ -112,9 +112,9 @@ def test_retries_are_limited(fake_server: FakeServer) -> None:
     assert isinstance(error.__cause__, grpc.RpcError)
 
 
-def test_resource_exhausted_is_retried_unless_marked_final(fake_server: FakeServer) -> None:
+def test_resource_exhausted_is_retried_only_when_marked_retryable(fake_server: FakeServer) -> None:
     servicer = fake_server.servicer
-    servicer.fail(grpc.StatusCode.RESOURCE_EXHAUSTED, times=2)
+    servicer.fail(grpc.StatusCode.RESOURCE_EXHAUSTED, times=2, retryable="true")  # queue full
     with Client(fake_server.target, **FAST) as client:
         client.translate(random_image(), model=MODEL, direction="A2B")
         assert servicer.attempts == 3
@@ -124,6 +124,11 @@ def test_resource_exhausted_is_retried_unless_marked_final(fake_server: FakeServ
             client.translate(random_image(), model=MODEL, direction="A2B")
     assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert servicer.attempts == 4
+    # Unmarked (gRPC's own size limit): not retried either.
+    servicer.fail(grpc.StatusCode.RESOURCE_EXHAUSTED)
+    with Client(fake_server.target, **FAST) as client, pytest.raises(TranslateError):
+        client.translate(random_image(), model=MODEL, direction="A2B")
+    assert servicer.attempts == 5
 
 
 def test_invalid_argument_is_not_retried(fake_server: FakeServer) -> None:

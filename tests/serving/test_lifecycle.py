@@ -64,6 +64,13 @@ def test_not_serving_until_loaded_then_draining(tiny_repository, monkeypatch):
             stub.Translate(translate_request(), timeout=10)
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "starting" in caught.value.details()
+        for call in (
+            lambda: stub.ListModels(pb.ListModelsRequest(), timeout=10),
+            lambda: stub.GetModel(pb.GetModelRequest(model=MODEL), timeout=10),
+        ):
+            with pytest.raises(grpc.RpcError) as caught:
+                call()
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         release.set()
         started.result(60)
         assert health(target) == "SERVING"
@@ -132,6 +139,41 @@ def test_sigterm_drains_accepted_requests_and_exits_0(tiny_repository):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_sigterm_while_loading_stops_without_serving(tiny_repository, monkeypatch):
+    loading, release = threading.Event(), threading.Event()
+    real_load_direction = ModelStore._load_direction
+
+    def slow_load_direction(self, *args, **kwargs):
+        loaded = real_load_direction(self, *args, **kwargs)
+        loading.set()
+        assert release.wait(30)
+        return loaded
+
+    monkeypatch.setattr(ModelStore, "_load_direction", slow_load_direction)
+    closed = []
+    server = Server(server_config(tiny_repository))
+
+    async def scenario() -> None:
+        starting = asyncio.create_task(server.start())
+        while not loading.is_set():
+            await asyncio.sleep(0.01)
+        await server.stop(grace=1)  # SIGTERM while the first direction warms
+        release.set()
+        await asyncio.wait_for(starting, 30)
+
+    import i2i.serving.backends.ort as ort_backend
+
+    real_close = ort_backend.OnnxRuntimeBackend.close
+    monkeypatch.setattr(
+        ort_backend.OnnxRuntimeBackend,
+        "close",
+        lambda self: (closed.append(self), real_close(self)),
+    )
+    asyncio.run(scenario())
+    assert not server.servicer.accepting and server.store.models == {}
+    assert len(closed) == 1  # the one direction loaded before the stop was closed again
 
 
 def test_missing_repository_exits_with_a_message(tmp_path):

@@ -212,7 +212,7 @@ def test_full_queue_is_refused_at_once(start_server):
             stub.Translate(request(sample_image()), timeout=30)
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "queue" in caught.value.details()
-        assert dict(caught.value.trailing_metadata()).get("i2i-retryable") != "false"
+        assert dict(caught.value.trailing_metadata()).get("i2i-retryable") == "true"
         pending = server.metrics()['i2i_inference_pending_requests{direction="A2B",model="tiny"}']
         assert pending == 2
         gate.release.set()
@@ -239,6 +239,62 @@ def test_deadline_and_cancellation_cost_no_compute(start_server):
         assert first.result(30).images
     assert stub.Translate(request(sample_image(seed=3)), timeout=30).images
     assert gate.batches == [1, 1]  # the first and the last: neither dropped one was computed
+    samples = server.metrics()
+    route = 'direction="A2B",model="tiny"'
+    assert samples[f'i2i_inference_requests_total{{code="DEADLINE_EXCEEDED",{route}}}'] == 1
+    assert samples[f'i2i_inference_requests_total{{code="CANCELLED",{route}}}'] == 1
+    assert samples[f'i2i_inference_requests_total{{code="OK",{route}}}'] == 2
+    assert samples[f"i2i_inference_expired_total{{{route}}}"] == 2
+
+
+def test_concurrency_limit_spares_health_checks(start_server):
+    server = start_server(max_batch=1, max_delay_ms=0.0, max_concurrent_rpcs=1)
+    gate = Gate(server)
+    stub = server.stub()
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(stub.Translate, request(sample_image()), timeout=30)
+        gate.wait_entered()
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.Translate(request(sample_image()), timeout=30)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--max-concurrent-rpcs" in caught.value.details()
+        assert dict(caught.value.trailing_metadata()).get("i2i-retryable") == "true"
+        assert server.health() == "SERVING"  # probes are never limited
+        gate.release.set()
+        assert held.result(30).images
+
+
+def test_raw_reply_too_large_is_refused_before_compute(start_server):
+    server = start_server(max_message_mb=0.25)
+    gate = Gate(server)
+    gate.release.set()
+    smooth = np.broadcast_to(np.arange(320, dtype=np.uint8)[None, :, None], (320, 320, 3))
+    message = request(
+        np.ascontiguousarray(smooth), output=pb.OutputOptions(format=pb.IMAGE_FORMAT_RAW)
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        server.stub().Translate(message, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "PNG" in caught.value.details()
+    assert dict(caught.value.trailing_metadata()).get("i2i-retryable") == "false"
+    assert gate.batches == []
+
+
+def test_images_are_decoded_and_encoded_off_the_event_loop(start_server, monkeypatch):
+    from i2i.serving import images
+
+    server = start_server()
+    threads = []
+    for name in ("decode_image", "encode_image"):
+        real = getattr(images, name)
+
+        def recording(*args, real=real, **kwargs):
+            threads.append(threading.get_ident())
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(images, name, recording)
+    assert server.stub().Translate(request(sample_image()), timeout=30).images
+    assert len(threads) == 2 and server.thread.ident not in threads
 
 
 def test_backend_failure_fails_only_its_batch(start_server, tiny_repository):

@@ -32,7 +32,7 @@ SIZE_POLICIES: dict[str, pb.SizePolicy] = {
 }
 # Retrying can help only when the server is starting, draining or its queue is full.
 RETRYABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
-# The server's mark on a RESOURCE_EXHAUSTED that retrying cannot fix (an image too large).
+# The server's mark on every RESOURCE_EXHAUSTED: "true" (a full queue) or "false" (too large).
 RETRYABLE_TRAILER = "i2i-retryable"
 
 ImageInput = bytes | np.ndarray
@@ -225,13 +225,17 @@ def result_of(response: pb.TranslateResponse) -> TranslateResult:
 
 
 def is_retryable(code: grpc.StatusCode | None, trailing: Iterable[Any] | None) -> bool:
-    """Whether another attempt may succeed: UNAVAILABLE, or RESOURCE_EXHAUSTED not marked final."""
-    if code not in RETRYABLE_CODES:
+    """Whether another attempt may succeed: UNAVAILABLE always; RESOURCE_EXHAUSTED only when
+    the server marked it ``i2i-retryable: true`` (a full queue). An image too large says
+    "false", and gRPC's own limits (a message over the size limit) say nothing: retrying
+    the same request cannot help either."""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return True
+    if code != grpc.StatusCode.RESOURCE_EXHAUSTED:
         return False
-    for key, value in trailing or ():
-        if key == RETRYABLE_TRAILER and str(value).lower() == "false":
-            return False
-    return True
+    return any(
+        key == RETRYABLE_TRAILER and str(value).lower() == "true" for key, value in trailing or ()
+    )
 
 
 def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random) -> float:

@@ -213,6 +213,8 @@ class DynamicBatcher:
                 self._queues[key].remove(request)
                 self._forget(request)
                 self._wake.set()
+                if self._observer is not None:  # dropped before compute, like an expired one
+                    self._observe(self._observer.on_expired, key, 1)
 
     async def stop(self, drain: bool = True) -> None:
         """Refuse new requests, answer or fail the accepted ones, and end the scheduler.

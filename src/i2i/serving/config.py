@@ -55,7 +55,7 @@ class ServerConfig:
     workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
     max_concurrent_rpcs: int | None = None
     max_message_mb: float = 32.0
-    max_image_pixels: int = 4096 * 4096
+    max_image_pixels: int = 2048 * 2048  # a batch of 4096² images would not fit most GPUs
     max_samples: int = 16
     warmup_size: int = 256
     grace_seconds: float = 30.0

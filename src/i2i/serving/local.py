@@ -34,6 +34,7 @@ class _Direction:
         self.out_channels = backend.out_channels
         self.style_size = backend.style_size
         self.label = f"{model}:{version} {name}"
+        self.preparing = 0
 
 
 class LocalTranslator:

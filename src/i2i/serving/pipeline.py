@@ -22,12 +22,13 @@ from i2i.serving.errors import (
     DeadlineExceeded,
     Internal,
     InvalidArgument,
+    ResourceExhausted,
     Unavailable,
 )
 from i2i.serving.errors import QueueFull as QueueFullError
+from i2i.serving.images import SIZE_POLICIES
 from i2i.serving.store import LoadedDirection, ModelStore
 
-SIZE_POLICIES = ("pad", "resize", "reject")
 OUTPUT_FORMATS = ("png", "jpeg", "webp", "raw")
 
 
@@ -82,6 +83,7 @@ class Prepared:
     style: np.ndarray | None  # (num_samples, S) float32 for multimodal models
     output_format: str
     quality: int
+    size: tuple[int, int]  # the input's (height, width): the outputs' size
 
 
 def new_request_id() -> str:
@@ -162,6 +164,7 @@ def prepare(request: Request, direction: LoadedDirection, max_pixels: int) -> Pr
             request.image, channels=direction.in_channels, max_pixels=max_pixels
         )
         default_format = "png"
+    size = (int(pixels.shape[0]), int(pixels.shape[1]))
     fitted = images.fit_to_rule(
         pixels, direction.multiple_of, direction.fixed_size, request.size_policy
     )
@@ -171,13 +174,20 @@ def prepare(request: Request, direction: LoadedDirection, max_pixels: int) -> Pr
         style=_style(request, direction),
         output_format=request.output_format or default_format,
         quality=request.quality,
+        size=size,
     )
 
 
 def finish(outputs: np.ndarray, prepared: Prepared) -> list[bytes | np.ndarray]:
     """Crop or resize each output back and encode it (blocking: run it in a worker thread)."""
     results: list[bytes | np.ndarray] = []
+    expected = prepared.pixels.shape[:2]
     for output in outputs:  # (H', W', C_out) each
+        if output.shape[:2] != expected:
+            raise ValueError(
+                f"the model returned a {output.shape[0]}x{output.shape[1]} image for a "
+                f"{expected[0]}x{expected[1]} input"
+            )
         restored = prepared.restore(output)
         if prepared.output_format == "raw":
             results.append(np.ascontiguousarray(restored))
@@ -189,11 +199,40 @@ def finish(outputs: np.ndarray, prepared: Prepared) -> list[bytes | np.ndarray]:
 class Pipeline:
     """Runs requests through a model store: thread pool for images, batcher for compute."""
 
-    def __init__(self, store: ModelStore, executor: Executor, *, max_pixels: int, max_samples: int):
+    def __init__(
+        self,
+        store: ModelStore,
+        executor: Executor,
+        *,
+        max_pixels: int,
+        max_samples: int,
+        max_reply_bytes: int | None = None,
+    ):
         self.store = store
         self.executor = executor
         self.max_pixels = max_pixels
         self.max_samples = max_samples
+        self.max_reply_bytes = max_reply_bytes
+
+    @staticmethod
+    def _queue_full(direction: LoadedDirection) -> QueueFullError:
+        return QueueFullError(
+            f"the queue of {direction.label} is full ({direction.batcher_max_queue} requests "
+            f"waiting): retry with backoff, or add replicas"
+        )
+
+    def _check_reply_size(self, prepared: Prepared, direction: LoadedDirection, k: int) -> None:
+        """Refuse a raw reply that could not be sent, before computing it."""
+        if prepared.output_format != "raw" or self.max_reply_bytes is None:
+            return
+        height, width = prepared.size
+        size = height * width * direction.out_channels * k
+        if size > self.max_reply_bytes:
+            raise ResourceExhausted(
+                f"the raw reply would be {size} bytes, more than this server sends "
+                f"(--max-message-mb, {self.max_reply_bytes} bytes): ask for PNG, JPEG or WebP "
+                f"output, or send a smaller image"
+            )
 
     def lookup(self, request: Request) -> LoadedDirection:
         """The loaded direction a request names (NotFound with what is loaded otherwise)."""
@@ -205,23 +244,33 @@ class Pipeline:
         request_id = request.request_id or new_request_id()
         direction = self.lookup(request)
         check_parameters(request, direction, self.max_samples)
+        # Admission: requests being decoded count against --max-queue with those queued,
+        # so an overload is refused before it costs a decode or holds its pixels.
+        waiting = direction.batcher.queue_depth + direction.preparing
+        if waiting >= direction.batcher_max_queue:
+            raise self._queue_full(direction)
         loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(
-            self.executor, prepare, request, direction, self.max_pixels
-        )
+        direction.preparing += 1
+        try:
+            prepared = await loop.run_in_executor(
+                self.executor, prepare, request, direction, self.max_pixels
+            )
+        finally:
+            direction.preparing -= 1
+        self._check_reply_size(prepared, direction, request.num_samples)
+        height, width = prepared.pixels.shape[:2]
+        refusal = direction.backend.accepts_size(height, width)
+        if refusal is not None:
+            raise InvalidArgument(refusal)
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlineExceeded("the deadline passed while the image was being decoded")
         work = (prepared.pixels, prepared.style)
-        height, width = prepared.pixels.shape[:2]
         try:
             outputs, timing = await direction.batcher.submit(
                 (height, width), work, size=request.num_samples, deadline=deadline
             )
         except QueueFull:
-            raise QueueFullError(
-                f"the queue of {direction.label} is full ({direction.batcher_max_queue} requests "
-                f"waiting): retry with backoff, or add replicas"
-            ) from None
+            raise self._queue_full(direction) from None
         except Expired:
             raise DeadlineExceeded(
                 "the deadline passed while the request waited in the queue; it was not computed"

@@ -12,6 +12,7 @@ import asyncio
 import hmac
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -87,7 +88,7 @@ class Server:
 
     def __init__(self, config: ServerConfig, metrics: ServerMetrics | None = None) -> None:
         self.config = config
-        self.metrics = metrics or ServerMetrics()
+        self.metrics = metrics or ServerMetrics(device_id=config.device_id)
         self.executor = ThreadPoolExecutor(config.workers, thread_name_prefix="i2i-image")
         self.store = ModelStore(config, observer_for=self._observer)
         self.pipeline = Pipeline(
@@ -95,8 +96,11 @@ class Server:
             self.executor,
             max_pixels=config.max_image_pixels,
             max_samples=config.max_samples,
+            max_reply_bytes=config.max_message_bytes,
         )
-        self.servicer = TranslatorServicer(self.pipeline, self.metrics)
+        self.servicer = TranslatorServicer(
+            self.pipeline, self.metrics, self.executor, max_calls=config.max_concurrent_rpcs
+        )
         self.health = health.aio.HealthServicer()
         self.port = 0
         self.metrics_server: MetricsServer | None = None
@@ -142,11 +146,9 @@ class Server:
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
-        server = grpc.aio.server(
-            interceptors=interceptors,
-            options=options,
-            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
-        )
+        # --max-concurrent-rpcs is enforced by the servicer, not by gRPC, whose limit would
+        # also refuse health checks under load (and fail Kubernetes probes).
+        server = grpc.aio.server(interceptors=interceptors, options=options)
         pb_grpc.add_TranslatorServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -159,6 +161,8 @@ class Server:
         )
         address = f"{config.host}:{config.port}"
         credentials = self._credentials()
+        if config.token and credentials is None:
+            log.warning("a bearer token is required but the port is plaintext: use --tls-cert")
         try:
             if credentials is None:
                 self.port = server.add_insecure_port(address)
@@ -191,8 +195,11 @@ class Server:
         try:
             await loop.run_in_executor(None, self.store.load, self._loaded)
         except BaseException:
-            await self._close(grace=0)
+            if not self._stopping:
+                await self._close(grace=0)
             raise
+        if self._stopping:  # SIGTERM while loading: stop() has closed everything
+            return
         await self.store.start()
         self.servicer.accepting = True
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
@@ -201,35 +208,50 @@ class Server:
         log.info("SERVING %s (ready in %.1f s)", names, time.monotonic() - start)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Drain: NOT_SERVING, refuse new calls, finish accepted ones, stop everything."""
+        """Drain: NOT_SERVING, refuse new calls, finish accepted ones, stop everything.
+
+        Returns within about `grace` seconds (the config's by default), whatever the
+        backends do: a batch still running then is abandoned with a log line.
+        """
         if self._stopping:
             await self._stopped.wait()
             return
         self._stopping = True
+        self.store.stop_loading.set()
         grace = self.config.grace_seconds if grace is None else grace
-        log.info("draining: NOT_SERVING, finishing accepted requests (grace %.1f s)", grace)
-        self.servicer.accepting = False
-        await self.health.enter_graceful_shutdown()
-        self.metrics.set_serving(False)
-        # The port stays open while accepted requests finish, so probes read NOT_SERVING and
-        # new calls get a clear UNAVAILABLE instead of a refused connection.
         deadline = time.monotonic() + grace
-        while self.servicer.in_flight and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        if self.servicer.in_flight:
-            log.warning("%d requests still running after the grace period", self.servicer.in_flight)
-        await self._close(max(0.0, deadline - time.monotonic()))
+        log.info("draining: NOT_SERVING, finishing accepted requests (grace %.1f s)", grace)
+        try:
+            self.servicer.accepting = False
+            await self.health.enter_graceful_shutdown()
+            self.metrics.set_serving(False)
+            # The port stays open while accepted requests finish, so probes read NOT_SERVING
+            # and new calls get a clear UNAVAILABLE instead of a refused connection.
+            while self.servicer.in_flight and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            if self.servicer.in_flight:
+                log.warning(
+                    "%d requests still running after the grace period", self.servicer.in_flight
+                )
+        finally:
+            await self._close(max(0.0, deadline - time.monotonic()))
 
     async def _close(self, grace: float) -> None:
-        if self._server is not None:
-            # Waits for running calls (which wait on their batches) up to `grace`.
-            await self._server.stop(grace)
-        await self.store.stop(drain=True)
-        if self.metrics_server is not None:
-            self.metrics_server.close()
-        self.executor.shutdown(wait=True, cancel_futures=True)
-        self._stopped.set()
-        log.info("stopped")
+        try:
+            if self._server is not None:
+                # Waits for running calls (which wait on their batches) up to `grace`.
+                await self._server.stop(grace)
+            try:
+                await asyncio.wait_for(self.store.stop(drain=True), timeout=grace + 1.0)
+            except asyncio.TimeoutError:  # noqa: UP041 - distinct from TimeoutError on 3.10
+                log.warning("a batch was still running at the end of the grace period")
+            if self.metrics_server is not None:
+                self.metrics_server.close()
+            self.metrics.close()
+            self.executor.shutdown(wait=False, cancel_futures=True)
+        finally:
+            self._stopped.set()
+            log.info("stopped")
 
     async def wait(self) -> None:
         await self._stopped.wait()
@@ -242,9 +264,12 @@ async def serve(config: ServerConfig) -> int:
     stop_task: list[asyncio.Task[None]] = []
 
     def on_signal(signum: int) -> None:
-        if not stop_task:
-            log.info("got %s", signal.Signals(signum).name)
-            stop_task.append(loop.create_task(server.stop()))
+        name = signal.Signals(signum).name
+        if stop_task:  # a second signal: the operator wants out now
+            log.warning("got %s again: exiting without waiting for the drain", name)
+            os._exit(1)
+        log.info("got %s", name)
+        stop_task.append(loop.create_task(server.stop()))
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)

@@ -7,16 +7,19 @@ logs every call with its request id.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import Executor
 from dataclasses import replace
 from typing import Any
 
 import grpc
 import numpy as np
 
-from i2i.serving.errors import InvalidArgument, ServingError, Unavailable
+from i2i.serving.errors import Internal, InvalidArgument, QueueFull, ServingError, Unavailable
 from i2i.serving.metrics import ServerMetrics
 from i2i.serving.pipeline import Pipeline, RawPixels, Request, Result, new_request_id
 from i2i.serving.store import LoadedModel
@@ -38,8 +41,11 @@ POLICY_NAMES = {
     pb.SIZE_POLICY_RESIZE: "resize",
     pb.SIZE_POLICY_REJECT: "reject",
 }
-# RESOURCE_EXHAUSTED that a retry cannot fix (an image too large) carries this trailer.
+# Every RESOURCE_EXHAUSTED says whether a retry can help: a full queue yes, an image too
+# large no. Clients retry it only when told "true" (gRPC's own size errors carry neither).
+RETRYABLE = (("i2i-retryable", "true"),)
 NOT_RETRYABLE = (("i2i-retryable", "false"),)
+REQUEST_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._:/-]")
 
 
 def _image(message: pb.Image, what: str) -> bytes | RawPixels:
@@ -84,7 +90,7 @@ def request_from_proto(message: pb.TranslateRequest) -> Request:
         output_format=FORMAT_NAMES[message.output.format],
         quality=message.output.quality,
         size_policy=POLICY_NAMES[message.size_policy],
-        request_id=message.request_id[:64],
+        request_id=clean_request_id(message.request_id),
     )
 
 
@@ -136,11 +142,28 @@ def model_info(model: LoadedModel) -> pb.ModelInfo:
 
 
 class TranslatorServicer(pb_grpc.TranslatorServicer):
-    """Thin: parse, call the pipeline, reply; every error becomes its status code."""
+    """Thin: parse, call the pipeline, reply; every error becomes its status code.
 
-    def __init__(self, pipeline: Pipeline, metrics: ServerMetrics) -> None:
+    Args:
+        pipeline: runs requests.
+        metrics: counts them.
+        executor: builds replies off the event loop (a raw reply can be tens of MB).
+        max_calls: Translate requests (stream frames included) handled at once; more are
+            refused with a retryable RESOURCE_EXHAUSTED. Health and reflection are never
+            limited, so probes keep working under load.
+    """
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        metrics: ServerMetrics,
+        executor: Executor | None = None,
+        max_calls: int | None = None,
+    ) -> None:
         self.pipeline = pipeline
         self.metrics = metrics
+        self.executor = executor
+        self.max_calls = max_calls
         self.accepting = False  # False while loading and while draining
         self.in_flight = 0  # accepted Translate requests not yet answered
 
@@ -151,28 +174,40 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
                 "on another replica"
             )
 
+    def _admit(self) -> None:
+        self._check_accepting()
+        if self.max_calls is not None and self.in_flight > self.max_calls:
+            raise QueueFull(
+                f"{self.max_calls} calls are already being handled (--max-concurrent-rpcs): "
+                f"retry with backoff, or on another replica"
+            )
+
     async def _translate_one(
         self, message: pb.TranslateRequest, context: grpc.aio.ServicerContext
     ) -> pb.TranslateResponse:
         """One request, counted and logged; raises ServingError for the caller to report."""
         start = time.monotonic()
-        request_id = message.request_id[:64] or new_request_id()
+        request_id = clean_request_id(message.request_id) or new_request_id()
         # Metric labels name only loaded models, so made-up names cannot grow the series.
         model, direction, images = "unknown", "unknown", 0
         code = grpc.StatusCode.OK
+        where = {"request_id": request_id, "model": model, "direction": direction}
         self.in_flight += 1
         try:
             with self.metrics.track_in_flight():
-                self._check_accepting()
+                self._admit()
                 request = replace(request_from_proto(message), request_id=request_id)
                 loaded = self.pipeline.lookup(request)
                 model, direction = loaded.model, loaded.name
+                where.update(model=model, direction=direction)
                 remaining = context.time_remaining()
                 deadline = None if remaining is None else start + remaining
                 result = await self.pipeline.translate(request, deadline=deadline)
+                self.metrics.queued(model, direction, result.queue_s)
+                loop = asyncio.get_running_loop()
+                reply = await loop.run_in_executor(self.executor, response_from_result, result)
             images = len(result.images)
-            self.metrics.queued(model, direction, result.queue_s)
-            return response_from_result(result)
+            return reply
         except ServingError as exc:
             code = exc.code
             internal = code == grpc.StatusCode.INTERNAL
@@ -183,9 +218,21 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
                 code.name,
                 exc.message,
                 exc_info=exc if internal else None,
-                extra={"request_id": request_id, "model": model, "direction": direction},
+                extra=where,
             )
             raise
+        except asyncio.CancelledError:  # gRPC cancels the handler: deadline or caller gone
+            remaining = context.time_remaining()
+            expired = remaining is not None and remaining <= 0
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+            log.info("request %s ended by the caller: %s", request_id, code.name, extra=where)
+            raise
+        except Exception as exc:  # a bug, not the caller's fault: INTERNAL, logged with the id
+            code = grpc.StatusCode.INTERNAL
+            log.exception("request %s failed: %s", request_id, exc, extra=where)
+            raise Internal(
+                f"the server failed on request {request_id}: {type(exc).__name__}: {exc}"
+            ) from exc
         finally:
             self.in_flight -= 1
             elapsed = time.monotonic() - start
@@ -197,7 +244,7 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
                 direction,
                 code.name,
                 elapsed * 1e3,
-                extra={"request_id": request_id, "model": model, "direction": direction},
+                extra=where,
             )
 
     async def Translate(  # noqa: N802 - the protocol's name
@@ -215,7 +262,8 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.TranslateResponse]:
         # Frames are answered in order, one at a time: a video's frames share a shape, and
-        # several streams at once still fill batches together.
+        # several streams at once still fill batches together. After SIGTERM the next frame
+        # of an open stream ends it with UNAVAILABLE: the client reconnects elsewhere.
         async for message in request_iterator:
             try:
                 yield await self._translate_one(message, context)
@@ -225,6 +273,10 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
     async def ListModels(  # noqa: N802
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
+        try:
+            self._check_accepting()
+        except ServingError as exc:
+            await _abort(context, exc)
         store = self.pipeline.store
         return pb.ListModelsResponse(
             models=[model_info(m) for _, m in sorted(store.models.items())]
@@ -234,13 +286,19 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
         self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInfo:
         try:
+            self._check_accepting()
             return model_info(self.pipeline.store.model(request.model, request.version or None))
         except ServingError as exc:
             await _abort(context, exc)
             raise AssertionError("unreachable") from None
 
 
+def clean_request_id(text: str) -> str:
+    """The caller's request id, kept to 64 safe characters (it goes into logs as is)."""
+    return REQUEST_ID_UNSAFE.sub("_", text[:64])
+
+
 async def _abort(context: grpc.aio.ServicerContext, exc: ServingError) -> Any:
-    if not exc.retryable:
-        context.set_trailing_metadata(NOT_RETRYABLE)
+    if exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # tell clients whether to retry
+        context.set_trailing_metadata(RETRYABLE if exc.retryable else NOT_RETRYABLE)
     await context.abort(exc.code, exc.message)

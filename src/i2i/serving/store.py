@@ -8,6 +8,7 @@ by (model, version, direction); anything not loaded is NotFound with what is.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ class LoadedDirection:
     max_batch: int
     batcher_max_queue: int
     batcher: DynamicBatcher = field(repr=False)
+    preparing: int = 0  # requests admitted and being decoded, not yet in the batcher's queue
 
     @property
     def label(self) -> str:
@@ -103,6 +105,7 @@ class ModelStore:
         self.latest: dict[str, int] = {}
         self._observer_for = observer_for or (lambda model, direction: None)
         self._hardware = hardware
+        self.stop_loading = threading.Event()  # set by a shutdown that comes while loading
 
     def selections(self) -> list[ModelSelection]:
         """What to load: the --model flags, or every model of the repository."""
@@ -120,33 +123,59 @@ class ModelStore:
         return [ModelSelection(name) for name in sorted(found)]
 
     def load(self, on_loaded: Callable[[LoadedDirection, float], None] | None = None) -> None:
-        """Load, warm and batch every selected model (blocking; raises LoadError)."""
+        """Load, warm and batch every selected model (blocking; raises LoadError).
+
+        The models appear all at once at the end, so lookups never see half a store. If
+        `stop_loading` is set meanwhile, what was loaded is closed and nothing appears.
+        """
         hardware = self._hardware or Hardware.detect(self.config.device_id)
-        for selection in self.selections():
-            try:
-                manifest = read_manifest(self.config.repository, selection.name, selection.version)
-            except RepositoryError as exc:
-                raise LoadError(str(exc)) from None
-            name, version = manifest["name"], manifest["version"]
-            folder = version_folder(self.config.repository, name, version)
-            directions = {}
-            for direction in manifest["directions"]:
-                start = time.monotonic()
-                loaded = self._load_direction(folder, manifest, direction, hardware)
-                seconds = time.monotonic() - start
-                log.info(
-                    "loaded %s with %s (%s, %s) in %.2f s",
-                    loaded.label,
-                    loaded.backend.name,
-                    loaded.backend.artifact,
-                    loaded.backend.precision,
-                    seconds,
-                )
-                if on_loaded is not None:
-                    on_loaded(loaded, seconds)
-                directions[direction] = loaded
-            self.models[(name, version)] = LoadedModel(name, version, manifest, directions)
+        models: dict[tuple[str, int], LoadedModel] = {}
+        try:
+            for selection in self.selections():
+                self._load_model(selection, hardware, models, on_loaded)
+        except BaseException:
+            _close_all(models)
+            raise
+        if self.stop_loading.is_set():
+            _close_all(models)
+            return
+        self.models = models
+        self.latest = {}
+        for name, version in models:
             self.latest[name] = max(version, self.latest.get(name, 0))
+
+    def _load_model(
+        self,
+        selection: ModelSelection,
+        hardware: Hardware,
+        models: dict[tuple[str, int], LoadedModel],
+        on_loaded: Callable[[LoadedDirection, float], None] | None,
+    ) -> None:
+        try:
+            manifest = read_manifest(self.config.repository, selection.name, selection.version)
+        except RepositoryError as exc:
+            raise LoadError(str(exc)) from None
+        name, version = manifest["name"], manifest["version"]
+        folder = version_folder(self.config.repository, name, version)
+        directions: dict[str, LoadedDirection] = {}
+        models[(name, version)] = LoadedModel(name, version, manifest, directions)
+        for direction in manifest["directions"]:
+            if self.stop_loading.is_set():
+                return
+            start = time.monotonic()
+            loaded = self._load_direction(folder, manifest, direction, hardware)
+            seconds = time.monotonic() - start
+            log.info(
+                "loaded %s with %s (%s, %s) in %.2f s",
+                loaded.label,
+                loaded.backend.name,
+                loaded.backend.artifact,
+                loaded.backend.precision,
+                seconds,
+            )
+            if on_loaded is not None:
+                on_loaded(loaded, seconds)
+            directions[direction] = loaded
 
     def _load_direction(
         self, folder: Path, manifest: dict[str, Any], direction: str, hardware: Hardware
@@ -168,14 +197,23 @@ class ModelStore:
                 f"{manifest['name']}:{manifest['version']} {direction}: {exc}"
             ) from None
         rule = manifest["directions"][direction]["shape_rule"]
-        fixed = rule["fixed_size"]
-        size = fixed or max(
-            rule["multiple_of"], config.warmup_size // rule["multiple_of"] * rule["multiple_of"]
-        )
-        backend.warmup(size, size, _warmup_batches(config.max_batch))
+        fixed, multiple = rule["fixed_size"], rule["multiple_of"]
+        max_batch = min(config.max_batch, backend.max_batch or config.max_batch)
+        size = fixed or max(multiple, config.warmup_size // multiple * multiple)
+        if backend.size_range is not None:  # an engine's profile: warm inside it
+            (low, _), (high, _) = backend.size_range
+            size = min(max(size, low), high)
+        try:
+            backend.warmup(size, size, _warmup_batches(max_batch))
+        except Exception as exc:
+            backend.close()
+            raise LoadError(
+                f"{manifest['name']}:{manifest['version']} {direction}: warm-up with "
+                f"{size}x{size} images failed on {backend.name}: {exc}"
+            ) from exc
         batcher = DynamicBatcher(
             batch_runner(backend),
-            max_batch=config.max_batch,
+            max_batch=max_batch,
             max_delay_s=config.max_delay_ms / 1000.0,
             max_queue=config.max_queue,
             instances=config.instances,
@@ -188,9 +226,9 @@ class ModelStore:
             name=direction,
             family=manifest["family"],
             backend=backend,
-            multiple_of=rule["multiple_of"],
+            multiple_of=multiple,
             fixed_size=fixed,
-            max_batch=config.max_batch,
+            max_batch=max_batch,
             batcher_max_queue=config.max_queue,
             batcher=batcher,
         )
@@ -233,6 +271,12 @@ class ModelStore:
                 f"directions: {', '.join(model.directions)}"
             )
         return found
+
+
+def _close_all(models: dict[tuple[str, int], LoadedModel]) -> None:
+    for model in models.values():
+        for direction in model.directions.values():
+            direction.backend.close()
 
 
 def _warmup_batches(max_batch: int) -> Sequence[int]:

@@ -35,7 +35,16 @@ class Backend(ABC):
         out_channels: channels of the output images.
         style_size: S of the float32 (N, S) style input; 0 for unimodal families.
         shape_rule: the image sizes the graph accepts.
+        max_batch: the largest batch it can run (None: no limit of its own).
+        size_range: ((min_h, min_w), (max_h, max_w)) it can run (None: any the rule takes);
+            a TensorRT engine's optimisation profile sets both.
+        thread_safe: whether several threads may call `run` at once (the batcher's
+            ``instances``); backends that are not serialise their calls themselves.
     """
+
+    max_batch: int | None = None
+    size_range: tuple[tuple[int, int], tuple[int, int]] | None = None
+    thread_safe = True
 
     def __init__(
         self,
@@ -60,9 +69,23 @@ class Backend(ABC):
     def run(self, images: np.ndarray, style: np.ndarray | None = None) -> np.ndarray:
         """uint8 (N, H, W, C_in) [+ float32 (N, S) style] -> uint8 (N, H, W, C_out).
 
-        Blocking; called from one worker thread at a time per backend instance. Raises
-        ValueError for inputs of the wrong dtype, rank, channels, size or style.
+        Blocking; may be called from several threads at once (the batcher's instances):
+        backends whose runtime cannot take that lock around it. Raises ValueError for
+        inputs of the wrong dtype, rank, channels, size or style.
         """
+
+    def accepts_size(self, height: int, width: int) -> str | None:
+        """None if it can run this size, else why not (for the caller's error message)."""
+        if self.size_range is None:
+            return None
+        (min_h, min_w), (max_h, max_w) = self.size_range
+        if min_h <= height <= max_h and min_w <= width <= max_w:
+            return None
+        return (
+            f"{self.artifact} runs sizes from {min_h}x{min_w} to {max_h}x{max_w} (its "
+            f"optimisation profile), not {height}x{width}; use size_policy RESIZE, or rebuild "
+            f"the engine with a wider --shapes"
+        )
 
     def warmup(self, height: int, width: int, batch_sizes: Sequence[int]) -> None:
         """Run a batch of zeros once per batch size (allocations, kernel choice, engines)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,11 @@ class TensorRTBackend(Backend):
             )
         profile = artifact["tensorrt"]["profiles"][0]
         self._min, self._max = tuple(profile["min"]), tuple(profile["max"])
+        self.max_batch = int(self._max[0])
+        self.size_range = ((self._min[1], self._min[2]), (self._max[1], self._max[2]))
+        # One execution context and stream: concurrent batches (--instances) take turns.
+        self.thread_safe = False
+        self._lock = threading.Lock()
 
     def run(self, images: np.ndarray, style: np.ndarray | None = None) -> np.ndarray:
         images, style = self.check_inputs(images, style)
@@ -102,7 +108,7 @@ class TensorRTBackend(Backend):
                 f"{self._min}, max {self._max}); rebuild it with i2i-export --shapes"
             )
         torch, context = self._torch, self._context
-        with torch.cuda.device(self._device), torch.cuda.stream(self._stream):
+        with self._lock, torch.cuda.device(self._device), torch.cuda.stream(self._stream):
             x = torch.from_numpy(images).to(self._device)  # (N, H, W, C_in) uint8
             context.set_input_shape(self._input, tuple(x.shape))
             context.set_tensor_address(self._input, x.data_ptr())
