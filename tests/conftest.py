@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from i2i.export import export_checkpoint
 from i2i.training import TrainConfig, config_from_dict
+from tests.serving.conftest import (
+    MODEL,
+    RunningServer,
+    openssl,
+    server_config,
+    tiny_checkpoint,
+)
 
 # Small architecture options per model family, so every contract test parametrised over
 # the registry stays fast. A new family must add an entry (tests/models/test_registry.py
@@ -77,3 +87,104 @@ def tiny_config(data_root: Path, **changes) -> TrainConfig:
     raw["data"].update(data_changes)
     raw.update(changes)
     return config_from_dict(raw)
+
+
+# ---- serving fixtures, defined once here so every folder (serving, client, deploy, export)
+# shares the session's tiny repository instead of exporting it again.
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository with model "tiny", version 1: A2B and B2A, ONNX FP32 and FP16.
+
+    Shared by the whole session: treat it as read-only (copy it to change it).
+    """
+    root = tmp_path_factory.mktemp("serving")
+    checkpoint = tiny_checkpoint(root / "checkpoints")
+    export_checkpoint(checkpoint, root / "repository", MODEL, formats=["onnx", "onnx-fp16"])
+    return root / "repository"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_path(tiny_repository: Path) -> Path:
+    """The checkpoint `tiny_repository` was exported from."""
+    return tiny_repository.parent / "checkpoints" / "tiny.pt"
+
+
+@pytest.fixture
+def start_server(tiny_repository: Path) -> Iterator[Callable[..., RunningServer]]:
+    """Start servers on the tiny repository with changed settings; all stopped afterwards."""
+    started: list[RunningServer] = []
+
+    def start(**changes: Any) -> RunningServer:
+        server = RunningServer(server_config(tiny_repository, **changes))
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def shared_server(tiny_repository: Path) -> Iterator[RunningServer]:
+    """One server with default test settings for the tests of a module that do not change it."""
+    server = RunningServer(server_config(tiny_repository))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory) -> Path:
+    """A CA, a server certificate for 127.0.0.1/localhost and a client certificate."""
+    d = tmp_path_factory.mktemp("tls")
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=i2i test CA",
+        cwd=d,
+    )
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("server", "client"):
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={name}",
+            cwd=d,
+        )
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            cwd=d,
+        )
+    return d

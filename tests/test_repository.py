@@ -19,6 +19,7 @@ import pytest
 
 from i2i.repository import (
     RepositoryError,
+    add_artifacts,
     format_manifest,
     format_models_table,
     list_models,
@@ -563,3 +564,254 @@ def test_a_file_in_place_of_the_repository_is_reported(tmp_path: Path) -> None:
         write_version(tmp_path / "repo", "m", builder())
     with pytest.raises(RepositoryError, match="does not exist or is not a folder"):
         list_models(tmp_path / "repo")
+
+
+# --- adding artifacts to a published version (engines built later) ---------------------------
+
+
+def engine(path: Path, file: str | None = None, gpu: str = "NVIDIA H100 80GB HBM3") -> dict:
+    """A TensorRT artifact entry for the plan at `path` (named `file` in the version)."""
+    entry = copy.deepcopy(full_manifest()["artifacts"][3])
+    entry["tensorrt"]["gpu"] = gpu
+    return {
+        **entry,
+        "file": file or path.name,
+        "sha256": sha256_file(path),
+        "bytes": path.stat().st_size,
+    }
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every entry of a version folder (hidden ones too) with its bytes."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture
+def published(tmp_path: Path) -> Path:
+    """Version m/1 (A2B.onnx, A2B.fp16.onnx, B2A.onnx) and a plan to add, in tmp_path/plans."""
+    write_version(tmp_path / "repo", "m", builder())
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    (plans / "A2B.gpu.plan").write_bytes(b"plan for A2B")
+    (plans / "B2A.gpu.plan").write_bytes(b"plan for B2A, longer")
+    return tmp_path / "repo"
+
+
+def test_add_artifacts_adds_files_and_entries(published: Path, tmp_path: Path) -> None:
+    plan = tmp_path / "plans" / "A2B.gpu.plan"
+    before = read_manifest(published, "m", 1)
+    after = add_artifacts(published, "m", 1, {plan.name: plan}, [engine(plan)])
+    assert after == read_manifest(published, "m", 1, verify=True)
+    assert after["artifacts"] == [*before["artifacts"], engine(plan)]
+    assert {k: v for k, v in after.items() if k != "artifacts"} == {
+        k: v for k, v in before.items() if k != "artifacts"
+    }
+    folder = published / "m" / "1"
+    assert (folder / plan.name).read_bytes() == b"plan for A2B"
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*FILES, "manifest.json", plan.name])
+
+
+def test_add_artifacts_replaces_a_listed_file_only_when_told(
+    published: Path, tmp_path: Path
+) -> None:
+    plan = tmp_path / "plans" / "A2B.gpu.plan"
+    add_artifacts(published, "m", 1, {plan.name: plan}, [engine(plan)])
+    rebuilt = tmp_path / "rebuilt.plan"
+    rebuilt.write_bytes(b"rebuilt plan for A2B")
+    entry = engine(rebuilt, file=plan.name)
+    with pytest.raises(RepositoryError, match=r"already lists A2B.gpu.plan: name it in `replace`"):
+        add_artifacts(published, "m", 1, {plan.name: rebuilt}, [entry])
+    after = add_artifacts(published, "m", 1, {plan.name: rebuilt}, [entry], replace=[plan.name])
+    assert [a["file"] for a in after["artifacts"]] == [*FILES, plan.name]
+    assert read_manifest(published, "m", 1, verify=True)["artifacts"][-1] == entry
+    folder = published / "m" / "1"
+    assert (folder / plan.name).read_bytes() == b"rebuilt plan for A2B"
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+
+
+def _bad_entry(plan: Path, **changes: Any) -> dict:
+    return {**engine(plan), **changes}
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("schema", r"with the new artifacts is not valid:\n  \$.artifacts\[3\].precision"),
+        ("no tensorrt info", r"\$.artifacts\[3\].tensorrt: missing"),
+        ("unknown direction", r"'C2D' is not a direction"),
+        ("wrong hash", r"do not match their artifacts:\n  .*: sha256 "),
+        ("wrong size", r"do not match their artifacts:\n  .*: 12 bytes, the manifest says 3"),
+        ("file not given", r"name files \['A2B.gpu.plan'\] but the files given are \[\]"),
+        ("listed", r"already lists A2B.onnx"),
+    ],
+)
+def test_a_bad_addition_changes_nothing(
+    published: Path, tmp_path: Path, case: str, message: str
+) -> None:
+    plan = tmp_path / "plans" / "A2B.gpu.plan"
+    files: dict[str, Path] = {plan.name: plan}
+    entry = {
+        "schema": _bad_entry(plan, precision="int8"),
+        "no tensorrt info": {k: v for k, v in engine(plan).items() if k != "tensorrt"},
+        "unknown direction": _bad_entry(plan, direction="C2D"),
+        "wrong hash": _bad_entry(plan, sha256=SHA),
+        "wrong size": _bad_entry(plan, bytes=3),
+        "file not given": engine(plan),
+        "listed": _bad_entry(plan, file="A2B.onnx"),
+    }[case]
+    if case == "file not given":
+        files = {}
+    if case == "listed":
+        files = {"A2B.onnx": plan}
+    folder = published / "m" / "1"
+    before = snapshot(folder)
+    with pytest.raises(RepositoryError, match=message):
+        add_artifacts(published, "m", 1, files, [entry])
+    assert snapshot(folder) == before
+    read_manifest(published, "m", 1, verify=True)
+
+
+def test_add_artifacts_to_what_does_not_exist_lists_what_does(published: Path) -> None:
+    with pytest.raises(RepositoryError, match=r"no model 'x' .* m \(versions 1\)"):
+        add_artifacts(published, "x", 1, {}, [])
+    with pytest.raises(RepositoryError, match="'m' .* has no version 2; versions: 1"):
+        add_artifacts(published, "m", 2, {}, [])
+
+
+@pytest.mark.parametrize("swap", [False, True], ids=["add", "replace"])
+@pytest.mark.parametrize("failing", ["first rename", "plan rename", "manifest rename"])
+def test_a_failing_rename_leaves_the_old_manifest_and_files(
+    published: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, swap: bool, failing: str
+) -> None:
+    plan = tmp_path / "plans" / "A2B.gpu.plan"
+    if swap:  # the plan is listed already; a rebuilt one is to replace it
+        add_artifacts(published, "m", 1, {plan.name: plan}, [engine(plan)])
+        (tmp_path / "rebuilt").write_bytes(b"rebuilt plan, other size")
+        source = tmp_path / "rebuilt"
+    else:
+        source = plan
+    folder = published / "m" / "1"
+    before = snapshot(folder)
+    real_replace = os.replace
+    calls = []
+
+    def replace(src: Any, dst: Any) -> None:
+        calls.append(Path(dst).name)
+        last = failing == "manifest rename" and calls[-1] == "manifest.json"
+        last = last and calls.count("manifest.json") == 1 + swap  # the final manifest
+        plan_moved = failing == "plan rename" and Path(dst).name == plan.name
+        if failing == "first rename" or plan_moved or last:
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="No space left"):
+        add_artifacts(
+            published,
+            "m",
+            1,
+            {plan.name: source},
+            [engine(source, file=plan.name)],
+            replace=[plan.name] if swap else [],
+        )
+    monkeypatch.setattr(os, "replace", real_replace)
+    restored = failing == "manifest rename" or (swap and failing == "plan rename")
+    assert calls[-1] == ("manifest.json" if restored else calls[0])
+    assert snapshot(folder) == before  # the same files, bytes, and manifest bytes
+    read_manifest(published, "m", 1, verify=True)
+
+
+def test_leftovers_of_a_killed_addition_are_removed_by_the_next(
+    published: Path, tmp_path: Path
+) -> None:
+    folder = published / "m" / "1"
+    (folder / ".tmp-A2B.gpu.plan-dead").write_bytes(b"half a plan")
+    (folder / ".old-B2A.gpu.plan-dead").write_bytes(b"an old plan")
+    assert read_manifest(published, "m", 1, verify=True)["version"] == 1  # readers ignore them
+    plan = tmp_path / "plans" / "B2A.gpu.plan"
+    add_artifacts(published, "m", 1, {plan.name: plan}, [engine(plan)])
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("swap", [False, True], ids=["add", "replace"])
+def test_readers_see_a_whole_manifest_while_artifacts_are_added(
+    published: Path, tmp_path: Path, swap: bool
+) -> None:
+    """Readers take no lock: every read is a whole manifest, the old or the new one.
+
+    Adding: each read (files included) matches. Replacing: a manifest read before a swap
+    can name a file that is swapped before the reader looks at it, so the readers here
+    read manifest.json itself: whole, valid, and old, new or the interim without the entry.
+    """
+    import threading
+
+    sources = []
+    for i in range(15):
+        source = tmp_path / f"plan{i}"
+        source.write_bytes(b"plan " * (i + 1))
+        sources.append(source)
+    first = read_manifest(published, "m", 1)
+    written = [first]
+    done = threading.Event()
+
+    def write() -> None:
+        try:
+            for i, source in enumerate(sources):
+                file = "A2B.gpu.plan" if swap else f"A2B.{i}.plan"
+                replace = [file] if swap and i else []
+                entry = engine(source, file=file)
+                written.append(
+                    add_artifacts(published, "m", 1, {file: source}, [entry], replace=replace)
+                )
+        finally:
+            done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+
+    def read() -> dict[str, Any]:
+        if not swap:
+            return read_manifest(published, "m", 1, verify=True)  # raises on a mismatch
+        manifest = json.loads((published / "m" / "1" / "manifest.json").read_text())
+        validate_manifest(manifest)
+        return manifest
+
+    seen = []
+    while not done.is_set():
+        seen.append(read())
+    writer.join()
+    seen.append(read())
+    assert len(written) == 1 + len(sources) and seen[-1] == written[-1]
+    if swap:  # the old one, the new one, or briefly neither while the file is swapped
+        between = {json.dumps(m["artifacts"][:3]) for m in written}
+        assert all(m in written or json.dumps(m["artifacts"]) in between for m in seen)
+    else:
+        assert all(m in written for m in seen)
+        counts = [len(m["artifacts"]) for m in seen]
+        assert counts == sorted(counts)
+
+
+def test_a_reader_between_any_two_steps_of_a_replacement_sees_matching_files(
+    published: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader that starts after any rename of a replacement finds manifest and files agree."""
+    plan = tmp_path / "plans" / "A2B.gpu.plan"
+    add_artifacts(published, "m", 1, {plan.name: plan}, [engine(plan)])
+    rebuilt = tmp_path / "rebuilt"
+    rebuilt.write_bytes(b"rebuilt plan, other size")
+    seen: list[list[str]] = []
+
+    def reading_after(real: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
+        def rename(src: Any, dst: Any) -> None:
+            real(src, dst)
+            manifest = read_manifest(published, "m", 1, verify=True)  # raises on a mismatch
+            seen.append([a["file"] for a in manifest["artifacts"]])
+
+        return rename
+
+    monkeypatch.setattr(os, "replace", reading_after(os.replace))
+    monkeypatch.setattr(os, "rename", reading_after(os.rename))
+    entry = engine(rebuilt, file=plan.name)
+    add_artifacts(published, "m", 1, {plan.name: rebuilt}, [entry], replace=[plan.name])
+    assert seen[0] == list(FILES) and seen[-1] == [*FILES, plan.name]  # out, then back in
+    assert read_manifest(published, "m", 1, verify=True)["artifacts"][-1] == entry

@@ -570,6 +570,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--version", type=int, help="default: the latest")
     p.set_defaults(func=run_models)
+    p = models.add_parser(
+        "build-engines",
+        help="build TensorRT engines for this machine's GPU from the repository's ONNX",
+        description=BUILD_ENGINES_DESCRIPTION,
+        epilog=EPILOG,
+    )
+    add_build_engines_arguments(p)
+    p.set_defaults(func=run_build_engines)
 
     from i2i.serving.config import add_arguments as add_serve_arguments
 
@@ -740,6 +748,75 @@ def run_models(args: argparse.Namespace) -> int:
         print(format_models_table(args.repository))
     else:
         print(format_manifest(read_manifest(args.repository, args.name, args.version)))
+    return 0
+
+
+BUILD_ENGINES_DESCRIPTION = (
+    "Build TensorRT engines on this machine's GPU from the ONNX graphs already in a model "
+    "repository, check each against ONNX Runtime, and add it to its version's manifest "
+    "atomically (running servers keep reading the old or the new manifest). An engine runs "
+    "only on the GPU type and TensorRT version that built it, so run this where the server "
+    "runs, e.g. as a Kubernetes init container or Job on the serving node type. Engines "
+    "already built for this GPU and TensorRT version are skipped (--force rebuilds them). "
+    "Needs the tensorrt package and an NVIDIA GPU; without them it exits 2 and writes nothing."
+)
+
+
+def add_build_engines_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("repository", type=Path, metavar="REPOSITORY", help="model repository folder")
+    p.add_argument("names", nargs="*", metavar="NAME", help="models to build for (or --all)")
+    p.add_argument("--all", action="store_true", help="every model in the repository")
+    p.add_argument(
+        "--version", type=int, metavar="V", help="version of each model (default: its latest)"
+    )
+    p.add_argument(
+        "--max-batch", type=int, default=32, metavar="N", help="largest batch (default 32)"
+    )
+    p.add_argument(
+        "--shapes",
+        metavar="SPEC",
+        help="optimisation profile MIN:OPT:MAX, each NxHxW, e.g. 1x256x256:8x256x256:32x512x512 "
+        "(default 1..--max-batch images of 256x256); checked against each model's sizes",
+    )
+    p.add_argument(
+        "--workspace-gb",
+        type=float,
+        default=4.0,
+        metavar="G",
+        help="TensorRT workspace limit in GiB (default 4)",
+    )
+    p.add_argument(
+        "--timing-cache",
+        type=Path,
+        metavar="F",
+        help="TensorRT timing cache file, read and updated (faster rebuilds)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="rebuild and replace engines already built for this GPU and TensorRT version",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def run_build_engines(args: argparse.Namespace) -> int:
+    from i2i.export.engines import build_engines, format_results
+
+    if args.all and args.names:
+        raise UsageError("give model names or --all, not both")
+    if not args.all and not args.names:
+        raise UsageError("name the models to build engines for, or pass --all")
+    results = build_engines(
+        args.repository,
+        args.names or None,
+        args.version,
+        max_batch=args.max_batch,
+        shapes=args.shapes,
+        workspace_gb=args.workspace_gb,
+        timing_cache=args.timing_cache,
+        force=args.force,
+    )
+    print(format_results(results))
     return 0
 
 

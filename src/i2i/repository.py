@@ -14,7 +14,9 @@ Publication is atomic: `write_version` builds a version in a hidden temporary fo
 artifact is on disk, so readers never see a half-written version. Hidden entries (`.tmp-*`,
 `.old-*`, `.lock`) are never versions; the next writer cleans up what a killed one left.
 Writers of one model are serialised by `fcntl.flock` on `<repository>/<name>/.lock` (POSIX);
-readers take no lock.
+readers take no lock. `add_artifacts` adds files made later (TensorRT engines built on the
+serving GPU) to a published version under the same lock: readers see its old manifest or
+its new one.
 
 A contract module: imports only the standard library and jsonschema.
 """
@@ -56,6 +58,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MANIFEST",
     "RepositoryError",
+    "add_artifacts",
     "format_manifest",
     "format_models_table",
     "list_models",
@@ -474,6 +477,151 @@ def _fsync_tree(folder: Path) -> None:
             with open(os.path.join(parent, file), "rb") as f:
                 os.fsync(f.fileno())
         fsync_dir(Path(parent))
+
+
+def add_artifacts(
+    repository: str | os.PathLike[str],
+    name: str,
+    version: int,
+    files: Mapping[str, str | os.PathLike[str]],
+    artifacts: Sequence[Mapping[str, Any]],
+    *,
+    replace: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Add artifacts made after publication (TensorRT engines) to a version, atomically.
+
+    Under the model's writer lock: re-reads the manifest, copies each file into the version
+    folder under a hidden name and checks it against its entry (size and sha256), validates
+    the new manifest, moves the files to their names (which the manifest does not list yet)
+    and replaces `manifest.json` with one rename. Readers, who take no lock, see the old
+    manifest or the new one, each matching the files on disk (a reader that read the
+    manifest just before a file in `replace` is swapped can find that file changed, as with
+    `write_version(force=True)`). On any failure the old manifest and files are left as
+    they were.
+
+    Args:
+        repository: the repository folder.
+        name: the model's name.
+        version: the published version to add to.
+        files: file name inside the version folder -> the file to copy there; each the
+            `file` of exactly one of `artifacts`.
+        artifacts: the new manifest entries.
+        replace: files whose entries (and files) the new ones replace, e.g. an engine
+            rebuilt with --force. A listed file may be overwritten only if named here; while
+            it is swapped, the manifest lists neither the old nor the new entry (readers
+            then use the version's other artifacts).
+
+    Returns:
+        The new manifest.
+
+    Raises:
+        RepositoryError: the version does not exist or is broken, a file is already listed
+            and not in `replace`, the new manifest is invalid, or a file does not match its
+            entry. Nothing is changed.
+    """
+    model = _model_folder(repository, name)
+    read_manifest(repository, name, version)  # its errors list what exists; no lock needed
+    folder = model / str(version)
+    with _locked(model):
+        current = read_manifest(repository, name, version)
+        original = (folder / MANIFEST).read_bytes()
+        _clean_up_version(folder)
+        dropped = set(replace)
+        listed = {a["file"] for a in current["artifacts"]}
+        taken = sorted((set(files) & listed) - dropped)
+        if taken:
+            raise RepositoryError(
+                f"{folder / MANIFEST} already lists {', '.join(taken)}: name it in `replace` to "
+                f"replace it"
+            )
+        kept = [a for a in current["artifacts"] if a["file"] not in dropped]
+        added = [dict(a) for a in artifacts]
+        new = {**current, "artifacts": kept + added}
+        validate_manifest(new, source=f"{folder / MANIFEST} with the new artifacts")
+        if sorted(a["file"] for a in added) != sorted(files):
+            raise RepositoryError(
+                f"the new artifacts name files {sorted(a['file'] for a in added)} but the files "
+                f"given are {sorted(files)}: give each new artifact's file, once"
+            )
+        swapped = sorted(set(files) & listed)  # listed now and overwritten: out of the manifest
+        staged: dict[str, Path] = {}
+        placed: list[str] = []
+        aside: dict[str, Path] = {}
+        changed = False
+        try:
+            for file, source in files.items():
+                staged[file] = folder / f"{_TMP}{file}-{secrets.token_hex(4)}"
+                _copy_synced(Path(source), staged[file])
+            renamed = [{**a, "file": staged[a["file"]].name} for a in added]
+            problems = _artifact_problems(folder, {"artifacts": renamed}, verify=True)
+            if problems:
+                raise RepositoryError(
+                    f"the files given for {name}/{version} do not match their artifacts:\n  "
+                    + "\n  ".join(problems)
+                )
+            if swapped:
+                interim = {**current, "artifacts": [a for a in kept if a["file"] not in swapped]}
+                validate_manifest(interim, source=f"{folder / MANIFEST} while replacing files")
+                _replace_manifest(folder, _manifest_text(interim))
+                changed = True
+                for file in swapped:
+                    aside[file] = folder / f"{_OLD}{file}-{secrets.token_hex(4)}"
+                    os.rename(folder / file, aside[file])
+            for file, path in staged.items():
+                os.replace(path, folder / file)
+                placed.append(file)
+            fsync_dir(folder)
+            _replace_manifest(folder, _manifest_text(new))
+        except BaseException:
+            for file in placed:
+                (folder / file).unlink(missing_ok=True)
+            for path in staged.values():
+                path.unlink(missing_ok=True)
+            for file, path in aside.items():
+                os.rename(path, folder / file)
+            if changed:
+                _replace_manifest(folder, original)
+            raise
+        stale = [folder / a["file"] for a in current["artifacts"] if a["file"] in dropped]
+        for path in [*aside.values(), *(p for p in stale if p.name not in files)]:
+            with contextlib.suppress(OSError):
+                path.unlink()
+    log.info("added %s to %s", ", ".join(sorted(files)), folder)
+    return new
+
+
+def _clean_up_version(folder: Path) -> None:
+    """Remove hidden files a killed `add_artifacts` left; the manifest never lists them."""
+    for path in folder.iterdir():
+        if path.name.startswith((_TMP, _OLD)) and path.is_file():
+            path.unlink()
+            log.warning("removed %s, left by an interrupted write", path)
+
+
+def _copy_synced(source: Path, target: Path) -> None:
+    shutil.copyfile(source, target)
+    with open(target, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _manifest_text(manifest: Mapping[str, Any]) -> bytes:
+    text = json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    return text.encode("utf-8")
+
+
+def _replace_manifest(folder: Path, data: bytes) -> None:
+    """Write `manifest.json` by one rename, so a reader sees the old bytes or the new."""
+    tmp = folder / f"{_TMP}{MANIFEST}-{secrets.token_hex(4)}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, folder / MANIFEST)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(folder)
 
 
 # --- what `i2i models list` and `i2i models show` print -----------------------------------

@@ -4,31 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import io
+import subprocess
 import threading
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
-import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from i2i.checkpoint import make_checkpoint, save_checkpoint
-from i2i.export import export_checkpoint
 from i2i.models import create_networks
 from i2i.serving.config import ServerConfig
 from i2i.v1 import translator_pb2_grpc as pb_grpc
-from tests.conftest import TINY_MODEL_OPTIONS
 
 MODEL = "tiny"
 
 
 def tiny_checkpoint(folder: Path, seed: int = 0) -> Path:
     """A seeded, untrained tiny CycleGAN checkpoint (ngf 4, 6 ResNet blocks)."""
+    from tests.conftest import TINY_MODEL_OPTIONS  # here: tests/conftest.py imports this module
+
     options = dict(TINY_MODEL_OPTIONS["cyclegan"])
     torch.manual_seed(seed)
     nets = create_networks("cyclegan", options)
@@ -41,24 +40,6 @@ def tiny_checkpoint(folder: Path, seed: int = 0) -> Path:
     )
     folder.mkdir(parents=True, exist_ok=True)
     return save_checkpoint(payload, folder / "tiny.pt")
-
-
-@pytest.fixture(scope="session")
-def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model repository with model "tiny", version 1: A2B and B2A, ONNX FP32 and FP16.
-
-    Shared by the whole session: treat it as read-only (copy it to change it).
-    """
-    root = tmp_path_factory.mktemp("serving")
-    checkpoint = tiny_checkpoint(root / "checkpoints")
-    export_checkpoint(checkpoint, root / "repository", MODEL, formats=["onnx", "onnx-fp16"])
-    return root / "repository"
-
-
-@pytest.fixture(scope="session")
-def tiny_checkpoint_path(tiny_repository: Path) -> Path:
-    """The checkpoint `tiny_repository` was exported from."""
-    return tiny_repository.parent / "checkpoints" / "tiny.pt"
 
 
 class RunningServer:
@@ -128,29 +109,6 @@ def server_config(repository: Path, **changes: Any) -> ServerConfig:
     return ServerConfig(**settings)
 
 
-@pytest.fixture
-def start_server(tiny_repository: Path) -> Iterator[Callable[..., RunningServer]]:
-    """Start servers on the tiny repository with changed settings; all stopped afterwards."""
-    started: list[RunningServer] = []
-
-    def start(**changes: Any) -> RunningServer:
-        server = RunningServer(server_config(tiny_repository, **changes))
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.close()
-
-
-@pytest.fixture(scope="module")
-def shared_server(tiny_repository: Path) -> Iterator[RunningServer]:
-    """One server with default test settings for the tests of a module that do not change it."""
-    server = RunningServer(server_config(tiny_repository))
-    yield server
-    server.close()
-
-
 def png_bytes(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
@@ -164,3 +122,7 @@ def sample_image(height: int = 32, width: int = 32, seed: int = 0) -> np.ndarray
     base = np.stack([(a * xx / width + b * yy / height) for a, b in rng.uniform(-1, 1, (3, 2))], -1)
     noisy = 128 + 90 * base + rng.normal(0, 12, (height, width, 3))
     return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)

@@ -20,6 +20,7 @@ from i2i.models import get_family, options_from_dict
 from i2i.repository import read_manifest, sha256_file, write_version
 
 from . import tensorrt
+from .engines import build_checked_engine
 from .errors import ExportError
 from .fp16 import convert_fp16
 from .onnx import export_onnx
@@ -202,40 +203,15 @@ def _tensorrt_artifact(
     timing_cache: str | os.PathLike[str] | None,
 ) -> dict[str, Any]:
     """Build and check one engine (runs only where TensorRT and a GPU exist; see tensorrt.py)."""
-    import numpy as np
-    import onnxruntime as ort
-
-    profile = tensorrt.parse_shapes(shapes, channels, max_batch)
-    tmp_plan = folder / f"{direction}.plan"
-    info = tensorrt.build_engine(
+    return build_checked_engine(
+        direction,
         fp32,
         fp16,
-        tmp_plan,
-        profile,
+        folder,
+        tensorrt.parse_shapes(shapes, channels, max_batch),
         int(workspace_gb * (1 << 30)),
         Path(timing_cache) if timing_cache else None,
     )
-    plan = folder / tensorrt.plan_name(direction, info["gpu"])
-    tmp_plan.rename(plan)
-    # Parity against ONNX Runtime on the same inputs, at the profile's optimum shape.
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=profile.opt, dtype=np.uint8)
-    session = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
-    expected = session.run(None, {session.get_inputs()[0].name: images})[0]
-    got = tensorrt.run_engine(plan, images)
-    diff = np.abs(expected.astype(np.int16) - got.astype(np.int16))
-    mse = float(np.mean(diff.astype(np.float64) ** 2))
-    psnr = 99.0 if mse == 0 else float(10 * np.log10(255.0**2 / mse))
-    report = {
-        "max_abs_diff": int(diff.max()),
-        "fraction_over_1": float(np.mean(diff > 1)),
-        "psnr": psnr,
-    }
-    if psnr < 40.0:
-        raise ExportError(
-            f"{direction}: TensorRT engine below 40 dB against ONNX Runtime ({psnr:.1f} dB)"
-        )
-    return {**_artifact(direction, "tensorrt", "fp16", plan, report, "onnx-fp32"), "tensorrt": info}
 
 
 def format_parity(manifest: dict[str, Any]) -> str:
