@@ -89,5 +89,5 @@ def serve_and_translate(repository: Path, model: str, inputs: Path, out: Path) -
             assert isinstance(image, bytes)  # PNG: the server's default for encoded inputs
             (out / f"{path.stem}.png").write_bytes(image)
     if server.stop() != 0:
-        raise RuntimeError("i2i-serve did not exit cleanly:\n" + "".join(server.log[-20:]))
+        raise RuntimeError("i2i-serve did not exit cleanly:\n" + "".join(list(server.log)[-20:]))
     return latencies

@@ -202,7 +202,8 @@ def test_probe_over_tls(start_server, certificates, capsys):
         (["--timeout", "0"], "--timeout must be more than 0"),
         (["--server", "localhost"], "give HOST:PORT"),
         (["--tls-ca", "/no/such/ca.pem"], "cannot read it"),
-        (["--tls-server-name", "x"], "needs --tls-ca"),
+        (["--tls-server-name", "x"], "need --tls-ca"),
+        (["--tls-ca", "ca.pem", "--tls-cert", "c.pem"], "go together"),
         (["--no-such-flag"], "unrecognized arguments"),
     ],
 )

@@ -69,3 +69,11 @@ def test_bad_values_are_refused_with_the_flag_named(capsys):
             parse(["--repository", "r", *flag])
     with pytest.raises(ServerConfigError, match="no such file"):
         parse(["--repository", "r", "--tls-cert", "missing.pem", "--tls-key", "missing.key"])
+
+
+def test_backend_and_precision_choices_match_the_backends():
+    # config.py keeps its own copy so that building the CLI parser does not import torch.
+    from i2i.serving.backends import BACKEND_CHOICES, PRECISION_CHOICES
+    from i2i.serving.config import BACKENDS, PRECISIONS
+
+    assert (BACKENDS, PRECISIONS) == (BACKEND_CHOICES, PRECISION_CHOICES)

@@ -9,6 +9,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from i2i.client import probe
 from i2i.v1 import translator_pb2 as pb
 from i2i.v1 import translator_pb2_grpc as pb_grpc
 from tests.serving.conftest import MODEL, png_bytes, sample_image
@@ -57,6 +58,16 @@ def test_mutual_tls_needs_a_client_certificate(start_server, certificates):
     with pytest.raises(grpc.RpcError) as caught:
         secure_stub(server.target, certificates, client_cert=False).Translate(request(), timeout=5)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    # The container's health probe can present a client certificate too.
+    ca = ["--server", server.target, "--tls-ca", str(certificates / "ca.pem")]
+    mine = [
+        "--tls-cert",
+        str(certificates / "client.pem"),
+        "--tls-key",
+        str(certificates / "client.key"),
+    ]
+    assert probe.main([*ca, *mine], environ={}) == 0
+    assert probe.main(ca, environ={}) == 1
 
 
 def test_bearer_token(start_server):

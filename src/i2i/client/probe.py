@@ -65,6 +65,8 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument(
         "--tls-ca", type=Path, help="CA certificate (PEM) to verify the server with; TLS when set"
     )
+    parser.add_argument("--tls-cert", type=Path, help="client certificate (PEM), mutual TLS")
+    parser.add_argument("--tls-key", type=Path, help="client private key (PEM), mutual TLS")
     parser.add_argument(
         "--tls-server-name",
         help="name to expect in the server's certificate (default: the host of --server)",
@@ -78,6 +80,8 @@ def check(
     timeout: float = 3.0,
     root_certificates: bytes | None = None,
     server_name: str | None = None,
+    certificate_chain: bytes | None = None,
+    private_key: bytes | None = None,
 ) -> str:
     """Ask `server` for the health of `service`; the status name, e.g. "SERVING".
 
@@ -87,6 +91,8 @@ def check(
         timeout: deadline of the call in seconds.
         root_certificates: PEM of the CA to trust; TLS when given, plaintext otherwise.
         server_name: the name expected in the server's certificate (TLS only).
+        certificate_chain: PEM of the client certificate (mutual TLS).
+        private_key: PEM of its private key (mutual TLS).
 
     Raises:
         grpc.RpcError: the server could not be reached or refused the call.
@@ -95,7 +101,11 @@ def check(
         channel = grpc.insecure_channel(server)
     else:
         options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
-        credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+        )
         channel = grpc.secure_channel(server, credentials, options=options)
     with channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(
@@ -112,18 +122,27 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         parser.error(f"--timeout must be more than 0 seconds, got {args.timeout}")
     if ":" not in args.server:
         parser.error(f"--server {args.server!r}: give HOST:PORT, e.g. 127.0.0.1:8001")
-    root_certificates = None
-    if args.tls_ca is not None:
+    if args.tls_ca is None and (args.tls_server_name or args.tls_cert or args.tls_key):
+        parser.error("--tls-server-name, --tls-cert and --tls-key need --tls-ca")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together (mutual TLS)")
+    pems: dict[str, bytes | None] = {}
+    for flag in ("tls_ca", "tls_cert", "tls_key"):
+        path = getattr(args, flag)
         try:
-            root_certificates = args.tls_ca.read_bytes()
+            pems[flag] = None if path is None else path.read_bytes()
         except OSError as exc:
-            parser.error(f"--tls-ca {args.tls_ca}: cannot read it ({exc.strerror})")
-    elif args.tls_server_name:
-        parser.error("--tls-server-name needs --tls-ca (it names the certificate TLS checks)")
+            parser.error(f"--{flag.replace('_', '-')} {path}: cannot read it ({exc.strerror})")
     what = f"{args.server} service {args.service!r}" if args.service else args.server
     try:
         status = check(
-            args.server, args.service, args.timeout, root_certificates, args.tls_server_name
+            args.server,
+            args.service,
+            args.timeout,
+            pems["tls_ca"],
+            args.tls_server_name,
+            certificate_chain=pems["tls_cert"],
+            private_key=pems["tls_key"],
         )
     except grpc.RpcError as exc:
         code = exc.code() if isinstance(exc, grpc.Call) else None

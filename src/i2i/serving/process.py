@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,10 +35,11 @@ class ServerProcess:
         self.command: Sequence[str] = [
             sys.executable, "-m", "i2i.serving", "--repository", str(repository),
             "--host", host, "--port", "0", *flags,
+            "--log-level", "INFO",  # last, so it wins: start() reads the INFO lines
         ]  # fmt: skip
         self.start_timeout = start_timeout
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.log: list[str] = []
+        self.log: deque[str] = deque(maxlen=2000)  # the latest lines only
         self.target = ""
         self.process: subprocess.Popen[str] | None = None
         self._serving = threading.Event()
@@ -52,7 +54,7 @@ class ServerProcess:
         while not self._serving.wait(0.05):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop(timeout=5)
-                raise RuntimeError("i2i-serve did not start:\n" + "".join(self.log[-30:]))
+                raise RuntimeError("i2i-serve did not start:\n" + "".join(list(self.log)[-30:]))
         return self
 
     def _read(self) -> None:
