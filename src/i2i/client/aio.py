@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
@@ -12,72 +11,40 @@ from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from i2i.client.messages import (
     DEFAULT_TIMEOUT,
+    ClientBase,
     Frame,
     ImageInput,
     Timeout,
     TranslateResult,
-    auth_metadata,
     backoff_delay,
-    channel_options,
-    check_tls,
     error_of,
     is_retryable,
     request_message,
     result_of,
 )
 from i2i.v1 import translator_pb2 as pb
-from i2i.v1 import translator_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class AsyncClient:
+class AsyncClient(ClientBase):
     """`Client` for asyncio code: the same arguments, retries and errors, awaited.
 
     Create it inside the event loop that uses it; `await client.close()` or
     `async with AsyncClient(...) as client:`. See `Client` for the arguments.
     """
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        token: str | None = None,
-        root_certificates: bytes | None = None,
-        certificate_chain: bytes | None = None,
-        private_key: bytes | None = None,
-        timeout: float | None = 30.0,
-        retries: int = 4,
-        backoff_s: float = 0.1,
-        max_backoff_s: float = 2.0,
-        max_message_bytes: int = 64 << 20,
-        options: Sequence[tuple[str, Any]] = (),
-    ) -> None:
-        check_tls(root_certificates, certificate_chain, private_key)
-        if retries < 0:
-            raise ValueError(f"retries must be 0 or more, got {retries}")
-        self.target = target
-        self.timeout = timeout
-        self.retries = retries
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
-        self._metadata = auth_metadata(token)
-        self._rng = random.Random()
-        opts = channel_options(max_message_bytes, options)
-        if root_certificates is not None:
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates, private_key, certificate_chain
-            )
-            self._channel = grpc.aio.secure_channel(target, credentials, options=opts)
-        else:
-            self._channel = grpc.aio.insecure_channel(target, options=opts)
-        self._stub = pb_grpc.TranslatorStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+    def _open_channel(
+        self, target: str, credentials: grpc.ChannelCredentials | None, options: list[Any]
+    ) -> Any:
+        if credentials is None:
+            return grpc.aio.insecure_channel(target, options=options)
+        return grpc.aio.secure_channel(target, credentials, options=options)
 
     async def translate(
         self,

@@ -15,8 +15,10 @@ from typing import Any, Final
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2_grpc
 
 from i2i.v1 import translator_pb2 as pb
+from i2i.v1 import translator_pb2_grpc as pb_grpc
 
 OUTPUT_FORMATS: dict[str | None, pb.ImageFormat] = {
     None: pb.IMAGE_FORMAT_UNSPECIFIED,
@@ -278,3 +280,48 @@ def check_tls(
 def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
     """The bearer token as call metadata (nothing without a token)."""
     return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+class ClientBase:
+    """What `Client` and `AsyncClient` share: settings, credentials, stubs (see `Client`)."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str | None = None,
+        root_certificates: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        private_key: bytes | None = None,
+        timeout: float | None = 30.0,
+        retries: int = 4,
+        backoff_s: float = 0.1,
+        max_backoff_s: float = 2.0,
+        max_message_bytes: int = 64 << 20,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        check_tls(root_certificates, certificate_chain, private_key)
+        if retries < 0:
+            raise ValueError(f"retries must be 0 or more, got {retries}")
+        self.target = target
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self._metadata = auth_metadata(token)
+        self._rng = random.Random()
+        credentials = None
+        if root_certificates is not None:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates, private_key, certificate_chain
+            )
+        self._channel = self._open_channel(
+            target, credentials, channel_options(max_message_bytes, options)
+        )
+        self._stub = pb_grpc.TranslatorStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def _open_channel(
+        self, target: str, credentials: grpc.ChannelCredentials | None, options: list[Any]
+    ) -> Any:
+        raise NotImplementedError
