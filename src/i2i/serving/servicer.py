@@ -45,6 +45,8 @@ POLICY_NAMES = {
 # large no. Clients retry it only when told "true" (gRPC's own size errors carry neither).
 RETRYABLE = (("i2i-retryable", "true"),)
 NOT_RETRYABLE = (("i2i-retryable", "false"),)
+# Replies up to this size are built on the event loop; larger ones in the worker threads.
+INLINE_REPLY_BYTES = 256 << 10
 REQUEST_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._:/-]")
 
 
@@ -116,6 +118,10 @@ def response_from_result(result: Result) -> pb.TranslateResponse:
         ),
         batch_size=result.batch_size,
     )
+
+
+def _reply_bytes(result: Result) -> int:
+    return sum(len(i) if isinstance(i, bytes) else i.nbytes for i in result.images)
 
 
 def model_info(model: LoadedModel) -> pb.ModelInfo:
@@ -204,8 +210,11 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
                 deadline = None if remaining is None else start + remaining
                 result = await self.pipeline.translate(request, deadline=deadline)
                 self.metrics.queued(model, direction, result.queue_s)
-                loop = asyncio.get_running_loop()
-                reply = await loop.run_in_executor(self.executor, response_from_result, result)
+                if _reply_bytes(result) > INLINE_REPLY_BYTES:  # copying MBs would stall the loop
+                    loop = asyncio.get_running_loop()
+                    reply = await loop.run_in_executor(self.executor, response_from_result, result)
+                else:  # a thread hop costs more than a small reply
+                    reply = response_from_result(result)
             images = len(result.images)
             return reply
         except ServingError as exc:
