@@ -1,0 +1,532 @@
+"""Serving load benchmark: i2i's gRPC server vs PyTriton on the same ONNX file, and the raw backend.
+
+    python benchmarks/serve.py --pytriton-python /work/pytriton-venv/bin/python
+    python benchmarks/serve.py --quick                  # short, i2i only
+    python benchmarks/serve.py --repository REPO --model NAME --size 256
+
+By default a tiny CycleGAN (ResNet-6, ``--ngf 4``) is exported into a temporary repository:
+with a model this small the server's own work (gRPC, batching, the event loop) dominates,
+which is what this benchmark is for. Then:
+
+1. raw backend: an ONNX Runtime session on the served ONNX file, built as i2i's CPU backend
+   builds it, at batch 1 and --max-batch: the ceiling a server can approach;
+2. closed-loop load per target and concurrency C: C workers each send one image, await the
+   reply, send again, for --duration s after --warmup s; images/s, p50/p95/p99 latency, the
+   mean batch the server formed, its measured compute per batch, and the CPU cores that the
+   server (with its children) and the load generator used. Targets: ``i2i`` (dynamic
+   batching), ``i2i-nobatch`` (max batch 1), ``pytriton`` (Triton's dynamic batcher in front
+   of an ONNX Runtime session in a PyTriton ``@batch`` infer function,
+   benchmarks/pytriton_server.py) and ``pytriton-nobatch``.
+
+Each server is its own process. The load generator is this file run as a child process
+(``--target i2i|pytriton --address ...``): with this interpreter against i2i, with the
+PyTriton venv's interpreter against PyTriton (tritonclient's asyncio gRPC client), so both
+sides are driven by the same ``closed_loop``. That mode needs only numpy and its client,
+so the script runs in the PyTriton venv (nvidia-pytriton, onnxruntime, numpy; no i2i).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TARGETS = ("i2i", "i2i-nobatch", "pytriton", "pytriton-nobatch")
+READY = re.compile(r"(?<![A-Z_])SERVING ")  # both servers log it when ready; not NOT_SERVING
+# Cumulative (requests, batches, seconds of compute) as the server reports them.
+Counts = tuple[float, float, float]
+
+
+class I2IClient:
+    """One raw image per Translate call; batches and compute from the replies."""
+
+    def __init__(self, address: str, model: str, direction: str, pixels: np.ndarray) -> None:
+        import grpc
+
+        from i2i.v1 import translator_pb2 as pb
+        from i2i.v1 import translator_pb2_grpc as pb_grpc
+
+        self.channel = grpc.aio.insecure_channel(address)
+        self.stub = pb_grpc.TranslatorStub(self.channel)
+        height, width, channels = pixels.shape
+        raw = pb.RawImage(pixels=pixels.tobytes(), height=height, width=width, channels=channels)
+        self.request = pb.TranslateRequest(
+            model=model,
+            direction=direction,
+            image=pb.Image(raw=raw),
+            output=pb.OutputOptions(format=pb.IMAGE_FORMAT_RAW),
+        )
+        self.expected = pixels.nbytes
+        self.counts_ = [0.0, 0.0, 0.0]
+
+    async def send(self) -> None:
+        reply = await self.stub.Translate(self.request, timeout=60)
+        if len(reply.images[0].raw.pixels) != self.expected:
+            raise RuntimeError(f"reply has {len(reply.images[0].raw.pixels)} bytes")
+        share = 1 / max(1, reply.batch_size)  # each image of a batch adds 1/size of it
+        self.counts_[0] += 1
+        self.counts_[1] += share
+        self.counts_[2] += share * reply.timing.compute_ms / 1e3
+
+    async def counts(self) -> Counts:
+        return self.counts_[0], self.counts_[1], self.counts_[2]
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+class TritonClient:
+    """One (1, H, W, 3) tensor per ModelInfer call; batches and compute from Triton's stats."""
+
+    def __init__(self, address: str, model: str, pixels: np.ndarray) -> None:
+        from tritonclient.grpc import aio as triton_aio
+
+        self.client = triton_aio.InferenceServerClient(address)
+        self.model = model
+        self.inputs = [triton_aio.InferInput("image", [1, *pixels.shape], "UINT8")]
+        self.inputs[0].set_data_from_numpy(pixels[None])
+        self.outputs = [triton_aio.InferRequestedOutput("translated")]
+        self.shape = (1, *pixels.shape)
+        # PyTriton guards the statistics endpoint with a token (see pytriton_server.py).
+        token = os.environ.get("PYTRITON_ACCESS_TOKEN", "")
+        self.headers = {"triton-grpc-protocol-triton-access-token": token}
+
+    async def send(self) -> None:
+        result = await self.client.infer(
+            self.model, self.inputs, outputs=self.outputs, client_timeout=60
+        )
+        if result.as_numpy("translated").shape != self.shape:
+            raise RuntimeError(f"reply has shape {result.as_numpy('translated').shape}")
+
+    async def counts(self) -> Counts:
+        reply = await self.client.get_inference_statistics(self.model, headers=self.headers)
+        stats = reply.model_stats[0]
+        # inference_stats add a batch's compute once per request; batch_stats once per batch.
+        compute = sum(b.compute_infer.ns for b in stats.batch_stats) / 1e9
+        return stats.inference_count, stats.execution_count, compute
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+def process_tree_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system) of a process and its descendants, from /proc (Linux)."""
+    if pid is None or not Path("/proc").is_dir():
+        return float("nan")
+    tick = os.sysconf("SC_CLK_TCK")
+    parent, seconds = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:  # after "(comm)": state ppid ... utime (12th) stime (13th)
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        parent[int(entry.name)] = int(fields[1])
+        seconds[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, grew = {pid}, True
+    while grew:
+        children = {p for p, pp in parent.items() if pp in tree} - tree
+        tree, grew = tree | children, bool(children)
+    return sum(seconds.get(p, 0.0) for p in tree)
+
+
+async def closed_loop(
+    send: Callable[[], Awaitable[None]],
+    counts: Callable[[], Awaitable[Counts]],
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    server_pid: int | None = None,
+) -> dict[str, Any]:
+    """`concurrency` workers send, await the reply, send again; stats of the timed window.
+
+    Throughput counts the replies that arrived inside the window, latencies are theirs;
+    batches, compute and CPU are the differences between the window's two ends.
+    """
+    done: list[tuple[float, float]] = []
+    errors: dict[str, int] = {}
+    stop = asyncio.Event()
+
+    async def worker() -> None:
+        while not stop.is_set():
+            start = time.perf_counter()
+            try:
+                await send()
+            except Exception as exc:  # grpc and tritonclient raise their own types
+                key = f"{type(exc).__name__}: {str(exc)[:80]}"
+                errors[key] = errors.get(key, 0) + 1
+                await asyncio.sleep(0.01)
+                continue
+            done.append((start, time.perf_counter()))
+
+    tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
+    await asyncio.sleep(warmup)
+    before = await counts()
+    cpu0, t0 = (time.process_time(), process_tree_cpu(server_pid)), time.perf_counter()
+    await asyncio.sleep(duration)
+    cpu1, t1 = (time.process_time(), process_tree_cpu(server_pid)), time.perf_counter()
+    after = await counts()
+    stop.set()
+    await asyncio.gather(*tasks)
+    latencies = np.array([(e - s) * 1e3 for s, e in done if t0 <= e <= t1])
+    p50, p95, p99 = np.percentile(latencies, [50, 95, 99]) if len(latencies) else [np.nan] * 3
+    requests, batches, compute = (a - b for a, b in zip(after, before, strict=True))
+    return {
+        "concurrency": concurrency,
+        "images_per_s": len(latencies) / (t1 - t0),
+        "p50_ms": float(p50),
+        "p95_ms": float(p95),
+        "p99_ms": float(p99),
+        "mean_batch": requests / batches if batches else float("nan"),
+        "compute_ms_per_batch": compute / batches * 1e3 if batches else float("nan"),
+        "server_cores": (cpu1[1] - cpu0[1]) / (t1 - t0),
+        "client_cores": (cpu1[0] - cpu0[0]) / (t1 - t0),
+        "errors": errors,
+    }
+
+
+def test_image(size: int) -> np.ndarray:
+    """A fixed random RGB image, uint8 (size, size, 3)."""
+    return np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+async def run_client(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Client mode: the concurrency sweep against one running server."""
+    pixels = test_image(args.size)
+    client: I2IClient | TritonClient
+    if args.target == "i2i":
+        client = I2IClient(args.address, args.model, args.direction, pixels)
+    else:
+        client = TritonClient(args.address, args.model, pixels)
+    try:
+        await client.send()  # fails at once on a wrong address or model name
+        points = []
+        for c in args.concurrency:
+            point = await closed_loop(
+                client.send, client.counts, c, args.duration, args.warmup, args.server_pid
+            )
+            points.append(point)
+        return points
+    finally:
+        await client.close()
+
+
+def export_tiny(folder: Path, ngf: int, seed: int = 0) -> Path:
+    """A seeded, untrained CycleGAN (ResNet-6, `ngf` filters) exported to ONNX; its repository."""
+    import torch
+
+    from i2i.checkpoint import make_checkpoint, save_checkpoint
+    from i2i.export import export_checkpoint
+    from i2i.models import create_networks
+
+    options = {"ngf": ngf, "ndf": 4, "netG": "resnet_6blocks"}
+    torch.manual_seed(seed)
+    nets = create_networks("cyclegan", options)
+    payload = make_checkpoint(
+        family="cyclegan",
+        config={"family": "cyclegan", "model": options},
+        domains=["A", "B"],
+        networks={n: m.state_dict() for n, m in nets.items()},
+        step=1,
+    )
+    checkpoint = save_checkpoint(payload, folder / "tiny.pt")
+    export_checkpoint(checkpoint, folder / "repository", "tiny", formats=["onnx"])
+    return folder / "repository"
+
+
+def onnx_file(repository: Path, model: str, direction: str) -> Path:
+    """The FP32 ONNX artifact of one direction of the model's latest version."""
+    from i2i.repository import read_manifest
+
+    manifest = read_manifest(repository, model)
+    wanted = (direction, "onnx", "fp32")
+    for artifact in manifest["artifacts"]:
+        if (artifact["direction"], artifact["format"], artifact["precision"]) == wanted:
+            return repository / model / str(manifest["version"]) / artifact["file"]
+    raise SystemExit(f"{repository}/{model}: no FP32 ONNX artifact for {direction}; export one")
+
+
+def raw_throughput(onnx: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """images/s of an ONNX Runtime session built as i2i's CPU backend builds it."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = args.threads
+    session = ort.InferenceSession(str(onnx), options, providers=["CPUExecutionProvider"])
+    results = []
+    for n in sorted({1, args.max_batch}):
+        images = np.repeat(test_image(args.size)[None], n, axis=0)
+        for _ in range(3):
+            session.run(None, {"image": images})
+        runs, start = 0, time.perf_counter()
+        while runs < 5 or time.perf_counter() - start < args.raw_seconds:
+            session.run(None, {"image": images})
+            runs += 1
+        seconds = time.perf_counter() - start
+        per_s = n * runs / seconds
+        results.append({"batch": n, "ms_per_batch": seconds / runs * 1e3, "images_per_s": per_s})
+    return results
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_command(target: str, args: argparse.Namespace, onnx: Path, port: int) -> list[str]:
+    max_batch = 1 if target.endswith("-nobatch") else args.max_batch
+    knobs = ["--max-batch", str(max_batch), "--max-delay-ms", str(args.max_delay_ms)]
+    knobs += ["--threads", str(args.threads)]
+    if target.startswith("i2i"):
+        return [
+            sys.executable, "-m", "i2i.serving", "--repository", str(args.repository),
+            "--model", args.model, "--host", "127.0.0.1", "--port", str(port),
+            "--metrics-port", "-1", "--max-queue", str(args.max_queue),
+            "--warmup-size", str(args.size), "--log-level", "INFO", *knobs,
+            "--backend", "onnxruntime-cpu", "--precision", "fp32",  # what the others run
+        ]  # fmt: skip
+    return [
+        args.pytriton_python, str(Path(__file__).with_name("pytriton_server.py")),
+        "--onnx", str(onnx), "--model", args.model, "--grpc-port", str(port),
+        "--http-port", str(free_port()), *knobs,
+    ]  # fmt: skip
+
+
+def start_server(command: list[str], log_path: Path, timeout: float = 180) -> subprocess.Popen:
+    """Start a server process; return once its log says SERVING (or raise with the log's end)."""
+    with log_path.open("wb") as log_file:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if READY.search(log_path.read_text(errors="replace")):
+            return process
+        time.sleep(0.2)
+    stop_server(process)
+    tail = log_path.read_text(errors="replace")[-3000:]
+    status = "timed out" if process.returncode == -signal.SIGTERM else f"exit {process.returncode}"
+    raise RuntimeError(f"{' '.join(command[:2])} did not reach SERVING ({status}); log:\n{tail}")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def run_target(target: str, args: argparse.Namespace, onnx: Path, logs: Path) -> list[dict]:
+    """Start the target's server, run the load generator against it, stop the server."""
+    port = free_port()
+    os.environ.setdefault("PYTRITON_ACCESS_TOKEN", secrets.token_urlsafe(24))  # both children
+    server = start_server(server_command(target, args, onnx, port), logs / f"{target}.log")
+    kind = "i2i" if target.startswith("i2i") else "pytriton"
+    client = [
+        sys.executable if kind == "i2i" else args.pytriton_python, str(Path(__file__).resolve()),
+        "--target", kind, "--address", f"127.0.0.1:{port}", "--server-pid", str(server.pid),
+        "--model", args.model, "--direction", args.direction, "--size", str(args.size),
+        "--concurrency", ",".join(map(str, args.concurrency)),
+        "--duration", str(args.duration), "--warmup", str(args.warmup),
+    ]  # fmt: skip
+    client_log = logs / f"{target}.client.log"
+    try:
+        with client_log.open("wb") as stderr:
+            done = subprocess.run(client, stdout=subprocess.PIPE, stderr=stderr, check=False)
+    finally:
+        stop_server(server)
+    if done.returncode != 0:
+        tail = client_log.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"the load generator against {target} failed:\n{tail}")
+    return [{"target": target, **point} for point in json.loads(done.stdout)]
+
+
+def machine() -> dict[str, Any]:
+    import onnxruntime
+
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if "model name" in line]
+    return {
+        "cpu": names[0] if names else platform.processor(),
+        "cores": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def summarise(raw: list[dict], load: list[dict], max_batch: int) -> dict[str, Any]:
+    """Best throughput against the raw ceiling; i2i against PyTriton at equal concurrency."""
+    ceiling = {r["batch"]: r["images_per_s"] for r in raw}
+    overhead = {}
+    for target, batch in (("i2i", max_batch), ("i2i-nobatch", 1)):
+        points = [p for p in load if p["target"] == target]
+        if points:
+            best = max(points, key=lambda p: p["images_per_s"])
+            overhead[target] = {
+                "best_images_per_s": best["images_per_s"],
+                "at_concurrency": best["concurrency"],
+                "raw_batch": batch,
+                "raw_images_per_s": ceiling[batch],
+                "fraction_of_raw": best["images_per_s"] / ceiling[batch],
+            }
+    by_key = {(p["target"], p["concurrency"]): p for p in load}
+    versus = [
+        {"i2i": ours, "pytriton": theirs, "concurrency": c,
+         "throughput_ratio": p["images_per_s"] / by_key[theirs, c]["images_per_s"],
+         "p99_ratio": p["p99_ms"] / by_key[theirs, c]["p99_ms"]}
+        for ours, theirs in (("i2i", "pytriton"), ("i2i-nobatch", "pytriton-nobatch"))
+        for (target, c), p in by_key.items() if target == ours and (theirs, c) in by_key
+    ]  # fmt: skip
+    return {"overhead": overhead, "versus_pytriton": versus}
+
+
+def table(header: str, rows: list[str]) -> list[str]:
+    columns = header.count("|") - 1
+    return ["", header, "|---" + "|---:" * (columns - 1) + "|", *rows]
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m, s = results["machine"], results["settings"]
+    lines = [
+        f"{m['cpu']}, {m['cores']} cores; Python {m['python']}, onnxruntime {m['onnxruntime']}; "
+        f"{s['model']} {s['direction']} ({s['onnx']}), {s['size']}x{s['size']} images, "
+        f"{s['threads']} intra-op thread(s), max batch {s['max_batch']}, max delay "
+        f"{s['max_delay_ms']} ms; {s['duration']} s per point after {s['warmup']} s warm-up; "
+        f"1-minute load average {m['load_average'][0]:.2f} before, "
+        f"{m['load_average'][1]:.2f} after."
+    ]
+    lines += table(
+        "| raw ONNX Runtime session | batch | ms/batch | images/s |",
+        [f"| same settings | {r['batch']} | {r['ms_per_batch']:.2f} | {r['images_per_s']:.0f} |"
+         for r in results["raw"]],
+    )  # fmt: skip
+    lines += table(
+        "| target | C | images/s | p50 ms | p95 ms | p99 ms | mean batch | compute ms/batch "
+        "| server / client cores | errors |",
+        [f"| {p['target']} | {p['concurrency']} | {p['images_per_s']:.0f} | {p['p50_ms']:.1f} "
+         f"| {p['p95_ms']:.1f} | {p['p99_ms']:.1f} | {p['mean_batch']:.2f} "
+         f"| {p['compute_ms_per_batch']:.2f} | {p['server_cores']:.2f} / {p['client_cores']:.2f} "
+         f"| {sum(p['errors'].values())} |" for p in results["load"]],
+    )  # fmt: skip
+    if results["summary"]["overhead"]:
+        lines += table(
+            "| server | best images/s (at C) | raw images/s (batch) | fraction of raw |",
+            [f"| {t} | {o['best_images_per_s']:.0f} ({o['at_concurrency']}) "
+             f"| {o['raw_images_per_s']:.0f} ({o['raw_batch']}) | {o['fraction_of_raw']:.1%} |"
+             for t, o in results["summary"]["overhead"].items()],
+        )  # fmt: skip
+    if results["summary"]["versus_pytriton"]:
+        lines += table(
+            "| i2i / PyTriton | C | throughput ratio | p99 ratio |",
+            [f"| {v['i2i']} / {v['pytriton']} | {v['concurrency']} "
+             f"| {v['throughput_ratio']:.2f} | {v['p99_ratio']:.2f} |"
+             for v in results["summary"]["versus_pytriton"]],
+        )  # fmt: skip
+    for target, error in results["failed"].items():
+        lines += ["", f"{target} failed: {error.splitlines()[0]} (the log's end is on stderr)"]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add = p.add_argument
+    add("--repository", type=Path, help="serve this repository (default: export a tiny model)")
+    add("--model", default="tiny", help="the model's name in --repository (default tiny)")
+    add("--direction", default="A2B", help="the direction to load (default A2B)")
+    add("--ngf", type=int, default=4, help="width of the exported generator; tiny, so the "
+        "server's own overhead dominates (default 4)")  # fmt: skip
+    add("--size", type=int, default=64, help="image height and width in pixels (default 64)")
+    add("--threads", type=int, default=1, help="ONNX Runtime intra-op threads of the raw "
+        "session and of both servers (default 1)")  # fmt: skip
+    add("--max-batch", type=int, default=8, help="largest batch of batching targets (default 8)")
+    add("--max-delay-ms", type=float, default=2.0, help="batchers' max delay (default 2)")
+    add("--max-queue", type=int, default=256, help="i2i's queue bound (default 256)")
+    add("--concurrency", type=lambda t: [int(c) for c in t.split(",")],
+        default=[1, 2, 4, 8, 16, 32, 64], help="workers per point (default 1,...,64)")  # fmt: skip
+    add("--duration", type=float, default=5.0, help="timed seconds per point (default 5)")
+    add("--warmup", type=float, default=1.0, help="untimed seconds before each point (default 1)")
+    add("--raw-seconds", type=float, default=3.0, help="seconds per raw batch size (default 3)")
+    add("--targets", default=",".join(TARGETS), help="comma-separated (default "
+        "%(default)s); the PyTriton ones run only with --pytriton-python")  # fmt: skip
+    add("--pytriton-python", default=os.environ.get("I2I_PYTRITON_PYTHON"), help="python "
+        "of a venv with nvidia-pytriton, onnxruntime, numpy (or $I2I_PYTRITON_PYTHON)")  # fmt: skip
+    add("--quick", action="store_true", help="concurrency 1,8,64, 2 s per point")
+    add("--json", type=Path, help="also write the results here")
+    add("--keep", type=Path, help="write the exported model and the servers' logs here")
+    add("--target", choices=("i2i", "pytriton"), help=argparse.SUPPRESS)  # client mode
+    add("--address", help=argparse.SUPPRESS)
+    add("--server-pid", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.concurrency, args.duration, args.warmup, args.raw_seconds = [1, 8, 64], 2.0, 0.5, 1.0
+    unknown = set(args.targets.split(",")) - set(TARGETS)
+    if unknown:
+        p.error(f"--targets: unknown {', '.join(sorted(unknown))}; choose from {TARGETS}")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    if args.target:  # client mode: the sweep as JSON on stdout
+        print(json.dumps(asyncio.run(run_client(args))))
+        return
+    targets = args.targets.split(",")
+    if not args.pytriton_python and any(t.startswith("pytriton") for t in targets):
+        print("PyTriton targets skipped: pass --pytriton-python", file=sys.stderr)
+        targets = [t for t in targets if not t.startswith("pytriton")]
+    work = args.keep or Path(tempfile.mkdtemp(prefix="i2i-serve-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if args.repository is None:
+        args.repository, args.model = export_tiny(work / "export", args.ngf), "tiny"
+    onnx = onnx_file(args.repository, args.model, args.direction)
+    started, load_before = time.monotonic(), os.getloadavg()[0]
+    raw = raw_throughput(onnx, args)
+    load, failed = [], {}
+    for target in targets:
+        print(f"running {target} ...", file=sys.stderr, flush=True)
+        try:
+            load += run_target(target, args, onnx, work)
+        except RuntimeError as exc:  # a server that cannot start here: say why, go on
+            print(f"{target} failed: {exc}", file=sys.stderr)
+            failed[target] = str(exc)
+    hidden = ("target", "address", "server_pid", "json", "keep")
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    results = {
+        "machine": machine() | {"load_average": [load_before, os.getloadavg()[0]]},
+        "settings": {k: v for k, v in settings.items() if k not in hidden}
+        | {"onnx": onnx.name, "targets": targets},
+        "raw": raw,
+        "load": load,
+        "failed": failed,
+        "summary": summarise(raw, load, args.max_batch),
+        "seconds": time.monotonic() - started,
+    }
+    print(markdown(results))
+    print(f"(logs in {work}; {results['seconds']:.0f} s)", file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
