@@ -8,6 +8,7 @@ Operator's custom resources are checked in test_alerts.py.
 from __future__ import annotations
 
 import argparse
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -160,24 +161,44 @@ def test_engine_init_script_copies_a_writable_repository_and_builds(
     engines.mkdir()
     bin_dir.mkdir()
     stub = bin_dir / "i2i"
-    stub.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path}/args\n')
+    # Records each call's arguments on one line; fails when I2I_STUB_FAIL is set.
+    stub.write_text(
+        f'#!/bin/sh\necho "$*" >> {tmp_path}/calls\n[ -z "${{I2I_STUB_FAIL:-}}" ] || exit 2\n'
+    )
     stub.chmod(0o755)
     command = [
         part.replace(environ["I2I_SERVE_REPOSITORY"], str(engines)).replace("/models", str(models))
         for part in init["command"] + init.get("args", [])
     ]
     env = {**environ, "PATH": f"{bin_dir}:/usr/bin:/bin"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    args = (tmp_path / "args").read_text().split()
-    assert args == [
-        *("models", "build-engines", str(engines), "--all"),
-        *("--max-batch", environ["I2I_SERVE_MAX_BATCH"]),
-    ]
+
+    def run(**extra: str) -> tuple[list[str], str]:
+        (tmp_path / "calls").unlink(missing_ok=True)
+        for path in engines.iterdir():
+            shutil.rmtree(path)
+        done = subprocess.run(
+            command, env={**env, **extra}, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr  # never keeps the pod from starting
+        return (tmp_path / "calls").read_text().splitlines(), done.stderr
+
+    batch = environ["I2I_SERVE_MAX_BATCH"]
+    calls, _ = run()
+    assert calls == [f"models build-engines {engines} --all --max-batch {batch}"]
     copied = sorted(p.relative_to(engines) for p in engines.rglob("*"))
     assert copied == sorted(p.relative_to(models) for p in models.rglob("*"))
     for path in engines.rglob("*"):  # build-engines adds plans and rewrites manifests
         assert path.stat().st_mode & stat.S_IWUSR, f"{path} is not writable"
+    # Pinned versions (the server's I2I_SERVE_MODEL) and a profile from I2I_ENGINE_SHAPES.
+    calls, _ = run(I2I_SERVE_MODEL="tiny:1,other", I2I_ENGINE_SHAPES="1x64x64:2x64x64:4x128x128")
+    shapes = "--shapes 1x64x64:2x64x64:4x128x128"
+    assert calls == [
+        f"models build-engines {engines} tiny --version 1 --max-batch {batch} {shapes}",
+        f"models build-engines {engines} other --max-batch {batch} {shapes}",
+    ]
+    # A failed build is logged and the pod starts anyway (ONNX Runtime on the GPU).
+    calls, stderr = run(I2I_STUB_FAIL="1")
+    assert len(calls) == 1 and "engine build failed (exit 2)" in stderr
 
 
 def test_cpu_overlay_has_nothing_of_gpus(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -307,7 +328,7 @@ def test_models_come_read_only_from_the_shared_claim(
         assert mounts["/models"] == {"name": "models", "mountPath": "/models", "readOnly": True}
     pvc = only(load_documents(DEPLOY / "storage/models-pvc.yaml"), "PersistentVolumeClaim")
     assert pvc["metadata"]["name"] == claim["claimName"]
-    assert pvc["spec"]["accessModes"] == ["ReadOnlyMany"]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]  # one claim: servers mount it read-only
 
 
 @pytest.mark.parametrize("target", TARGETS)

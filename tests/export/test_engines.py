@@ -272,8 +272,8 @@ def test_the_default_profile_follows_the_shape_rule(repo: Path, fake: FakeTensor
     profiles = [e["tensorrt"]["profiles"] for e in engine_entries(repo).values()]
     assert (
         profiles
-        == [[{"min": [1, 256, 256, 3], "opt": [1, 256, 256, 3], "max": [4, 256, 256, 3]}]] * 2
-    )
+        == [[{"min": [1, 64, 64, 3], "opt": [1, 256, 256, 3], "max": [4, 512, 512, 3]}]] * 2
+    )  # multiples of 4: 64² to 512², tuned for 256² (a fixed-size model: exactly its size)
 
 
 def test_present_engines_are_skipped_and_force_rebuilds_them(

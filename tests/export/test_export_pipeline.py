@@ -111,7 +111,14 @@ def test_tensorrt_shapes_must_fit_the_shape_rule(tmp_path):
 def test_tensorrt_shapes_parsing():
     profile = trt_path.parse_shapes("1x256x256:8x256x256:32x512x512", 3, 32)
     assert profile.min == (1, 256, 256, 3) and profile.max == (32, 512, 512, 3)
-    assert trt_path.parse_shapes(None, 3, 16).opt == (4, 256, 256, 3)
+    default = trt_path.parse_shapes(None, 3, 16)
+    assert (default.min, default.opt, default.max) == (
+        (1, 64, 64, 3),
+        (4, 256, 256, 3),
+        (16, 512, 512, 3),
+    )
+    fixed = trt_path.parse_shapes(None, 3, 16, default_side=128, fixed=True)
+    assert (fixed.min, fixed.max) == ((1, 128, 128, 3), (16, 128, 128, 3))
     for bad in ("1x256x256:8x256x256", "1x256:2x256:3x256", "8x256x256:1x256x256:32x512x512"):
         with pytest.raises(ExportError):
             trt_path.parse_shapes(bad, 3, 32)

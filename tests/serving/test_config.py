@@ -24,10 +24,12 @@ def parse(argv: list[str], environ: dict[str, str] | None = None) -> ServerConfi
 
 def test_flags():
     config = parse(["--repository", "r", "--model", "a", "--model", "b:3", "--max-batch", "16",
-                    "--metrics-port", "-1", "--max-delay-ms", "0"])  # fmt: skip
+                    "--metrics-port", "-1", "--max-delay-ms", "0",
+                    "--max-connection-age-s", "300"])  # fmt: skip
     assert config.repository == Path("r")
     assert config.models == (ModelSelection("a"), ModelSelection("b", 3))
     assert (config.max_batch, config.metrics_port, config.max_delay_ms) == (16, None, 0.0)
+    assert config.max_connection_age_s == 300.0
 
 
 def test_environment_sets_defaults_and_flags_win():

@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from PIL import Image
 
 from i2i.v1 import translator_pb2 as pb
+from i2i.v1 import translator_pb2_grpc as pb_grpc
 from tests.serving.conftest import MODEL, png_bytes, sample_image
 
 
@@ -329,3 +330,17 @@ def test_backend_failure_fails_only_its_batch(start_server, tiny_repository):
     assert (
         samples['i2i_inference_requests_total{code="INTERNAL",direction="A2B",model="tiny"}'] == 1
     )
+
+
+def test_aged_connections_are_replaced_without_failing_calls(start_server):
+    server = start_server(max_connection_age_s=0.5)
+    channel = server.channel()
+    states: list[grpc.ChannelConnectivity] = []
+    channel.subscribe(states.append)
+    stub = pb_grpc.TranslatorStub(channel)
+    for _ in range(3):  # the server closes the connection; the channel reconnects by itself
+        assert stub.Translate(request(sample_image()), timeout=30).images
+        time.sleep(1.0)
+    channel.close()
+    ready = [s for s in states if s == grpc.ChannelConnectivity.READY]
+    assert len(ready) >= 2, states  # connected more than once: the server aged the first out

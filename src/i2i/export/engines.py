@@ -172,7 +172,8 @@ def build_engines(
         version: the version of each; default each model's latest.
         max_batch: the largest batch of the default optimisation profile.
         shapes: the optimisation profile MIN:OPT:MAX, each NxHxW (see `tensorrt.parse_shapes`);
-            default batch 1..max_batch at 256x256 (the fixed size for fixed-size models).
+            default batch 1..max_batch at 64x64 to 512x512 (the fixed size for fixed-size
+            models).
         workspace_gb: TensorRT's workspace limit.
         timing_cache: a timing cache file, read and updated, to speed up later builds.
         force: rebuild and replace engines already built for this GPU and TensorRT version.
@@ -205,7 +206,9 @@ def _plan(
             if not isinstance(channels, int):
                 raise ExportError(f"{name}/{number} {direction}: the input has no fixed channels")
             side = rule.nearest(256, 256)[0]
-            profile = tensorrt.parse_shapes(shapes, channels, max_batch, default_side=side)
+            profile = tensorrt.parse_shapes(
+                shapes, channels, max_batch, default_side=side, fixed=rule.fixed_size is not None
+            )
             for n, h, w, _ in (profile.min, profile.opt, profile.max):
                 try:
                     rule.check(h, w)

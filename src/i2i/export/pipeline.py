@@ -16,7 +16,7 @@ from typing import Any
 
 import i2i
 from i2i.checkpoint import CheckpointError, load_trained_networks
-from i2i.models import get_family, options_from_dict
+from i2i.models import ShapeRule, get_family, options_from_dict
 from i2i.repository import read_manifest, sha256_file, write_version
 
 from . import tensorrt
@@ -72,9 +72,7 @@ def export_checkpoint(
     translators = family.translators(networks, options)
     if "tensorrt" in formats:  # checked before any work, so a refusal writes nothing
         for translator in translators.values():
-            profile = tensorrt.parse_shapes(
-                shapes, int(getattr(translator, "in_channels", 3)), max_batch
-            )
+            profile = _profile(rule, shapes, int(getattr(translator, "in_channels", 3)), max_batch)
             for n, h, w, _ in (profile.min, profile.opt, profile.max):
                 try:
                     rule.check(h, w)
@@ -138,9 +136,7 @@ def export_checkpoint(
                         folder,
                         fp32,
                         fp16,
-                        c_in,
-                        max_batch,
-                        shapes,
+                        _profile(rule, shapes, c_in, max_batch),
                         workspace_gb,
                         timing_cache,
                     )
@@ -191,14 +187,22 @@ def _artifact(
     }
 
 
+def _profile(
+    rule: ShapeRule, shapes: str | None, channels: int, max_batch: int
+) -> tensorrt.Profile:
+    """--shapes, or the default profile for this shape rule (its fixed size if it has one)."""
+    side = rule.nearest(256, 256)[0]
+    return tensorrt.parse_shapes(
+        shapes, channels, max_batch, default_side=side, fixed=rule.fixed_size is not None
+    )
+
+
 def _tensorrt_artifact(
     direction: str,
     folder: Path,
     fp32: Path,
     fp16: Path | None,
-    channels: int,
-    max_batch: int,
-    shapes: str | None,
+    profile: tensorrt.Profile,
     workspace_gb: float,
     timing_cache: str | os.PathLike[str] | None,
 ) -> dict[str, Any]:
@@ -208,7 +212,7 @@ def _tensorrt_artifact(
         fp32,
         fp16,
         folder,
-        tensorrt.parse_shapes(shapes, channels, max_batch),
+        profile,
         int(workspace_gb * (1 << 30)),
         Path(timing_cache) if timing_cache else None,
     )

@@ -41,19 +41,32 @@ class Profile:
         return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
 
 
+# The default profile of a model that takes any multiple of its step: sizes from 64² to
+# 512², tuned for 256² (an engine refuses sizes outside its profile, so a narrow default
+# would turn most photos away; larger maxima cost engine memory: widen with --shapes).
+DEFAULT_MIN_SIDE, DEFAULT_MAX_SIDE = 64, 512
+
+
 def parse_shapes(
-    text: str | None, channels: int, max_batch: int, default_side: int = 256
+    text: str | None,
+    channels: int,
+    max_batch: int,
+    default_side: int = 256,
+    fixed: bool = False,
 ) -> Profile:
     """`--shapes MIN:OPT:MAX`, each `NxHxW` (e.g. `1x256x256:8x256x256:32x512x512`).
 
-    Without `--shapes`: batch 1..max_batch at `default_side`², optimised for max_batch / 4.
+    Without `--shapes`: batch 1..max_batch, optimised for max_batch / 4, at
+    `default_side`² exactly when the model has a `fixed` size, else from 64² to 512²
+    optimised for `default_side`².
     """
     if not text:
         side = default_side
+        low, high = (side, side) if fixed else (DEFAULT_MIN_SIDE, max(side, DEFAULT_MAX_SIDE))
         return Profile(
-            (1, side, side, channels),
+            (1, min(low, side), min(low, side), channels),
             (max(1, max_batch // 4), side, side, channels),
-            (max_batch, side, side, channels),
+            (max_batch, high, high, channels),
         )
     parts = text.split(":")
     if len(parts) != 3:

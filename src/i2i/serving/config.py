@@ -54,6 +54,7 @@ class ServerConfig:
     instances: int = 1  # batches of one direction that may run at once
     workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
     max_concurrent_rpcs: int | None = None
+    max_connection_age_s: float | None = None  # None: connections live as long as clients like
     max_message_mb: float = 32.0
     max_image_pixels: int = 2048 * 2048  # a batch of 4096² images would not fit most GPUs
     max_samples: int = 16
@@ -88,6 +89,8 @@ class ServerConfig:
             problems.append(f"--max-delay-ms must be >= 0, got {self.max_delay_ms}")
         if self.max_message_mb <= 0:
             problems.append(f"--max-message-mb must be > 0, got {self.max_message_mb}")
+        if self.max_connection_age_s is not None and self.max_connection_age_s <= 0:
+            problems.append(f"--max-connection-age-s must be > 0, got {self.max_connection_age_s}")
         if self.grace_seconds < 0:
             problems.append(f"--grace-seconds must be >= 0, got {self.grace_seconds}")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -166,6 +169,14 @@ def add_arguments(
         type=int,
         default=None,
         help="calls handled at once; more are refused with RESOURCE_EXHAUSTED (default: no limit)",
+    )
+    net.add_argument(
+        "--max-connection-age-s",
+        type=float,
+        default=None,
+        help="close each client connection after this many seconds (gracefully: calls on it "
+        "finish); clients reconnect and re-resolve DNS, so pods an autoscaler adds get "
+        "traffic (default: never)",
     )
     run = parser.add_argument_group("inference")
     run.add_argument("--backend", choices=BACKENDS, default=d.backend, help="which runtime")
@@ -285,6 +296,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         instances=args.instances,
         workers=args.workers,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
+        max_connection_age_s=args.max_connection_age_s,
         max_message_mb=args.max_message_mb,
         max_image_pixels=args.max_image_pixels,
         max_samples=args.max_samples,

@@ -147,6 +147,12 @@ class Server:
             ("grpc.max_send_message_length", config.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
+        if config.max_connection_age_s is not None:
+            options += [
+                ("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)),
+                # Calls still running on an aged connection get the drain's grace to finish.
+                ("grpc.max_connection_age_grace_ms", int(max(config.grace_seconds, 1) * 1000)),
+            ]
         # --max-concurrent-rpcs is enforced by the servicer, not by gRPC, whose limit would
         # also refuse health checks under load (and fail Kubernetes probes).
         server = grpc.aio.server(interceptors=interceptors, options=options)
