@@ -229,3 +229,16 @@ def test_probe_imports_only_grpc_and_the_standard_library():
         for alias in node.names
     }
     assert modules - sys.stdlib_module_names <= {"grpc", "grpc_health"}, modules
+
+
+def test_probe_loads_neither_numpy_nor_torch():
+    """The health check runs every few seconds: it must start fast (grpc only)."""
+    code = (
+        "import sys, runpy; sys.argv = ['probe', '--help']\n"
+        "try:\n    runpy.run_module('i2i.client.probe', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('numpy', 'torch', 'PIL') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"

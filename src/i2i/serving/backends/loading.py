@@ -102,8 +102,11 @@ def load_backend(
         backend = _tensorrt(
             folder, manifest, direction, spec, precision, hardware, device_id, False
         )
-        if backend is None and gpu_providers:
-            backend = onnxruntime(gpu_providers)
+        # Under auto, ONNX Runtime on a GPU uses CUDA only: its TensorRT provider would
+        # compile an engine in the middle of serving for every new image size (minutes).
+        # Native engines (above) are the TensorRT path; --backend onnxruntime opts in.
+        if backend is None and CUDA in gpu_providers:
+            backend = onnxruntime((CUDA,))
         if backend is None and hardware.cuda:
             try:
                 backend = pytorch()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,13 @@ def verify_artifact(path: Path, artifact: Mapping[str, Any]) -> None:
         )
 
 
+def _trt_cache_dir() -> Path:
+    """Where ONNX Runtime's TensorRT provider keeps its engines (I2I_ORT_TRT_CACHE or tmp)."""
+    folder = Path(os.environ.get("I2I_ORT_TRT_CACHE", tempfile.gettempdir())) / "i2i-ort-trt"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 class OnnxRuntimeBackend(Backend):
     """An ONNX artifact in an ONNX Runtime session on the given execution providers.
 
@@ -76,11 +85,17 @@ class OnnxRuntimeBackend(Backend):
             options.intra_op_num_threads = threads
         fp16 = artifact["precision"] == "fp16"
         wanted = [*dict.fromkeys([*providers, CPU])]
-        provider_options = {
-            TENSORRT: {"device_id": device_id, "trt_fp16_enable": fp16},
-            CUDA: {"device_id": device_id},
-            CPU: {},
-        }
+        provider_options: dict[str, dict[str, Any]] = {CUDA: {"device_id": device_id}, CPU: {}}
+        if TENSORRT in wanted:
+            # The TensorRT provider compiles an engine for every new input shape; keep them
+            # on disk so a shape costs that once per machine, not once per process.
+            provider_options[TENSORRT] = {
+                "device_id": device_id,
+                "trt_fp16_enable": fp16,
+                "trt_engine_cache_enable": True,
+                "trt_engine_cache_path": str(_trt_cache_dir()),
+                "trt_timing_cache_enable": True,
+            }
         try:
             session = ort.InferenceSession(
                 str(path),
