@@ -559,9 +559,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_arguments(p)
     p.set_defaults(func=run_export)
 
-    models = sub.add_parser("models", help="read model repositories").add_subparsers(
-        dest="models_command", required=True
-    )
+    models = sub.add_parser(
+        "models", help="read model repositories; build TensorRT engines for them"
+    ).add_subparsers(dest="models_command", required=True)
     p = models.add_parser("list", help="models and versions in a repository, with their parity")
     p.add_argument("repository", type=Path)
     p.set_defaults(func=run_models)

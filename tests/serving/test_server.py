@@ -344,3 +344,21 @@ def test_aged_connections_are_replaced_without_failing_calls(start_server):
     channel.close()
     ready = [s for s in states if s == grpc.ChannelConnectivity.READY]
     assert len(ready) >= 2, states  # connected more than once: the server aged the first out
+
+
+def test_logs_carry_the_request_id(shared_server, caplog):
+    import json
+    import logging
+
+    from i2i.serving.server import JsonFormatter
+
+    caplog.set_level(logging.INFO, logger="i2i.serving")
+    with pytest.raises(grpc.RpcError):
+        shared_server.stub().Translate(
+            request(sample_image(), direction="C2D", request_id="trace-me\nforged"), timeout=30
+        )
+    records = [r for r in caplog.records if getattr(r, "request_id", None) == "trace-me_forged"]
+    assert records, "no log record carries the (sanitised) request id"
+    line = json.loads(JsonFormatter().format(records[0]))
+    assert line["request_id"] == "trace-me_forged" and line["level"] == "INFO"
+    assert "NOT_FOUND" in line["message"] and "\n" not in line["message"]
