@@ -374,6 +374,12 @@ def test_autoscaler_scales_the_deployment_on_a_metric_the_adapter_serves(
     max_batch = server_environment(docs)["I2I_SERVE_MAX_BATCH"]
     assert queue["target"] == {"type": "AverageValue", "averageValue": max_batch}
     assert hpa["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300
+    # The adapter reads only the ServiceMonitor's job: the Operator names it after the
+    # Service it scrapes (no jobLabel), so a second scrape of the pods is not counted.
+    service = next(d for d in docs if d["kind"] == "Service" and "clusterIP" not in d["spec"])
+    for rule in adapter_rules:
+        for query in (rule["seriesQuery"], rule["metricsQuery"]):
+            assert f'job="{service["metadata"]["name"]}"' in query, query
 
 
 def test_engine_job_builds_on_the_gpu_type_it_names() -> None:
