@@ -143,10 +143,10 @@ def exported_metric_names() -> frozenset[str]:
     metrics.queued("tiny", "A2B", 0.002)
     metrics.batch_done("tiny", "A2B", 2, 0.005, failed=True)
     metrics.expired("tiny", "A2B", 1)
-    metrics.set_queue_depth("tiny", "A2B", 3)
+    metrics.watch_queue_depth("tiny", "A2B", lambda: 3)
     metrics.set_serving(True)
-    with metrics.track_in_flight():
-        text = metrics.exposition().decode()
+    metrics.watch_in_flight(lambda: 1)
+    text = metrics.exposition().decode()
     names = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
     gpu = GpuCollector(StandInNvml(), [0]).collect()
     names |= {s.name for f in gpu for s in f.samples}

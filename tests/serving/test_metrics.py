@@ -76,7 +76,7 @@ def record_some(metrics: ServerMetrics) -> None:
     metrics.batch_done("tiny", "A2B", 4, 0.01, failed=False)
     metrics.batch_done("tiny", "A2B", 1, 0.5, failed=True)
     metrics.expired("tiny", "A2B", 1)
-    metrics.set_queue_depth("tiny", "A2B", 3)
+    metrics.watch_queue_depth("tiny", "A2B", lambda: 3)
     metrics.set_serving(True)
 
 
@@ -139,14 +139,18 @@ def test_model_load_starts_counters_at_zero() -> None:
     assert value(text, "i2i_inference_pending_requests", **route) == 0
 
 
-def test_in_flight_returns_to_zero_even_when_the_call_fails() -> None:
+def test_gauges_read_live_state_at_scrape_time() -> None:
     metrics = ServerMetrics(gpu=False)
-    with metrics.track_in_flight(), metrics.track_in_flight():
-        assert value(metrics.exposition(), "i2i_inference_in_flight_requests") == 2
-    assert value(metrics.exposition(), "i2i_inference_in_flight_requests") == 0
-    with pytest.raises(ValueError), metrics.track_in_flight():
-        raise ValueError("the call failed")
-    assert value(metrics.exposition(), "i2i_inference_in_flight_requests") == 0
+    state = {"calls": 2, "queue": 5}
+    metrics.watch_in_flight(lambda: state["calls"])
+    metrics.watch_queue_depth("tiny", "A2B", lambda: state["queue"])
+    text = metrics.exposition()
+    assert value(text, "i2i_inference_in_flight_requests") == 2
+    assert value(text, "i2i_inference_pending_requests", **ROUTE) == 5
+    state.update(calls=0, queue=1)
+    text = metrics.exposition()
+    assert value(text, "i2i_inference_in_flight_requests") == 0
+    assert value(text, "i2i_inference_pending_requests", **ROUTE) == 1
 
 
 def test_reloading_a_model_replaces_its_series() -> None:

@@ -214,8 +214,9 @@ def test_full_queue_is_refused_at_once(start_server):
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "queue" in caught.value.details()
         assert dict(caught.value.trailing_metadata()).get("i2i-retryable") == "true"
-        pending = server.metrics()['i2i_inference_pending_requests{direction="A2B",model="tiny"}']
-        assert pending == 2
+        samples = server.metrics()
+        assert samples['i2i_inference_pending_requests{direction="A2B",model="tiny"}'] == 2
+        assert samples["i2i_inference_in_flight_requests{}"] == 3  # 1 computing, 2 queued
         gate.release.set()
         assert running.result(30).images and all(q.result(30).images for q in queued)
     assert gate.batches == [1, 1, 1]

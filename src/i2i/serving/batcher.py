@@ -144,6 +144,10 @@ class DynamicBatcher:
         self._batches: set[asyncio.Task[None]] = set()  # keeps running batch tasks alive
 
     @property
+    def max_queue(self) -> int:
+        return self._max_queue
+
+    @property
     def queue_depth(self) -> int:
         """Requests waiting (not yet in a running batch)."""
         return self._waiting

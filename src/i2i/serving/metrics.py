@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager
 from types import ModuleType
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -306,17 +305,13 @@ class ServerMetrics:
         """`count` requests were dropped before compute (deadline passed or caller gone)."""
         self._expired.labels(model, direction).inc(count)
 
-    def set_queue_depth(self, model: str, direction: str, depth: int) -> None:
-        """Requests now waiting in this model direction's queue."""
-        self._pending.labels(model, direction).set(depth)
-
     def watch_queue_depth(self, model: str, direction: str, read: Callable[[], int]) -> None:
         """Read this direction's queue depth from `read` at every scrape (always current)."""
         self._pending.labels(model, direction).set_function(read)
 
-    def track_in_flight(self) -> AbstractContextManager[None]:
-        """Count a call as in flight while inside the returned context."""
-        return _InFlight(self._in_flight)
+    def watch_in_flight(self, read: Callable[[], int]) -> None:
+        """Read the number of calls being handled from `read` at every scrape."""
+        self._in_flight.set_function(read)
 
     def model_loaded(
         self,
@@ -390,16 +385,3 @@ class ServerMetrics:
             except Exception as error:
                 logger.warning("NVML shutdown failed: %s", error)
             self._nvml = None
-
-
-class _InFlight(AbstractContextManager[None]):
-    """Increments a gauge on entry and decrements it on exit, exceptions included."""
-
-    def __init__(self, gauge: Gauge) -> None:
-        self._gauge = gauge
-
-    def __enter__(self) -> None:
-        self._gauge.inc()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._gauge.dec()

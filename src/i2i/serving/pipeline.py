@@ -215,10 +215,10 @@ class Pipeline:
         self.max_reply_bytes = max_reply_bytes
 
     @staticmethod
-    def _queue_full(direction: LoadedDirection) -> QueueFullError:
+    def _queue_full(direction: LoadedDirection, max_queue: int) -> QueueFullError:
         return QueueFullError(
-            f"the queue of {direction.label} is full ({direction.batcher_max_queue} requests "
-            f"waiting): retry with backoff, or add replicas"
+            f"the queue of {direction.label} is full ({max_queue} requests waiting): retry "
+            f"with backoff, or add replicas"
         )
 
     def _check_reply_size(self, prepared: Prepared, direction: LoadedDirection, k: int) -> None:
@@ -238,17 +238,25 @@ class Pipeline:
         """The loaded direction a request names (NotFound with what is loaded otherwise)."""
         return self.store.direction(request.model, request.version, request.direction)
 
-    async def translate(self, request: Request, *, deadline: float | None = None) -> Result:
-        """Translate one request. `deadline` is on time.monotonic()'s scale."""
+    async def translate(
+        self,
+        request: Request,
+        direction: LoadedDirection | None = None,
+        *,
+        deadline: float | None = None,
+    ) -> Result:
+        """Translate one request. `direction`: its `lookup`, if the caller has done it;
+        `deadline` is on time.monotonic()'s scale."""
         start = time.monotonic()
         request_id = request.request_id or new_request_id()
-        direction = self.lookup(request)
+        direction = direction or self.lookup(request)
+        batcher = direction.batcher
+        assert batcher is not None  # every direction of a server's store has one
         check_parameters(request, direction, self.max_samples)
         # Admission: requests being decoded count against --max-queue with those queued,
         # so an overload is refused before it costs a decode or holds its pixels.
-        waiting = direction.batcher.queue_depth + direction.preparing
-        if waiting >= direction.batcher_max_queue:
-            raise self._queue_full(direction)
+        if batcher.queue_depth + direction.preparing >= batcher.max_queue:
+            raise self._queue_full(direction, batcher.max_queue)
         loop = asyncio.get_running_loop()
         direction.preparing += 1
         try:
@@ -266,11 +274,11 @@ class Pipeline:
             raise DeadlineExceeded("the deadline passed while the image was being decoded")
         work = (prepared.pixels, prepared.style)
         try:
-            outputs, timing = await direction.batcher.submit(
+            outputs, timing = await batcher.submit(
                 (height, width), work, size=request.num_samples, deadline=deadline
             )
         except QueueFull:
-            raise self._queue_full(direction) from None
+            raise self._queue_full(direction, batcher.max_queue) from None
         except Expired:
             raise DeadlineExceeded(
                 "the deadline passed while the request waited in the queue; it was not computed"

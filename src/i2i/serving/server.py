@@ -102,6 +102,7 @@ class Server:
         self.servicer = TranslatorServicer(
             self.pipeline, self.metrics, self.executor, max_calls=config.max_concurrent_rpcs
         )
+        self.metrics.watch_in_flight(lambda: self.servicer.in_flight)
         self.health = health.aio.HealthServicer()
         self.port = 0
         self.metrics_server: MetricsServer | None = None
@@ -122,6 +123,7 @@ class Server:
             artifact=direction.backend.artifact,
         )
         batcher = direction.batcher
+        assert batcher is not None
         self.metrics.watch_queue_depth(direction.model, direction.name, lambda: batcher.queue_depth)
 
     async def _set_health(self, status: int) -> None:

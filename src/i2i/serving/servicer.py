@@ -200,21 +200,20 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
         where = {"request_id": request_id, "model": model, "direction": direction}
         self.in_flight += 1
         try:
-            with self.metrics.track_in_flight():
-                self._admit()
-                request = replace(request_from_proto(message), request_id=request_id)
-                loaded = self.pipeline.lookup(request)
-                model, direction = loaded.model, loaded.name
-                where.update(model=model, direction=direction)
-                remaining = context.time_remaining()
-                deadline = None if remaining is None else start + remaining
-                result = await self.pipeline.translate(request, deadline=deadline)
-                self.metrics.queued(model, direction, result.queue_s)
-                if _reply_bytes(result) > INLINE_REPLY_BYTES:  # copying MBs would stall the loop
-                    loop = asyncio.get_running_loop()
-                    reply = await loop.run_in_executor(self.executor, response_from_result, result)
-                else:  # a thread hop costs more than a small reply
-                    reply = response_from_result(result)
+            self._admit()
+            request = replace(request_from_proto(message), request_id=request_id)
+            loaded = self.pipeline.lookup(request)
+            model, direction = loaded.model, loaded.name
+            where.update(model=model, direction=direction)
+            remaining = context.time_remaining()
+            deadline = None if remaining is None else start + remaining
+            result = await self.pipeline.translate(request, loaded, deadline=deadline)
+            self.metrics.queued(model, direction, result.queue_s)
+            if _reply_bytes(result) > INLINE_REPLY_BYTES:  # copying MBs would stall the loop
+                loop = asyncio.get_running_loop()
+                reply = await loop.run_in_executor(self.executor, response_from_result, result)
+            else:  # a thread hop costs more than a small reply
+                reply = response_from_result(result)
             images = len(result.images)
             return reply
         except ServingError as exc:

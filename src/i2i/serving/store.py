@@ -51,23 +51,31 @@ def batch_runner(backend: Backend) -> Callable[[Hashable, list[Any]], list[np.nd
 
 @dataclass
 class LoadedDirection:
-    """One direction of one model version, ready to take requests."""
+    """One direction of one model version, ready to take requests.
+
+    `batcher` is None only for translation without a server (`LocalTranslator`).
+    """
 
     model: str
     version: int
     name: str
     family: str
     backend: Backend
-    multiple_of: int
-    fixed_size: int | None
     max_batch: int
-    batcher_max_queue: int
-    batcher: DynamicBatcher = field(repr=False)
+    batcher: DynamicBatcher | None = field(default=None, repr=False)
     preparing: int = 0  # requests admitted and being decoded, not yet in the batcher's queue
 
     @property
     def label(self) -> str:
         return f"{self.model}:{self.version} {self.name}"
+
+    @property
+    def multiple_of(self) -> int:
+        return self.backend.shape_rule.multiple_of
+
+    @property
+    def fixed_size(self) -> int | None:
+        return self.backend.shape_rule.fixed_size
 
     @property
     def in_channels(self) -> int:
@@ -226,10 +234,7 @@ class ModelStore:
             name=direction,
             family=manifest["family"],
             backend=backend,
-            multiple_of=multiple,
-            fixed_size=fixed,
             max_batch=max_batch,
-            batcher_max_queue=config.max_queue,
             batcher=batcher,
         )
 
@@ -238,11 +243,13 @@ class ModelStore:
 
     async def start(self) -> None:
         for direction in self.directions():
+            assert direction.batcher is not None
             await direction.batcher.start()
 
     async def stop(self, drain: bool = True) -> None:
         """Stop every batcher (answering what they accepted when `drain`), then the backends."""
         for direction in self.directions():
+            assert direction.batcher is not None
             await direction.batcher.stop(drain=drain)
         for direction in self.directions():
             direction.backend.close()

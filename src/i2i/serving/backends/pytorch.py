@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 class PyTorchBackend(Backend):
     """A translator module run under ``torch.inference_mode`` (FP16: autocast on CUDA)."""
 
+    family = ""  # the model family of the checkpoint it came from, when built from one
+
     def __init__(
         self,
         translator: nn.Module,
@@ -129,6 +131,7 @@ def pytorch_backend(
         style_size=model_family.style_dim,
         shape_rule=model_family.shape_rule(options),
     )
+    backend.family = payload["family"]
     log.info("%s: %s from %s on %s", direction, backend.name, checkpoint, torch_device)
     return backend
 
