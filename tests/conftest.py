@@ -8,16 +8,18 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from i2i.checkpoint import make_checkpoint, save_checkpoint
 from i2i.export import export_checkpoint
+from i2i.models import create_networks
 from i2i.training import TrainConfig, config_from_dict
 from tests.serving.conftest import (
     MODEL,
     RunningServer,
     openssl,
     server_config,
-    tiny_checkpoint,
 )
 
 # Small architecture options per model family, so every contract test parametrised over
@@ -26,6 +28,24 @@ from tests.serving.conftest import (
 TINY_MODEL_OPTIONS: dict[str, dict] = {
     "cyclegan": {"ngf": 4, "ndf": 4, "netG": "resnet_6blocks"},
 }
+
+
+def untrained_checkpoint(
+    path: Path, family: str = "cyclegan", seed: int = 0, step: int = 1, **model: Any
+) -> Path:
+    """A checkpoint of freshly initialised (seeded) tiny networks of `family`, at `path`."""
+    options = {**TINY_MODEL_OPTIONS[family], **model}
+    torch.manual_seed(seed)
+    networks = create_networks(family, options)
+    payload = make_checkpoint(
+        family=family,
+        config={"family": family, "model": options},
+        domains=["A", "B"],
+        networks={name: net.state_dict() for name, net in networks.items()},
+        step=step,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_checkpoint(payload, path)
 
 
 def write_images(
@@ -100,7 +120,7 @@ def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Shared by the whole session: treat it as read-only (copy it to change it).
     """
     root = tmp_path_factory.mktemp("serving")
-    checkpoint = tiny_checkpoint(root / "checkpoints")
+    checkpoint = untrained_checkpoint(root / "checkpoints" / "tiny.pt")
     export_checkpoint(checkpoint, root / "repository", MODEL, formats=["onnx", "onnx-fp16"])
     return root / "repository"
 

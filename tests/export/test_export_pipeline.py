@@ -15,28 +15,17 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from i2i.checkpoint import make_checkpoint, save_checkpoint
 from i2i.export import ExportError, export_checkpoint, parse_formats
 from i2i.export import tensorrt as trt_path
 from i2i.models import create_networks, get_family, list_families, options_from_dict
 from i2i.repository import read_manifest, versions
-from tests.conftest import TINY_MODEL_OPTIONS
+from tests.conftest import TINY_MODEL_OPTIONS, untrained_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _checkpoint(tmp_path: Path, family: str = "cyclegan", **model) -> Path:
-    options = {**TINY_MODEL_OPTIONS[family], **model}
-    torch.manual_seed(0)
-    nets = create_networks(family, options)
-    payload = make_checkpoint(
-        family=family,
-        config={"family": family, "model": options},
-        domains=["A", "B"],
-        networks={n: m.state_dict() for n, m in nets.items()},
-        step=7,
-    )
-    return save_checkpoint(payload, tmp_path / f"{family}.pt")
+    return untrained_checkpoint(tmp_path / f"{family}.pt", family, step=7, **model)
 
 
 @pytest.mark.parametrize("family", list_families())

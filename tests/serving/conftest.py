@@ -11,35 +11,14 @@ from typing import Any
 
 import grpc
 import numpy as np
-import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from i2i.checkpoint import make_checkpoint, save_checkpoint
-from i2i.models import create_networks
 from i2i.serving.config import ServerConfig
 from i2i.v1 import translator_pb2_grpc as pb_grpc
 
 MODEL = "tiny"
-
-
-def tiny_checkpoint(folder: Path, seed: int = 0) -> Path:
-    """A seeded, untrained tiny CycleGAN checkpoint (ngf 4, 6 ResNet blocks)."""
-    from tests.conftest import TINY_MODEL_OPTIONS  # here: tests/conftest.py imports this module
-
-    options = dict(TINY_MODEL_OPTIONS["cyclegan"])
-    torch.manual_seed(seed)
-    nets = create_networks("cyclegan", options)
-    payload = make_checkpoint(
-        family="cyclegan",
-        config={"family": "cyclegan", "model": options},
-        domains=["A", "B"],
-        networks={n: m.state_dict() for n, m in nets.items()},
-        step=1,
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    return save_checkpoint(payload, folder / "tiny.pt")
 
 
 class RunningServer:
