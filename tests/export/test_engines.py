@@ -50,7 +50,7 @@ def edit_manifest(folder: Path, **changes: Any) -> None:
 
 
 @pytest.fixture
-def repo(tiny_repository: Path, tmp_path: Path) -> Path:  # noqa: F811
+def repo(tiny_repository: Path, tmp_path: Path) -> Path:
     """A private copy of the session's tiny repository: model "tiny", version 1."""
     return Path(shutil.copytree(tiny_repository, tmp_path / "repo"))
 
@@ -409,7 +409,7 @@ def test_an_engine_failing_parity_is_not_kept(repo: Path, fake: FakeTensorRT) ->
 
 
 def test_a_fresh_export_builds_its_engines_the_same_way(
-    tiny_checkpoint_path: Path,  # noqa: F811
+    tiny_checkpoint_path: Path,
     fake: FakeTensorRT,
     tmp_path: Path,
 ) -> None:
@@ -424,6 +424,11 @@ def test_a_fresh_export_builds_its_engines_the_same_way(
         "B2A.nvidia-fake-gpu-80gb.plan",
     ]
     assert [b["source"] for b in fake.builds] == ["A2B.fp16.onnx", "B2A.fp16.onnx"]
+    # The FP16 graphs were not kept (no onnx-fp16 format): the manifest must not name them.
+    assert [manifest["artifacts"][i]["tensorrt"]["built_from"] for i in (1, 3)] == [
+        "A2B.onnx, converted to FP16",
+        "B2A.onnx, converted to FP16",
+    ]
     assert manifest["artifacts"][1]["parity"]["psnr"] >= engines.MIN_PSNR
     assert build_engines(tmp_path, shapes=SHAPES)[0].status == "skipped"
     assert sorted(p.name for p in (tmp_path / "m" / "1").iterdir() if p.name.startswith(".")) == []

@@ -282,9 +282,8 @@ def _build_one(
             workspace_bytes,
             timing_cache,
             file=file,
+            fp16_kept=job.fp16 is not None,
         )
-        if fp16 is not None and fp16 != job.fp16 and artifact["tensorrt"]["strongly_typed"]:
-            artifact["tensorrt"]["built_from"] = f"{job.fp32.name}, converted to FP16"
         try:
             add_artifacts(
                 repository,
@@ -337,6 +336,7 @@ def build_checked_engine(
     workspace_bytes: int = 4 << 30,
     timing_cache: Path | None = None,
     file: str | None = None,
+    fp16_kept: bool = True,
 ) -> dict[str, Any]:
     """Build one engine into `folder`, check it against ONNX Runtime; its manifest entry.
 
@@ -350,6 +350,8 @@ def build_checked_engine(
         workspace_bytes: TensorRT's workspace limit.
         timing_cache: a timing cache file, read and updated.
         file: the plan's file name; default `tensorrt.plan_name(direction, <this GPU>)`.
+        fp16_kept: whether `fp16` is an artifact of the version; if not, the manifest says
+            the engine was built from the FP32 graph converted to FP16.
 
     Raises:
         ExportError: the build failed, or the engine is below MIN_PSNR dB against the FP32
@@ -359,7 +361,10 @@ def build_checked_engine(
     info = tensorrt.build_engine(fp32, fp16, tmp_plan, profile, workspace_bytes, timing_cache)
     plan = folder / (file or tensorrt.plan_name(direction, info["gpu"]))
     tmp_plan.rename(plan)
-    source = fp16 if info.get("strongly_typed") and fp16 is not None else fp32
+    if info.get("strongly_typed") and fp16 is not None:
+        built_from = fp16.name if fp16_kept else f"{fp32.name}, converted to FP16"
+    else:
+        built_from = fp32.name
     try:
         report = engine_parity(plan, fp32, profile, f"tensorrt {info['version']}")
         if report["psnr"] is not None and report["psnr"] < MIN_PSNR:
@@ -378,7 +383,7 @@ def build_checked_engine(
         "file": plan.name,
         "sha256": sha256_file(plan),
         "bytes": plan.stat().st_size,
-        "tensorrt": {**info, "built_from": source.name},
+        "tensorrt": {**info, "built_from": built_from},
         "parity": report,
     }
 

@@ -131,14 +131,15 @@ def export_checkpoint(
                     )
             if "tensorrt" in formats:
                 artifacts.append(
-                    _tensorrt_artifact(
+                    build_checked_engine(
                         direction,
-                        folder,
                         fp32,
                         fp16,
+                        folder,
                         _profile(rule, shapes, c_in, max_batch),
-                        workspace_gb,
-                        timing_cache,
+                        int(workspace_gb * (1 << 30)),
+                        Path(timing_cache) if timing_cache else None,
+                        fp16_kept="onnx-fp16" in formats,
                     )
                 )
             if fp16 is not None and "onnx-fp16" not in formats:
@@ -194,27 +195,6 @@ def _profile(
     side = rule.nearest(256, 256)[0]
     return tensorrt.parse_shapes(
         shapes, channels, max_batch, default_side=side, fixed=rule.fixed_size is not None
-    )
-
-
-def _tensorrt_artifact(
-    direction: str,
-    folder: Path,
-    fp32: Path,
-    fp16: Path | None,
-    profile: tensorrt.Profile,
-    workspace_gb: float,
-    timing_cache: str | os.PathLike[str] | None,
-) -> dict[str, Any]:
-    """Build and check one engine (runs only where TensorRT and a GPU exist; see tensorrt.py)."""
-    return build_checked_engine(
-        direction,
-        fp32,
-        fp16,
-        folder,
-        profile,
-        int(workspace_gb * (1 << 30)),
-        Path(timing_cache) if timing_cache else None,
     )
 
 
