@@ -621,6 +621,8 @@ def test_add_artifacts_replaces_a_listed_file_only_when_told(
     entry = engine(rebuilt, file=plan.name)
     with pytest.raises(RepositoryError, match=r"already lists A2B.gpu.plan: name it in `replace`"):
         add_artifacts(published, "m", 1, {plan.name: rebuilt}, [entry])
+    with pytest.raises(RepositoryError, match=r"cannot replace A2B.gpu.pln: .* does not list it"):
+        add_artifacts(published, "m", 1, {plan.name: rebuilt}, [entry], replace=["A2B.gpu.pln"])
     after = add_artifacts(published, "m", 1, {plan.name: rebuilt}, [entry], replace=[plan.name])
     assert [a["file"] for a in after["artifacts"]] == [*FILES, plan.name]
     assert read_manifest(published, "m", 1, verify=True)["artifacts"][-1] == entry

@@ -392,8 +392,7 @@ def write_version(
                     f"the files built for {name}/{version} do not match its manifest:\n  "
                     + "\n  ".join(problems)
                 )
-            text = json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-            (tmp / MANIFEST).write_text(text, encoding="utf-8")
+            (tmp / MANIFEST).write_bytes(_manifest_text(manifest))
             _fsync_tree(tmp)
             _publish(tmp, final)
         except BaseException:
@@ -528,6 +527,12 @@ def add_artifacts(
         _clean_up_version(folder)
         dropped = set(replace)
         listed = {a["file"] for a in current["artifacts"]}
+        unknown = sorted(dropped - listed)
+        if unknown:
+            raise RepositoryError(
+                f"cannot replace {', '.join(unknown)}: {folder / MANIFEST} does not list it "
+                f"(it lists {', '.join(sorted(listed))})"
+            )
         taken = sorted((set(files) & listed) - dropped)
         if taken:
             raise RepositoryError(

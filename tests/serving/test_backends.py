@@ -411,7 +411,10 @@ def test_explicit_tensorrt_says_why_it_cannot_run(folder: Path, manifest: dict[s
         pytest.skip("TensorRT and a GPU are here: the reason would be the missing engine")
     with pytest.raises(BackendError, match="^tensorrt: .*(not installed|no CUDA GPU)"):
         load_backend(folder, manifest, "A2B", choice="tensorrt", hardware=hardware)
-    with pytest.raises(BackendError, match="no TensorRT engine for A2B .*--formats tensorrt"):
+    with pytest.raises(
+        BackendError,
+        match="no TensorRT engine for A2B .*i2i models build-engines .*repository tiny`",
+    ):
         load_backend(folder, manifest, "A2B", choice="tensorrt", hardware=H100)
 
 

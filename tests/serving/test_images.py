@@ -332,6 +332,8 @@ def test_accepted_size_is_left_alone(
     fitted = fit_to_rule(pixels, multiple_of, fixed_size, policy)
     assert fitted.pixels is pixels
     assert fitted.restore(pixels) is pixels
+    with pytest.raises(ValueError, match="model output is"):  # a model that changed the size
+        fitted.restore(pixels[:-4])
 
 
 def test_pad_to_multiple_and_crop_back() -> None:

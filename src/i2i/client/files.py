@@ -6,6 +6,7 @@ The engine of `i2i translate`. It knows nothing of where translations come from:
 
 from __future__ import annotations
 
+import collections
 import glob
 import logging
 import os
@@ -122,11 +123,12 @@ def plan_outputs(
     base = Path(os.path.commonpath([s.resolve().parent for s in sources])) if mirror else None
     folders = [out / s.resolve().parent.relative_to(base) if base else out for s in sources]
     keys = [(str(f).casefold(), s.stem.casefold()) for f, s in zip(folders, sources, strict=True)]
+    counts = collections.Counter(keys)
     jobs: list[Job] = []
     taken: dict[str, Path] = {}
     for source, folder, key in zip(sources, folders, keys, strict=True):
         stem = source.stem
-        if keys.count(key) > 1:
+        if counts[key] > 1:
             stem = f"{stem}_{source.suffix.lstrip('.').lower()}"
         if num_samples == 1:
             outputs: tuple[Path, ...] = (folder / f"{stem}.{extension}",)

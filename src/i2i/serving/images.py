@@ -10,6 +10,7 @@ Arrays returned by the decoders may be read-only views; copy before writing in p
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from collections.abc import Callable
@@ -251,7 +252,7 @@ def fit_to_rule(
         nearest = (_round_to(height, multiple_of), _round_to(width, multiple_of))
         ceiling = (-(-height // multiple_of) * multiple_of, -(-width // multiple_of) * multiple_of)
     if ceiling == (height, width):
-        return Fitted(pixels, _identity)
+        return Fitted(pixels, functools.partial(_unchanged, size=(height, width)))
 
     if policy == "reject":
         if fixed_size is not None:
@@ -322,7 +323,8 @@ def _check_output(output: np.ndarray, size: tuple[int, int]) -> None:
         )
 
 
-def _identity(output: np.ndarray) -> np.ndarray:
+def _unchanged(output: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    _check_output(output, size)
     return output
 
 

@@ -181,14 +181,8 @@ def prepare(request: Request, direction: LoadedDirection, max_pixels: int) -> Pr
 def finish(outputs: np.ndarray, prepared: Prepared) -> list[bytes | np.ndarray]:
     """Crop or resize each output back and encode it (blocking: run it in a worker thread)."""
     results: list[bytes | np.ndarray] = []
-    expected = prepared.pixels.shape[:2]
     for output in outputs:  # (H', W', C_out) each
-        if output.shape[:2] != expected:
-            raise ValueError(
-                f"the model returned a {output.shape[0]}x{output.shape[1]} image for a "
-                f"{expected[0]}x{expected[1]} input"
-            )
-        restored = prepared.restore(output)
+        restored = prepared.restore(output)  # ValueError if the model changed the size
         if prepared.output_format == "raw":
             results.append(np.ascontiguousarray(restored))
         else:

@@ -9,7 +9,6 @@ machine this was written on had TensorRT or a GPU: the tests that run it are mar
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections.abc import Mapping
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from i2i.serving.backends.base import Backend, BackendError, built_for, io_sizes, shape_rule_of
+from i2i.serving.backends.ort import verify_artifact
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +47,8 @@ class TensorRTBackend(Backend):
 
         if not torch.cuda.is_available():
             raise BackendError("tensorrt: no CUDA GPU is visible to this process")
-        if not path.is_file():
-            raise BackendError(f"{path}: engine missing; restore it or re-export this version")
+        verify_artifact(path, artifact)
         plan = path.read_bytes()
-        digest = hashlib.sha256(plan).hexdigest()
-        if digest != artifact["sha256"]:
-            raise BackendError(
-                f"{path}: sha256 {digest} differs from the manifest's {artifact['sha256']}: "
-                f"restore the file or re-export this version"
-            )
         in_channels, out_channels, style_size = io_sizes(spec, path.name)
         super().__init__(
             name="tensorrt",
@@ -75,7 +68,7 @@ class TensorRTBackend(Backend):
                 raise BackendError(
                     f"{path}: TensorRT could not load this engine, built for "
                     f"{built_for(artifact)} (see TensorRT's log above); rebuild it on this GPU "
-                    f"type with i2i-export --formats tensorrt, or use --backend onnxruntime"
+                    f"type with `i2i models build-engines`, or use --backend onnxruntime"
                 )
             self._context = self._engine.create_execution_context()
             self._stream = torch.cuda.Stream(device=self._device)
@@ -105,7 +98,7 @@ class TensorRTBackend(Backend):
         if not all(lo <= s <= hi for lo, s, hi in zip(self._min, shape, self._max, strict=True)):
             raise ValueError(
                 f"{self.artifact}: shape {shape} is outside the engine's profile (min "
-                f"{self._min}, max {self._max}); rebuild it with i2i-export --shapes"
+                f"{self._min}, max {self._max}); rebuild it with `i2i models build-engines --force --shapes ...`"
             )
         torch, context = self._torch, self._context
         with self._lock, torch.cuda.device(self._device), torch.cuda.stream(self._stream):

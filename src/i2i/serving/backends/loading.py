@@ -201,7 +201,8 @@ def _tensorrt(
         raise BackendError(
             f"tensorrt: no {'' if precision == 'auto' else precision + ' '}TensorRT engine for "
             f"{direction} in {folder} (artifacts: {_listing(manifest, direction)}); build one on "
-            f"this GPU type with i2i-export --formats tensorrt, or use --backend auto"
+            f"this GPU type with `i2i models build-engines {folder.parent.parent} "
+            f"{folder.parent.name}`, or use --backend auto"
         )
     problems = []
     for artifact in engines:
@@ -219,7 +220,7 @@ def _tensorrt(
             log.log(
                 logging.WARNING if hardware.cuda else logging.INFO,
                 "%s: not using this TensorRT engine (%s): built for %s, this machine has %s. "
-                "Falling back to ONNX Runtime; rebuild it here with i2i-export --formats tensorrt",
+                "Falling back to ONNX Runtime; build one here with `i2i models build-engines`",
                 artifact["file"],
                 reason,
                 built_for(artifact),
@@ -228,6 +229,7 @@ def _tensorrt(
     if explicit:
         raise BackendError(
             f"tensorrt: no engine for this GPU ({hardware.describe()}): {'; '.join(problems)}. "
-            f"Rebuild on this GPU type with i2i-export --formats tensorrt, or use --backend auto"
+            f"Build one on this GPU type with `i2i models build-engines {folder.parent.parent} "
+            f"{folder.parent.name}`, or use --backend auto"
         )
     return None
