@@ -817,3 +817,23 @@ def test_a_reader_between_any_two_steps_of_a_replacement_sees_matching_files(
     add_artifacts(published, "m", 1, {plan.name: rebuilt}, [entry], replace=[plan.name])
     assert seen[0] == list(FILES) and seen[-1] == [*FILES, plan.name]  # out, then back in
     assert read_manifest(published, "m", 1, verify=True)["artifacts"][-1] == entry
+
+
+def test_engine_differences_name_every_mismatch() -> None:
+    from i2i.repository import engine_differences, gpu_slug
+
+    plan = {
+        "file": "A2B.nvidia-h100-80gb-hbm3.plan",
+        "format": "tensorrt",
+        "tensorrt": {
+            "gpu": "NVIDIA H100 80GB HBM3",
+            "compute_capability": "9.0",
+            "version": "10.3.0",
+        },
+    }
+    assert gpu_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    assert engine_differences(plan, "nvidia h100 80gb hbm3", "9.0", "10.3.0 ") == []
+    found = engine_differences(plan, "NVIDIA A100-SXM4-80GB", "8.0", "10.5.0")
+    assert len(found) == 3 and "'NVIDIA A100-SXM4-80GB'" in found[0]
+    with pytest.raises(ValueError, match="not a TensorRT artifact"):
+        engine_differences({"file": "A2B.onnx", "format": "onnx"}, "g", "9.0", "10.3.0")

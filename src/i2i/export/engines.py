@@ -28,6 +28,8 @@ from i2i.models import ShapeRule
 from i2i.repository import (
     RepositoryError,
     add_artifacts,
+    engine_differences,
+    gpu_slug,
     list_models,
     read_manifest,
     sha256_file,
@@ -62,13 +64,10 @@ class Target:
 
     def matches(self, artifact: Mapping[str, Any]) -> bool:
         """Whether an artifact is an engine built for this target (the server's own test)."""
-        info = artifact.get("tensorrt")
-        return (
-            artifact.get("format") == "tensorrt"
-            and isinstance(info, Mapping)
-            and _slug(str(info["gpu"])) == _slug(self.gpu)
-            and str(info["compute_capability"]) == self.compute_capability
-            and str(info["version"]).strip() == self.tensorrt_version.strip()
+        if artifact.get("format") != "tensorrt":
+            return False
+        return not engine_differences(
+            artifact, self.gpu, self.compute_capability, self.tensorrt_version
         )
 
 
@@ -312,7 +311,7 @@ def _free_name(direction: str, target: Target, taken: set[str]) -> str:
     version = re.sub(r"[^A-Za-z0-9.]+", "-", target.tensorrt_version).strip("-.")
     candidates = [
         tensorrt.plan_name(direction, target.gpu),
-        f"{direction}.{_slug(target.gpu)}.trt{version}.plan",
+        f"{direction}.{gpu_slug(target.gpu)}.trt{version}.plan",
     ]
     for file in candidates:
         if file not in taken:
@@ -321,10 +320,6 @@ def _free_name(direction: str, target: Target, taken: set[str]) -> str:
         f"{' and '.join(candidates)} are both listed, for engines of another compute capability "
         "or TensorRT version: remove one from the repository and try again"
     )
-
-
-def _slug(gpu_name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-")
 
 
 def build_checked_engine(

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from i2i.export.errors import ExportError
+from i2i.repository import gpu_slug
 
 _SHAPE = re.compile(r"^(\d+)x(\d+)x(\d+)$")
 
@@ -184,8 +185,7 @@ def build_engine(
 
 def plan_name(direction: str, gpu_name: str) -> str:
     """`A2B.nvidia-h100-80gb-hbm3.plan`: the direction and the GPU the engine is tied to."""
-    slug = re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-")
-    return f"{direction}.{slug}.plan"
+    return f"{direction}.{gpu_slug(gpu_name)}.plan"
 
 
 def run_engine(plan: Path, images: np.ndarray) -> np.ndarray:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from i2i.models import ShapeRule
+from i2i.repository import engine_differences
 
 log = logging.getLogger(__name__)
 
@@ -188,11 +188,6 @@ def _tensorrt_version() -> str | None:
     return str(tensorrt.__version__)
 
 
-def _slug(gpu_name: str) -> str:
-    """The GPU name as export's plan file names spell it: "nvidia-h100-80gb-hbm3"."""
-    return re.sub(r"[^a-z0-9]+", "-", gpu_name.lower()).strip("-")
-
-
 def built_for(artifact: Mapping[str, Any]) -> str:
     """What a TensorRT artifact was built for, in words (for log lines and errors)."""
     info = artifact.get("tensorrt") or {}
@@ -205,31 +200,23 @@ def built_for(artifact: Mapping[str, Any]) -> str:
 def engine_mismatch(artifact: Mapping[str, Any], hardware: Hardware) -> str | None:
     """None if a TensorRT artifact can run here, else the reason.
 
-    A plan runs only on the GPU type and TensorRT version that built it: reasons are no
-    GPU, no TensorRT, another GPU, another compute capability, another TensorRT version
-    (every one that applies, joined by "; ").
+    A plan runs only on the GPU type and TensorRT version that built it: the reasons are
+    no GPU or no TensorRT, else every difference `repository.engine_differences` finds
+    (another GPU, compute capability or TensorRT version), joined by "; ".
     """
-    info = artifact.get("tensorrt")
-    if not isinstance(info, Mapping):
-        raise ValueError(f"{artifact.get('file')}: not a TensorRT artifact (no 'tensorrt' entry)")
-    reasons = []
+    missing = []
     if not hardware.cuda:
-        reasons.append("no CUDA GPU is visible to this process")
+        missing.append("no CUDA GPU is visible to this process")
     if hardware.tensorrt_version is None:
-        reasons.append("the tensorrt package is not installed (pip install 'i2i[gpu]')")
-    if hardware.cuda and _slug(str(info["gpu"])) != _slug(hardware.gpu_name or ""):
-        reasons.append(f"built on GPU {info['gpu']!r}, this GPU is {hardware.gpu_name!r}")
-    if hardware.cuda and str(info["compute_capability"]) != hardware.compute_capability:
-        reasons.append(
-            f"built for compute capability {info['compute_capability']}, this GPU has "
-            f"{hardware.compute_capability}"
-        )
-    if hardware.tensorrt_version is not None and (
-        str(info["version"]).strip() != hardware.tensorrt_version.strip()
-    ):
-        reasons.append(
-            f"built with TensorRT {info['version']}, this is TensorRT {hardware.tensorrt_version}"
-        )
+        missing.append("the tensorrt package is not installed (pip install 'i2i[gpu]')")
+    if missing:  # nothing to compare with
+        return "; ".join(missing)
+    reasons = engine_differences(
+        artifact,
+        hardware.gpu_name or "",
+        hardware.compute_capability or "",
+        hardware.tensorrt_version or "",
+    )
     return "; ".join(reasons) or None
 
 
