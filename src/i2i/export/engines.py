@@ -39,11 +39,11 @@ from i2i.repository import (
 from . import tensorrt
 from .errors import ExportError
 from .fp16 import convert_fp16
-from .parity import compare, parity_images
+from .parity import MIN_PSNR_FP16, compare, onnx_runner, parity_images, parity_ok_fp16
 
 log = logging.getLogger(__name__)
 
-MIN_PSNR = 40.0  # dB of an engine against the FP32 graph in ONNX Runtime, as for FP16 ONNX
+MIN_PSNR = MIN_PSNR_FP16  # dB of an engine against the FP32 graph in ONNX Runtime
 PARITY_SEED = 0
 
 
@@ -104,11 +104,11 @@ class _Job:
 
 def detect_target() -> Target:
     """This process's GPU and TensorRT; ExportError naming what is missing when there is none."""
-    reason = tensorrt.availability()
-    if reason:
-        needs = reason.split(". ")[0].replace("--formats tensorrt needs", "needs", 1)
+    lacking = tensorrt.missing()
+    if lacking:
         raise ExportError(
-            f"cannot build TensorRT engines on this machine: building them {needs}. Engines are "
+            "cannot build TensorRT engines on this machine: building them needs "
+            f"{' and '.join(lacking)}. Engines are "
             "tied to the GPU type and TensorRT version that build them: run this on a node of "
             "the serving GPU type (an init container or a Job, see deploy/). Nothing was written."
         )
@@ -204,17 +204,9 @@ def _plan(
             channels = spec["input"]["shape"][-1]
             if not isinstance(channels, int):
                 raise ExportError(f"{name}/{number} {direction}: the input has no fixed channels")
-            side = rule.nearest(256, 256)[0]
-            profile = tensorrt.parse_shapes(
-                shapes, channels, max_batch, default_side=side, fixed=rule.fixed_size is not None
+            profile = tensorrt.profile_for(
+                rule, shapes, channels, max_batch, where=f"{name} version {number} {direction}: "
             )
-            for n, h, w, _ in (profile.min, profile.opt, profile.max):
-                try:
-                    rule.check(h, w)
-                except ValueError as exc:
-                    raise ExportError(
-                        f"--shapes {n}x{h}x{w}: {name} version {number} {direction}: {exc}"
-                    ) from exc
             graphs = {
                 a["precision"]: folder / a["file"]
                 for a in manifest["artifacts"]
@@ -362,7 +354,7 @@ def build_checked_engine(
         built_from = fp32.name
     try:
         report = engine_parity(plan, fp32, profile, f"tensorrt {info['version']}")
-        if report["psnr"] is not None and report["psnr"] < MIN_PSNR:
+        if not parity_ok_fp16(report, MIN_PSNR):
             raise ExportError(
                 f"{direction}: the TensorRT engine is below {MIN_PSNR:.0f} dB against ONNX "
                 f"Runtime ({report['psnr']:.1f} dB, largest error {report['max_abs_diff']} "
@@ -388,12 +380,9 @@ def engine_parity(
 ) -> dict[str, Any]:
     """The engine against the FP32 graph in ONNX Runtime (CPU), on photo-like images of the
     profile's optimum shape; a manifest `parity` object."""
-    import onnxruntime as ort
-
     batch, height, width, channels = profile.opt
     images = parity_images(np.random.default_rng(PARITY_SEED), batch, height, width, channels)
-    session = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
-    expected = np.asarray(session.run(None, {session.get_inputs()[0].name: images})[0])
+    expected = onnx_runner(fp32)(images)
     measures = compare(np.asarray(tensorrt.run_engine(plan, images)), expected)
     return {
         "reference": "onnx-fp32",

@@ -77,9 +77,9 @@ def check_parity(
     if not batches or min(batches) < 1:
         raise ValueError(f"batches must be positive, got {list(batches)}")
 
-    candidate = _onnx_runner(Path(onnx_path))
+    candidate = onnx_runner(Path(onnx_path))
     pytorch = _pytorch_runner(translator)
-    reference = _onnx_runner(Path(reference_onnx)) if reference_onnx is not None else pytorch
+    reference = onnx_runner(Path(reference_onnx)) if reference_onnx is not None else pytorch
 
     cases, pytorch_cases = [], []
     rng = np.random.default_rng(seed)
@@ -114,7 +114,11 @@ def parity_ok_fp32(report: dict[str, Any], max_fraction: float = 0.001) -> bool:
     )
 
 
-def parity_ok_fp16(report: dict[str, Any], min_psnr: float = 40.0) -> bool:
+# The least PSNR of an FP16 graph or a TensorRT engine against the FP32 graph.
+MIN_PSNR_FP16 = 40.0
+
+
+def parity_ok_fp16(report: dict[str, Any], min_psnr: float = MIN_PSNR_FP16) -> bool:
     """True if every case reaches ``min_psnr`` dB (identical outputs count as infinite)."""
     return bool(report["cases"]) and all(
         case["psnr"] is None or case["psnr"] >= min_psnr for case in report["cases"]
@@ -181,7 +185,8 @@ def _overall(cases: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _onnx_runner(path: Path) -> Runner:
+def onnx_runner(path: Path) -> Runner:
+    """An ONNX graph in ONNX Runtime's CPU provider: images (N, H, W, C) -> outputs."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

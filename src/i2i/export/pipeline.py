@@ -16,7 +16,7 @@ from typing import Any
 
 import i2i
 from i2i.checkpoint import CheckpointError, load_trained_networks
-from i2i.models import ShapeRule, get_family, options_from_dict
+from i2i.models import get_family, options_from_dict
 from i2i.repository import read_manifest, sha256_file, write_version
 
 from . import tensorrt
@@ -24,7 +24,7 @@ from .engines import build_checked_engine
 from .errors import ExportError
 from .fp16 import convert_fp16
 from .onnx import export_onnx
-from .parity import check_parity, parity_ok_fp16, parity_ok_fp32
+from .parity import MIN_PSNR_FP16, check_parity, parity_ok_fp16, parity_ok_fp32
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +72,9 @@ def export_checkpoint(
     translators = family.translators(networks, options)
     if "tensorrt" in formats:  # checked before any work, so a refusal writes nothing
         for translator in translators.values():
-            profile = _profile(rule, shapes, int(getattr(translator, "in_channels", 3)), max_batch)
-            for n, h, w, _ in (profile.min, profile.opt, profile.max):
-                try:
-                    rule.check(h, w)
-                except ValueError as exc:
-                    raise ExportError(f"--shapes {n}x{h}x{w}: {exc}") from exc
+            tensorrt.profile_for(
+                rule, shapes, int(getattr(translator, "in_channels", 3)), max_batch
+            )
         reason = tensorrt.availability()
         if reason:
             raise ExportError(reason)
@@ -115,7 +112,8 @@ def export_checkpoint(
                 report16 = check_parity(translator, fp16, rule, c_in, reference_onnx=fp32)
                 if not parity_ok_fp16(report16):
                     raise ExportError(
-                        f"{direction}: FP16 ONNX below 40 dB against FP32: {_summary(report16)}"
+                        f"{direction}: FP16 ONNX below {MIN_PSNR_FP16:.0f} dB against FP32: "
+                        f"{_summary(report16)}"
                     )
                 if "onnx-fp16" in formats:
                     artifacts.append(
@@ -136,7 +134,7 @@ def export_checkpoint(
                         fp32,
                         fp16,
                         folder,
-                        _profile(rule, shapes, c_in, max_batch),
+                        tensorrt.profile_for(rule, shapes, c_in, max_batch),
                         int(workspace_gb * (1 << 30)),
                         Path(timing_cache) if timing_cache else None,
                         fp16_kept="onnx-fp16" in formats,
@@ -186,16 +184,6 @@ def _artifact(
         **extra,
         "parity": {"reference": reference, **report},
     }
-
-
-def _profile(
-    rule: ShapeRule, shapes: str | None, channels: int, max_batch: int
-) -> tensorrt.Profile:
-    """--shapes, or the default profile for this shape rule (its fixed size if it has one)."""
-    side = rule.nearest(256, 256)[0]
-    return tensorrt.parse_shapes(
-        shapes, channels, max_batch, default_side=side, fixed=rule.fixed_size is not None
-    )
 
 
 def format_parity(manifest: dict[str, Any]) -> str:

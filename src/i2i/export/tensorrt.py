@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from i2i.export.errors import ExportError
+from i2i.models import ShapeRule
 from i2i.repository import gpu_slug
 
 _SHAPE = re.compile(r"^(\d+)x(\d+)x(\d+)$")
@@ -89,11 +90,34 @@ def parse_shapes(
     return Profile(lo, mid, hi)
 
 
-def availability() -> str | None:
-    """None when engines can be built here, else a plain explanation of what is missing."""
-    missing = []
+def profile_for(
+    rule: ShapeRule, shapes: str | None, channels: int, max_batch: int, where: str = ""
+) -> Profile:
+    """`--shapes` (or the rule's default profile), each of its shapes checked against `rule`.
+
+    Args:
+        where: what the profile is for, put before the rule's complaint in errors.
+    """
+    profile = parse_shapes(
+        shapes,
+        channels,
+        max_batch,
+        default_side=rule.nearest(256, 256)[0],
+        fixed=rule.fixed_size is not None,
+    )
+    for n, h, w, _ in (profile.min, profile.opt, profile.max):
+        try:
+            rule.check(h, w)
+        except ValueError as exc:
+            raise ExportError(f"--shapes {n}x{h}x{w}: {where}{exc}") from exc
+    return profile
+
+
+def missing() -> list[str]:
+    """What this machine lacks to build engines ([] when it can)."""
+    lacking = []
     if importlib.util.find_spec("tensorrt") is None:
-        missing.append(
+        lacking.append(
             "the `tensorrt` Python package (pip install 'i2i[gpu]' on a machine with an NVIDIA driver)"
         )
     try:
@@ -103,11 +127,17 @@ def availability() -> str | None:
     except ImportError:  # pragma: no cover - torch is a dependency
         has_gpu = False
     if not has_gpu:
-        missing.append("an NVIDIA GPU visible to this process")
-    if not missing:
+        lacking.append("an NVIDIA GPU visible to this process")
+    return lacking
+
+
+def availability() -> str | None:
+    """None when engines can be built here, else a plain explanation of what is missing."""
+    lacking = missing()
+    if not lacking:
         return None
     return (
-        "--formats tensorrt needs " + " and ".join(missing) + ". Engines are tied to the GPU and "
+        "--formats tensorrt needs " + " and ".join(lacking) + ". Engines are tied to the GPU and "
         "TensorRT version that build them, so build them on the serving GPU type (see deploy/), "
         "or export onnx,onnx-fp16 here."
     )
