@@ -490,3 +490,30 @@ def test_real_engines_on_this_gpu(repo: Path) -> None:
     for entry in entries.values():
         assert entry["parity"]["psnr"] is None or entry["parity"]["psnr"] >= engines.MIN_PSNR
     assert [r.status for r in build_engines(repo, ["tiny"])] == ["skipped", "skipped"]
+
+
+def test_an_engine_built_meanwhile_by_another_process_is_kept(
+    repo: Path, fake: FakeTensorRT, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two pods build for the same version at once: the loser keeps the winner's engine."""
+    build = tensorrt.build_engine
+    winners = tmp_path / "winner"
+    winners.mkdir()
+
+    def racing_build(onnx_fp32: Path, onnx_fp16: Path | None, plan: Path, *args: Any) -> Any:
+        direction = onnx_fp32.name.split(".")[0]
+        file = tensorrt.plan_name(direction, GPU)
+        _synthetic_engine(repo, winners, direction, file, fake.target)  # the other pod wins
+        return build(onnx_fp32, onnx_fp16, plan, *args)
+
+    monkeypatch.setattr(tensorrt, "build_engine", racing_build)
+    before = engine_entries(repo)
+    results = build_engines(repo, ["tiny"], shapes=SHAPES)
+    assert [(r.status, r.detail) for r in results] == [
+        ("skipped", "built meanwhile by another process")
+    ] * 2
+    after = engine_entries(repo)
+    assert not before and sorted(after) == [tensorrt.plan_name(d, GPU) for d in ("A2B", "B2A")]
+    for file, entry in after.items():  # the winner's plans, untouched
+        assert (repo / "tiny" / "1" / file).read_bytes().startswith(b"a plan built on another")
+        assert entry["sha256"] == sha256_file(repo / "tiny" / "1" / file)
