@@ -223,7 +223,7 @@ BAD = {
     ),
     "fixed size off rule": (
         _set("directions/A2B/shape_rule/fixed_size", 30),
-        "$.directions.A2B.shape_rule.fixed_size: 30 is not a multiple of multiple_of (4)",
+        "$.directions.A2B.shape_rule: fixed_size must be a multiple of 4 and at least 8, got 30",
     ),
     "parity without psnr": (
         _set("artifacts/0/parity/psnr", KeyError),

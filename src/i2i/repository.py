@@ -40,6 +40,7 @@ from typing import Any
 import jsonschema
 
 from i2i._files import fsync_dir, sha256_file
+from i2i.shapes import ShapeRule
 
 log = logging.getLogger(__name__)
 
@@ -206,12 +207,10 @@ def _cross_check(manifest: Mapping[str, Any]) -> list[str]:
                 f"$.artifacts[{first}]"
             )
     for direction, spec in directions.items():
-        size, multiple = spec["shape_rule"]["fixed_size"], spec["shape_rule"]["multiple_of"]
-        if size is not None and size % multiple:
-            lines.append(
-                f"{_child(_child('$.directions', direction), 'shape_rule')}.fixed_size: "
-                f"{size} is not a multiple of multiple_of ({multiple})"
-            )
+        try:
+            ShapeRule.from_manifest(spec["shape_rule"])
+        except ValueError as exc:
+            lines.append(f"{_child(_child('$.directions', direction), 'shape_rule')}: {exc}")
     lines.extend(_non_finite(manifest, "$"))
     return lines
 
@@ -711,13 +710,7 @@ def format_manifest(manifest: Mapping[str, Any]) -> str:
         "directions",
     ]
     for direction, spec in manifest["directions"].items():
-        rule = spec["shape_rule"]
-        if rule["fixed_size"] is not None:
-            sizes = f"exactly {rule['fixed_size']}x{rule['fixed_size']}"
-        elif rule["multiple_of"] > 1:
-            sizes = f"multiples of {rule['multiple_of']}"
-        else:
-            sizes = "any size"
+        sizes = ShapeRule.from_manifest(spec["shape_rule"]).describe()
         lines.append(f"  {direction}  {_tensor(spec['input'])} -> {_tensor(spec['output'])}")
         if spec["style"] is not None:
             lines.append(f"  {' ' * len(direction)}  style {_tensor(spec['style'])}")

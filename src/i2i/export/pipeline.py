@@ -103,7 +103,7 @@ def export_checkpoint(
                 "input": info["input"],
                 "output": info["output"],
                 "style": None,
-                "shape_rule": {"multiple_of": rule.multiple_of, "fixed_size": rule.fixed_size},
+                "shape_rule": rule.to_manifest(),
             }
             fp16 = None
             if "onnx-fp16" in formats or "tensorrt" in formats:

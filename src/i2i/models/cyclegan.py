@@ -31,8 +31,9 @@ from i2i.models.networks import (
     build_discriminator,
     build_generator,
 )
-from i2i.models.registry import ModelFamily, ShapeRule, register_family
+from i2i.models.registry import ModelFamily, register_family
 from i2i.models.translators import translators_by_direction
+from i2i.shapes import ShapeRule
 
 _UNET_SIZES = {"unet_128": 128, "unet_256": 256}
 
@@ -65,10 +66,14 @@ class CycleGANOptions:
 
 
 def generator_shape_rule(arch: str) -> ShapeRule:
-    """Image sizes a generator accepts: fixed for U-Nets, multiples of 4 for ResNets."""
+    """Image sizes a generator accepts: fixed for U-Nets, multiples of 4 for ResNets.
+
+    A ResNet generator halves the image twice and reflect-pads the 1/4-scale feature map
+    by one, which needs two cells: no side below 8.
+    """
     if arch in _UNET_SIZES:
         return ShapeRule(fixed_size=_UNET_SIZES[arch])
-    return ShapeRule(multiple_of=4)
+    return ShapeRule(multiple_of=4, min_size=8)
 
 
 def build_cyclegan(options: CycleGANOptions) -> dict[str, nn.Module]:

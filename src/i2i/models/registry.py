@@ -16,59 +16,10 @@ from typing import Any
 from torch import nn
 
 from i2i.models.translators import translators_by_direction
+from i2i.shapes import ShapeRule
 
 # (networks, options) -> {direction: translator}
 TranslatorFactory = Callable[[Mapping[str, nn.Module], Any], dict[str, nn.Module]]
-
-
-@dataclass(frozen=True)
-class ShapeRule:
-    """Which image sizes (height, width) a model accepts.
-
-    Either any size that is a multiple of ``multiple_of`` on both sides, or, when
-    ``fixed_size`` is set, exactly ``fixed_size`` x ``fixed_size``.
-    """
-
-    multiple_of: int = 1
-    fixed_size: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.multiple_of < 1:
-            raise ValueError(f"multiple_of must be >= 1, got {self.multiple_of}")
-        if self.fixed_size is not None and (
-            self.fixed_size < 1 or self.fixed_size % self.multiple_of
-        ):
-            raise ValueError(
-                f"fixed_size must be a positive multiple of {self.multiple_of}, "
-                f"got {self.fixed_size}"
-            )
-
-    def check(self, height: int, width: int) -> None:
-        """Raise ValueError if this rule does not accept a ``height`` x ``width`` image."""
-        if height < 1 or width < 1:
-            raise ValueError(f"image size {height}x{width} is empty")
-        if self.fixed_size is not None:
-            if (height, width) != (self.fixed_size, self.fixed_size):
-                raise ValueError(
-                    f"image size {height}x{width} is not accepted: this model takes exactly "
-                    f"{self.fixed_size}x{self.fixed_size}"
-                )
-        elif height % self.multiple_of or width % self.multiple_of:
-            near_h, near_w = self.nearest(height, width)
-            raise ValueError(
-                f"image size {height}x{width} is not accepted: height and width must be "
-                f"multiples of {self.multiple_of} (nearest accepted size: {near_h}x{near_w})"
-            )
-
-    def nearest(self, height: int, width: int) -> tuple[int, int]:
-        """The accepted (height, width) closest to the given one; ties round up."""
-        if self.fixed_size is not None:
-            return self.fixed_size, self.fixed_size
-        return self._round(height), self._round(width)
-
-    def _round(self, size: int) -> int:
-        m = self.multiple_of
-        return max(m, (size + m // 2) // m * m)
 
 
 @dataclass(frozen=True)

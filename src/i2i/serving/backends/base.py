@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from i2i.models import ShapeRule
 from i2i.repository import engine_differences
+from i2i.shapes import ShapeRule
 
 log = logging.getLogger(__name__)
 
@@ -246,5 +246,4 @@ def io_sizes(spec: Mapping[str, Any], source: str) -> tuple[int, int, int]:
 
 def shape_rule_of(spec: Mapping[str, Any]) -> ShapeRule:
     """The manifest direction's shape rule."""
-    rule = spec["shape_rule"]
-    return ShapeRule(multiple_of=rule["multiple_of"], fixed_size=rule["fixed_size"])
+    return ShapeRule.from_manifest(spec["shape_rule"])
