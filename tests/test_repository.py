@@ -17,11 +17,10 @@ from typing import Any
 import jsonschema
 import pytest
 
+from i2i.cli.models import format_manifest, format_models_table
 from i2i.repository import (
     RepositoryError,
     add_artifacts,
-    format_manifest,
-    format_models_table,
     list_models,
     load_schema,
     next_version,

@@ -1,5 +1,5 @@
 """`python -m i2i.serving` is `i2i-serve` (an entry point, like the console script)."""
 
-from i2i.cli import serve_main
+from i2i.serving.command import main
 
-raise SystemExit(serve_main())
+raise SystemExit(main())

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from i2i.repository import RepositoryError, read_manifest, version_folder
-from i2i.serving.backends import BackendError, load_backend, load_checkpoint_backend
+from i2i.serving.backends import BackendError, load_backend
 from i2i.serving.pipeline import Request, check_parameters, finish, prepare
 from i2i.serving.store import LoadedDirection, batch_runner
 
@@ -58,6 +58,9 @@ class LocalTranslator:
                 )
             else:
                 assert checkpoint is not None
+                # PyTorch only on this path (train extra); a repository needs none.
+                from i2i.serving.backends.pytorch import load_checkpoint_backend
+
                 runner = load_checkpoint_backend(checkpoint, direction)
                 name, number, family = checkpoint.stem, 0, getattr(runner, "family", "")
         except (RepositoryError, BackendError) as exc:

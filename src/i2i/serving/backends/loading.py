@@ -19,7 +19,6 @@ from i2i.serving.backends.base import (
 )
 from i2i.serving.backends.engine import TensorRTBackend
 from i2i.serving.backends.ort import CPU, CUDA, TENSORRT, OnnxRuntimeBackend
-from i2i.serving.backends.pytorch import pytorch_backend, source_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +80,7 @@ def load_backend(
         )
 
     def pytorch() -> Backend:
+        pytorch_backend, source_checkpoint = _pytorch_loaders()
         return pytorch_backend(
             source_checkpoint(manifest, checkpoint),
             direction,
@@ -127,6 +127,18 @@ def load_backend(
         backend.precision,
     )
     return backend
+
+
+def _pytorch_loaders() -> tuple[Any, Any]:
+    """The PyTorch backend's loaders, imported only when asked for: serving needs no torch."""
+    try:
+        from i2i.serving.backends.pytorch import pytorch_backend, source_checkpoint
+    except ModuleNotFoundError as exc:
+        raise BackendError(
+            f"pytorch: the PyTorch backend needs {exc.name!r}, which is not installed: "
+            f"pip install 'i2i[train]', or choose --backend onnxruntime"
+        ) from exc
+    return pytorch_backend, source_checkpoint
 
 
 def _gpu_providers(hardware: Hardware) -> tuple[str, ...]:

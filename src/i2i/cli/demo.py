@@ -9,23 +9,23 @@ where everything is.
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import statistics
 import time
 from pathlib import Path
-
-from i2i.client import Client
-from i2i.data import list_images, make_sample_dataset
-from i2i.export import export_checkpoint, format_parity
-from i2i.serving.process import ServerProcess
-from i2i.training import apply_overrides, load_config, train
-from i2i.training.evaluate import evaluate, format_report
+from typing import Any
 
 
 def run_demo(
     out: Path = Path("demo"), task: str = "day2dusk", steps: int = 0, seed: int = 0
 ) -> dict:
     """Run the demo in `out` (replacing an earlier demo there); return the evaluation report."""
+    from i2i.data import make_sample_dataset
+    from i2i.export import export_checkpoint, format_parity
+    from i2i.training import apply_overrides, load_config, train
+    from i2i.training.evaluate import evaluate, format_report
+
     out = Path(out)
     data_dir, run_dir, models_dir = out / "data", out / "run", out / "models"
     translated_dir = out / "translated"
@@ -77,6 +77,10 @@ def run_demo(
 def serve_and_translate(repository: Path, model: str, inputs: Path, out: Path) -> list[float]:
     """Start i2i-serve on `repository`, translate every image of `inputs` A2B into `out`,
     stop the server (SIGTERM: it drains and exits 0); return each call's latency in ms."""
+    from i2i.client import Client
+    from i2i.data import list_images
+    from i2i.serving.process import ServerProcess
+
     out.mkdir(parents=True, exist_ok=True)
     latencies = []
     server = ServerProcess(repository, "--metrics-port", "-1", "--warmup-size", "64")
@@ -91,3 +95,28 @@ def serve_and_translate(repository: Path, model: str, inputs: Path, out: Path) -
     if server.stop() != 0:
         raise RuntimeError("i2i-serve did not exit cleanly:\n" + "".join(list(server.log)[-20:]))
     return latencies
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    from i2i.cli.common import quiet_exporter_logs
+
+    quiet_exporter_logs()
+    run_demo(out=args.out, task=args.task, steps=args.steps, seed=args.seed)
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Register demo on the `i2i` parser's subcommands."""
+    p = sub.add_parser(
+        "demo",
+        help="sample data, train a tiny CycleGAN on the CPU, evaluate, export, serve",
+        description="The main job end to end on the built-in default: writes a sample dataset, "
+        "trains configs/cyclegan-tiny settings for a few minutes on the CPU, evaluates, exports "
+        "to ONNX, serves the export with i2i-serve and translates the test images through it; "
+        "prints the numbers and where everything is.",
+    )
+    p.add_argument("--out", type=Path, default=Path("demo"), help="working folder (default ./demo)")
+    p.add_argument("--task", default="day2dusk", help="sample task (default day2dusk)")
+    p.add_argument("--steps", type=int, default=0, help="training steps (default: the demo's own)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.set_defaults(func=run_demo_command, extras=("train", "export"))

@@ -1,0 +1,236 @@
+"""`i2i models`: read model repositories (list, show) and build TensorRT engines for them."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from i2i.cli.common import EPILOG, UsageError
+from i2i.repository import RepositoryError, list_models, read_manifest
+from i2i.repository.layout import _ranges
+from i2i.shapes import ShapeRule
+
+
+def run_models(args: argparse.Namespace) -> int:
+    if args.models_command == "list":
+        print(format_models_table(args.repository))
+    else:
+        print(format_manifest(read_manifest(args.repository, args.name, args.version)))
+    return 0
+
+
+BUILD_ENGINES_DESCRIPTION = (
+    "Build TensorRT engines on this machine's GPU from the ONNX graphs already in a model "
+    "repository, check each against ONNX Runtime, and add it to its version's manifest "
+    "atomically (running servers keep reading the old or the new manifest). An engine runs "
+    "only on the GPU type and TensorRT version that built it, so run this where the server "
+    "runs, e.g. as a Kubernetes init container or Job on the serving node type. Engines "
+    "already built for this GPU and TensorRT version are skipped (--force rebuilds them). "
+    "Needs the tensorrt package and an NVIDIA GPU; without them it exits 2 and writes nothing."
+)
+
+
+def add_build_engines_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("repository", type=Path, metavar="REPOSITORY", help="model repository folder")
+    p.add_argument("names", nargs="*", metavar="NAME", help="models to build for (or --all)")
+    p.add_argument("--all", action="store_true", help="every model in the repository")
+    p.add_argument(
+        "--version", type=int, metavar="V", help="version of each model (default: its latest)"
+    )
+    p.add_argument(
+        "--max-batch", type=int, default=32, metavar="N", help="largest batch (default 32)"
+    )
+    p.add_argument(
+        "--shapes",
+        metavar="SPEC",
+        help="optimisation profile MIN:OPT:MAX, each NxHxW, e.g. 1x256x256:8x256x256:32x512x512 "
+        "(default 1..--max-batch images of 256x256); checked against each model's sizes",
+    )
+    p.add_argument(
+        "--workspace-gb",
+        type=float,
+        default=4.0,
+        metavar="G",
+        help="TensorRT workspace limit in GiB (default 4)",
+    )
+    p.add_argument(
+        "--timing-cache",
+        type=Path,
+        metavar="F",
+        help="TensorRT timing cache file, read and updated (faster rebuilds)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="rebuild and replace engines already built for this GPU and TensorRT version",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def run_build_engines(args: argparse.Namespace) -> int:
+    from i2i.export.engines import build_engines, format_results
+
+    if args.all and args.names:
+        raise UsageError("give model names or --all, not both")
+    if not args.all and not args.names:
+        raise UsageError("name the models to build engines for, or pass --all")
+    results = build_engines(
+        args.repository,
+        args.names or None,
+        args.version,
+        max_batch=args.max_batch,
+        shapes=args.shapes,
+        workspace_gb=args.workspace_gb,
+        timing_cache=args.timing_cache,
+        force=args.force,
+    )
+    print(format_results(results))
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Register the models group on the `i2i` parser's subcommands."""
+    models = sub.add_parser(
+        "models", help="read model repositories; build TensorRT engines for them"
+    ).add_subparsers(dest="models_command", required=True)
+    p = models.add_parser("list", help="models and versions in a repository, with their parity")
+    p.add_argument("repository", type=Path)
+    p.set_defaults(func=run_models)
+    p = models.add_parser("show", help="one version's manifest, readable")
+    p.add_argument("repository", type=Path)
+    p.add_argument("name")
+    p.add_argument("--version", type=int, help="default: the latest")
+    p.set_defaults(func=run_models)
+    p = models.add_parser(
+        "build-engines",
+        help="build TensorRT engines for this machine's GPU from the repository's ONNX",
+        description=BUILD_ENGINES_DESCRIPTION,
+        epilog=EPILOG,
+    )
+    add_build_engines_arguments(p)
+    p.set_defaults(func=run_build_engines, extras=("export",))
+
+
+# --- what `i2i models list` and `i2i models show` print -----------------------------------
+
+_PARITY_HEADER = ("vs", "max diff", ">1 level", "PSNR dB")
+
+
+def format_models_table(repository: str | os.PathLike[str]) -> str:
+    """Every model with its versions, family and the artifacts and parity of its latest version."""
+    models = list_models(repository)
+    if not models:
+        return f"no models in {repository}"
+    rows: list[Sequence[str]] = [
+        ("model", "versions", "family", "direction", "artifact", "precision", *_PARITY_HEADER)
+    ]
+    problems = []
+    for name, found in models.items():
+        try:
+            manifest = read_manifest(repository, name)
+        except RepositoryError as exc:
+            rows.append((name, _ranges(found), "?", "", "(unreadable, see below)"))
+            problems.append(f"{name} version {found[-1]}: {exc}")
+            continue
+        for i, artifact in enumerate(manifest["artifacts"]):
+            first = (name, _ranges(found), manifest["family"]) if i == 0 else ("", "", "")
+            rows.append(
+                (*first, artifact["direction"], artifact["file"], _precision(artifact))
+                + _parity_cells(artifact["parity"])
+            )
+    text = _table(rows, right={7, 8, 9}) + "\n(artifacts and parity of the latest version)"
+    if problems:
+        text += "\n\nunreadable:\n" + "\n".join(problems)
+    return text
+
+
+def format_manifest(manifest: Mapping[str, Any]) -> str:
+    """One version's manifest, readable: what it translates, from what, and how well."""
+    source = manifest["source"]
+    lines = [
+        f"{manifest['name']} version {manifest['version']}",
+        f"  family     {manifest['family']} (domains {', '.join(manifest['domains'])})",
+        f"  created    {manifest['created']} by i2i {manifest['i2i_version']}",
+        f"  source     {source['checkpoint']} (step {source['step']}, "
+        f"sha256 {source['sha256'][:12]}...)",
+        "directions",
+    ]
+    for direction, spec in manifest["directions"].items():
+        sizes = ShapeRule.from_manifest(spec["shape_rule"]).describe()
+        lines.append(f"  {direction}  {_tensor(spec['input'])} -> {_tensor(spec['output'])}")
+        if spec["style"] is not None:
+            lines.append(f"  {' ' * len(direction)}  style {_tensor(spec['style'])}")
+        lines.append(f"  {' ' * len(direction)}  sizes: {sizes}")
+    rows: list[Sequence[str]] = [
+        ("artifact", "direction", "precision", "size", "built with", *_PARITY_HEADER)
+    ]
+    engines = []
+    for artifact in manifest["artifacts"]:
+        trt = artifact.get("tensorrt")
+        built = f"opset {artifact['opset']}" if "opset" in artifact else ""
+        if trt is not None:
+            built = f"TensorRT {trt['version']}"
+            shapes = "; ".join(
+                " .. ".join("x".join(map(str, p[k])) for k in ("min", "opt", "max"))
+                for p in trt["profiles"]
+            )
+            engines.append(
+                f"  {artifact['file']}: {trt['gpu']} (compute capability "
+                f"{trt['compute_capability']}), shapes min .. opt .. max: {shapes}"
+            )
+        rows.append(
+            (artifact["file"], artifact["direction"], _precision(artifact))
+            + (_size(artifact["bytes"]), built)
+            + _parity_cells(artifact["parity"])
+        )
+    lines += ["artifacts", _indent(_table(rows, right={3, 6, 7, 8}))]
+    if engines:
+        lines += ["TensorRT engines run only on this GPU type and TensorRT version:", *engines]
+    return "\n".join(lines)
+
+
+def _precision(artifact: Mapping[str, Any]) -> str:
+    return f"{artifact['format']} {artifact['precision']}"
+
+
+def _parity_cells(parity: Mapping[str, Any]) -> tuple[str, ...]:
+    psnr = parity["psnr"]
+    return (
+        str(parity["reference"]),
+        f"{parity['max_abs_diff']:g}",
+        f"{100 * parity['fraction_over_1']:.3f}%",
+        "inf" if psnr is None else f"{psnr:.1f}",  # null: identical outputs
+    )
+
+
+def _tensor(spec: Mapping[str, Any]) -> str:
+    return f"{spec['name']} {spec['dtype']} [{', '.join(map(str, spec['shape']))}]"
+
+
+def _size(n: int) -> str:
+    if n < 1000:
+        return f"{n} B"
+    scaled = float(n)
+    for unit in ("KB", "MB", "GB"):
+        scaled /= 1000
+        if scaled < 1000 or unit == "GB":
+            break
+    return f"{scaled:.1f} {unit}"
+
+
+def _table(rows: Sequence[Sequence[str]], right: set[int]) -> str:
+    widths = [max(len(row[i]) for row in rows if i < len(row)) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ).rstrip()
+        for row in rows
+    )
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())

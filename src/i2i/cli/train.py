@@ -1,0 +1,250 @@
+"""`i2i train` / `i2i-train`, `i2i data`, `i2i eval` and `i2i import`: the training stage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from i2i.cli.common import EPILOG, UsageError, dispatch
+
+EXTRAS = ("train",)
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="training preset (YAML), e.g. configs/cyclegan.yaml; default: the reference "
+        "CycleGAN recipe. When resuming, omit it to use the run's own config.",
+    )
+    p.add_argument("--data", type=Path, help="dataset folder with trainA/ and trainB/ (data.root)")
+    p.add_argument("--out", type=Path, help="run folder: checkpoints, logs, samples (new run)")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN",
+        help="continue the run in this folder exactly where its latest checkpoint stopped",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set batch_size=4 --set data.crop_size=128 "
+        "--set model.ngf=32 (repeatable; keys are checked)",
+    )
+    p.add_argument("--max-steps", type=int, help="stop after this many steps in total (max_steps)")
+    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N (device)")
+    p.add_argument("--amp", choices=["off", "fp16", "bf16"], help="mixed precision (amp)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in CI logs)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from i2i.checkpoint import CheckpointManager, load_checkpoint
+    from i2i.training import apply_overrides, config_from_dict, load_config, train
+
+    resume = args.resume is not None
+    if resume and args.out is not None and args.out != args.resume:
+        raise UsageError("--out and --resume name different folders; --resume RUN is enough")
+    out = args.resume if resume else args.out
+    if out is None:
+        raise UsageError("--out RUN is required for a new run (or --resume RUN)")
+    if resume and args.config is None:
+        latest = CheckpointManager(out).find_latest()
+        if latest is None:
+            raise UsageError(f"{out}: no checkpoint to resume from")
+        cfg = config_from_dict(load_checkpoint(latest, mmap=True)["config"])
+    else:
+        cfg = load_config(args.config)
+    overrides = list(args.overrides)
+    if args.data is not None:
+        overrides.append(f"data.root={args.data}")
+    if args.max_steps is not None:
+        overrides.append(f"max_steps={args.max_steps}")
+    if args.device is not None:
+        overrides.append(f"device={args.device}")
+    if args.amp is not None:
+        overrides.append(f"amp={args.amp}")
+    if args.no_progress:
+        overrides.append("progress=false")
+    cfg = apply_overrides(cfg, overrides)
+    if not cfg.data.root:
+        raise UsageError("--data DATASET is required (a folder with trainA/ and trainB/)")
+    summary = train(cfg, out, resume=resume)
+    if summary.rank != 0:
+        return 0
+    if summary.stopped_early:
+        print(f"stopped at step {summary.step}; continue with: i2i-train --resume {out}")
+        return 130
+    losses = ", ".join(f"{k} {v:.3f}" for k, v in summary.last_losses.items())
+    print(
+        f"trained {summary.step} steps (epoch {summary.epoch}) in {summary.seconds:.1f} s, "
+        f"{summary.steps_per_second:.2f} it/s\n"
+        f"last losses: {losses or '-'}\n"
+        f"checkpoint: {summary.checkpoint}\n"
+        f"logs: {out / 'losses.jsonl'}, {out / 'tensorboard'}, samples in {out / 'samples'}"
+    )
+    return 0
+
+
+def run_data_sample(args: argparse.Namespace) -> int:
+    from i2i.data import make_sample_dataset, sample_task_names
+
+    if args.list:
+        print("\n".join(sample_task_names()))
+        return 0
+    if args.task is None or args.out is None:
+        raise UsageError("--task and --out are required (see --list for the tasks)")
+    info = make_sample_dataset(
+        args.task, args.out, seed=args.seed, size=args.size, n_train=args.train, n_test=args.test
+    )
+    counts = info.get("counts", {})
+    print(f"wrote the {args.task!r} sample dataset to {args.out}: {json.dumps(counts)}")
+    return 0
+
+
+def _checkpoint_of(run_or_checkpoint: Path) -> Path:
+    if run_or_checkpoint.is_dir():
+        from i2i.checkpoint import CheckpointManager
+
+        found = CheckpointManager(run_or_checkpoint).find_latest()
+        if found is None:
+            raise UsageError(f"{run_or_checkpoint}: no checkpoint (latest.pt) in this run folder")
+        return found
+    return run_or_checkpoint
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from i2i.training.evaluate import evaluate, format_report
+
+    checkpoint = _checkpoint_of(args.run)
+    out = args.out or (args.run if args.run.is_dir() else args.run.parent)
+    report = evaluate(
+        checkpoint, args.data, out_dir=out, device=args.device, max_images=args.max_images
+    )
+    print(format_report(report))
+    print(f"report: {out / 'eval.json'}\ngrid: {out / 'eval_grid.png'}")
+    return 0
+
+
+def run_import_cyclegan(args: argparse.Namespace) -> int:
+    from i2i.importers import import_cyclegan
+    from i2i.models import CycleGANOptions
+
+    options = CycleGANOptions(
+        netG=args.netG,
+        ngf=args.ngf,
+        norm=args.norm,
+        dropout=args.dropout,
+        input_nc=args.input_nc,
+        output_nc=args.output_nc,
+    )
+    summary = import_cyclegan(args.out, g_a=args.g_a, g_b=args.g_b, options=options)
+    dropped = sum(len(v) for v in summary["dropped_keys"].values())
+    print(
+        f"wrote {args.out} with direction(s) {', '.join(summary['directions'])}"
+        + (f" ({dropped} stale InstanceNorm statistics dropped)" if dropped else "")
+    )
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Register train, data, eval and import on the `i2i` parser's subcommands."""
+    p = sub.add_parser("train", help="train a model (same as i2i-train)", epilog=EPILOG)
+    add_train_arguments(p)
+    p.set_defaults(func=run_train, extras=EXTRAS)
+
+    data = sub.add_parser("data", help="datasets").add_subparsers(
+        dest="data_command", required=True
+    )
+    p = data.add_parser(
+        "sample",
+        help="write a built-in sample dataset (no download; deterministic for a seed)",
+        description="Write a built-in dataset in the unaligned layout (trainA/ trainB/ testA/ "
+        "testB/), with the true translations of the test images in truth/A2B and truth/B2A.",
+    )
+    p.add_argument("--task", help="which translation, e.g. day2dusk or gray2color (see --list)")
+    p.add_argument("--out", type=Path, help="folder to write (created)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    p.add_argument(
+        "--train", type=int, default=200, help="training images per domain (default 200)"
+    )
+    p.add_argument("--test", type=int, default=24, help="test images per domain (default 24)")
+    p.add_argument("--list", action="store_true", help="list the tasks and exit")
+    p.set_defaults(func=run_data_sample, extras=EXTRAS)
+
+    p = sub.add_parser(
+        "eval",
+        help="translate the test split and report PSNR/SSIM against the true translation",
+        description="Translates testA/ and testB/ with a run's generators; reports PSNR and SSIM "
+        "against truth/A2B and truth/B2A, the identity baseline (input vs truth), and the cycle "
+        "reconstruction PSNR; writes eval.json and eval_grid.png.",
+    )
+    p.add_argument("run", type=Path, help="run folder (uses its latest.pt) or a checkpoint file")
+    p.add_argument(
+        "--data", type=Path, required=True, help="dataset folder with testA/ testB/ (truth/)"
+    )
+    p.add_argument(
+        "--out", type=Path, help="where to write eval.json and eval_grid.png (default: the run)"
+    )
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument(
+        "--max-images", type=int, default=0, help="evaluate only the first N per direction"
+    )
+    p.set_defaults(func=run_eval, extras=EXTRAS)
+
+    imp = sub.add_parser("import", help="convert official checkpoints into i2i checkpoints")
+    imp_sub = imp.add_subparsers(dest="import_command", required=True)
+    p = imp_sub.add_parser(
+        "cyclegan",
+        help="from junyanz/pytorch-CycleGAN-and-pix2pix generator files",
+        description="Convert the reference's generator files (*_net_G_A.pth maps A to B, "
+        "*_net_G_B.pth maps B to A; a single-direction latest_net_G.pth goes in --g-a) into one "
+        "i2i checkpoint. The architecture flags are the reference's training options.",
+    )
+    p.add_argument(
+        "--g-a", type=Path, help="the reference's G_A file (A to B), or latest_net_G.pth"
+    )
+    p.add_argument("--g-b", type=Path, help="the reference's G_B file (B to A)")
+    p.add_argument("--out", type=Path, required=True, help="i2i checkpoint to write (.pt)")
+    p.add_argument(
+        "--netG",
+        default="resnet_9blocks",
+        choices=["resnet_9blocks", "resnet_6blocks", "unet_128", "unet_256"],
+        help="generator architecture (default resnet_9blocks)",
+    )
+    p.add_argument(
+        "--ngf", type=int, default=64, help="generator filters in the first layer (default 64)"
+    )
+    p.add_argument(
+        "--norm", default="instance", choices=["instance", "batch", "none"], help="default instance"
+    )
+    p.add_argument(
+        "--dropout",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="the generator used dropout (--dropout) or not (--no-dropout, CycleGAN's default)",
+    )
+    p.add_argument("--input-nc", type=int, default=3, help="channels of domain A (default 3)")
+    p.add_argument("--output-nc", type=int, default=3, help="channels of domain B (default 3)")
+    p.set_defaults(func=run_import_cyclegan, extras=EXTRAS)
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """The `i2i-train` command."""
+    parser = argparse.ArgumentParser(
+        prog="i2i-train",
+        description="Train an image-to-image translation model (CycleGAN's recipe by default). "
+        "Writes checkpoints (latest.pt, step_*.pt), losses.jsonl, TensorBoard logs and sample "
+        "grids into the run folder. Multi-GPU: torchrun --nproc_per_node N $(which i2i-train) ...",
+        epilog=EPILOG,
+    )
+    add_train_arguments(parser)
+    parser.set_defaults(func=run_train, extras=EXTRAS)
+    return dispatch(parser, argv)

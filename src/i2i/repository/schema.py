@@ -1,0 +1,129 @@
+"""The manifest's JSON Schema and the checks no schema can express."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+from collections.abc import Mapping
+from importlib import resources
+from typing import Any
+
+import jsonschema
+
+from i2i.repository.layout import _NAME, RepositoryError
+from i2i.shapes import ShapeRule
+
+log = logging.getLogger(__name__)
+
+FORMAT = "i2i.manifest"
+FORMAT_VERSION = 1
+_MAX_ERRORS = 10
+
+
+def load_schema() -> dict[str, Any]:
+    """The manifest's JSON Schema (draft 2020-12), read from the package data."""
+    text = resources.files("i2i.schemas").joinpath("manifest.schema.json").read_text("utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+@functools.lru_cache(maxsize=1)
+def _validator() -> Any:
+    return jsonschema.Draft202012Validator(load_schema())
+
+
+def validate_manifest(manifest: Mapping[str, Any], source: str = "manifest") -> None:
+    """Raise RepositoryError, naming `source` and each offending JSON path, unless valid.
+
+    Checks the schema, then what it cannot express: every artifact's direction exists,
+    artifact files are unique, a fixed size is a multiple of `multiple_of`, and every
+    number is finite (JSON has no NaN or infinity).
+    """
+    if not isinstance(manifest, Mapping):
+        raise RepositoryError(f"{source}: expected a JSON object, got {type(manifest).__name__}")
+    if manifest.get("format") != FORMAT:
+        raise RepositoryError(
+            f"{source}: not an i2i manifest (format {manifest.get('format')!r}, "
+            f"expected {FORMAT!r})"
+        )
+    found = manifest.get("format_version")
+    if isinstance(found, int) and not isinstance(found, bool) and found > FORMAT_VERSION:
+        raise RepositoryError(
+            f"{source}: format_version {found} was written by a newer i2i; this one reads "
+            f"format_version {FORMAT_VERSION}: upgrade i2i"
+        )
+    lines: list[str] = []
+    for error in _validator().iter_errors(manifest):
+        lines.extend(_describe(error))
+    if not lines:
+        lines = _cross_check(manifest)
+    if lines:
+        lines = sorted(dict.fromkeys(lines))
+        more = len(lines) - _MAX_ERRORS
+        shown = lines[:_MAX_ERRORS] + ([f"... and {more} more"] if more > 0 else [])
+        raise RepositoryError(f"{source} is not valid:\n  " + "\n  ".join(shown))
+
+
+def _child(path: str, key: object) -> str:
+    return f"{path}.{key}" if isinstance(key, str) and _NAME.match(key) else f"{path}[{key!r}]"
+
+
+def _describe(error: Any) -> list[str]:
+    """jsonschema's error as lines `$.json.path: what is wrong`."""
+    path, kind, instance = error.json_path, error.validator, error.instance
+    if kind == "required":
+        return [f"{_child(path, k)}: missing" for k in error.validator_value if k not in instance]
+    if kind == "additionalProperties" and isinstance(instance, Mapping):
+        allowed = sorted(error.schema.get("properties", {}))
+        return [
+            f"{_child(path, k)}: unexpected key (allowed here: {', '.join(allowed)})"
+            for k in instance
+            if k not in allowed
+        ]
+    if kind is None:  # a `false` schema
+        return [f"{path}: not allowed here"]
+    if kind == "const":
+        return [f"{path}: expected {error.validator_value!r}, got {instance!r}"]
+    if kind == "not":
+        return [f"{path}: not allowed here ({error.schema.get('description', 'see the schema')})"]
+    if kind == "pattern" and "description" in error.schema:
+        return [f"{path}: {instance!r} is not valid: expected {error.schema['description']}"]
+    message = error.message if len(error.message) <= 300 else error.message[:300] + "..."
+    return [f"{path}: {message}"]
+
+
+def _cross_check(manifest: Mapping[str, Any]) -> list[str]:
+    lines: list[str] = []
+    directions = manifest["directions"]
+    files: dict[str, int] = {}
+    for i, artifact in enumerate(manifest["artifacts"]):
+        if artifact["direction"] not in directions:
+            lines.append(
+                f"$.artifacts[{i}].direction: {artifact['direction']!r} is not a direction of "
+                f"this manifest (directions: {', '.join(directions)})"
+            )
+        first = files.setdefault(artifact["file"], i)
+        if first != i:
+            lines.append(
+                f"$.artifacts[{i}].file: {artifact['file']!r} is already the file of "
+                f"$.artifacts[{first}]"
+            )
+    for direction, spec in directions.items():
+        try:
+            ShapeRule.from_manifest(spec["shape_rule"])
+        except ValueError as exc:
+            lines.append(f"{_child(_child('$.directions', direction), 'shape_rule')}: {exc}")
+    lines.extend(_non_finite(manifest, "$"))
+    return lines
+
+
+def _non_finite(value: Any, path: str) -> list[str]:
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"{path}: {value} is not a finite number (JSON cannot hold it)"]
+    if isinstance(value, Mapping):
+        return [line for k, v in value.items() for line in _non_finite(v, _child(path, k))]
+    if isinstance(value, list):
+        return [line for i, v in enumerate(value) for line in _non_finite(v, f"{path}[{i}]")]
+    return []
