@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # The i2i inference server (`i2i-serve`) as a container image.
 #
-#   docker build -t i2i-serve:0.1.0 .            # GPU: CUDA 13, TensorRT, ONNX Runtime GPU
+#   docker build -t i2i-serve:0.1.0 .            # GPU: CUDA 13, TensorRT, ONNX Runtime GPU (no PyTorch)
 #   docker build -t i2i-serve:0.1.0-cpu --build-arg VARIANT=cpu .        # CPU only, smaller
 #   docker run --gpus all -p 8001:8001 -p 8002:8002 -v "$PWD/models:/models:ro" i2i-serve:0.1.0
 #
@@ -57,13 +57,11 @@ FROM ${PYTHON_IMAGE} AS base-cpu
 # hadolint ignore=DL3006
 FROM base-${VARIANT} AS runtime
 ARG VARIANT
-# PyTorch comes from its own index: the CUDA 13.0 build for gpu, the CPU build for cpu.
-ARG TORCH_VERSION=2.13.0
-ARG TORCH_GPU_INDEX=https://download.pytorch.org/whl/cu130
-ARG TORCH_CPU_INDEX=https://download.pytorch.org/whl/cpu
-# The [gpu] extra: onnxruntime-gpu on PyPI is built for CUDA 13 and cuDNN 9; the tensorrt
-# metapackage pulls tensorrt-cu13. TensorRT engines (*.plan) must be exported with the same
-# TensorRT version, or the server falls back to ONNX Runtime.
+# No PyTorch: serving runs ONNX graphs and TensorRT engines (DESIGN.md, "Serving never needs
+# PyTorch"); `pip install i2i` is the serving stage, the [gpu] extra adds the GPU runtimes.
+# onnxruntime-gpu on PyPI is built for CUDA 13 and cuDNN 9; the tensorrt metapackage pulls
+# tensorrt-cu13. TensorRT engines (*.plan) must be built with the same TensorRT version, or
+# the server falls back to ONNX Runtime.
 ARG ONNXRUNTIME_GPU_VERSION=1.31.1
 ARG TENSORRT_VERSION=10.16.1.11
 ARG NVIDIA_ML_PY_VERSION=13.580.82
@@ -85,25 +83,23 @@ ENV VIRTUAL_ENV=/opt/venv \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY --from=build /src/dist/ /tmp/wheels/
 # Exact pins of what the tests run with; pip refuses anything that contradicts them. In the
-# gpu variant, onnxruntime (a core dependency) and onnxruntime-gpu share one package folder:
-# only the GPU build is kept, and the build fails unless it has the CUDA provider.
+# gpu variant, onnxruntime (a core dependency) and onnxruntime-gpu share one package folder
+# and extras cannot say "one or the other": only the GPU build is kept, and the build fails
+# unless it has the CUDA provider. The image must not hold PyTorch: the build fails if it does.
 RUN printf '%s\n' \
-        "torch==${TORCH_VERSION}" "onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}" \
+        "onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}" \
         "tensorrt==${TENSORRT_VERSION}" "tensorrt-cu13==${TENSORRT_VERSION}" \
         "nvidia-ml-py==${NVIDIA_ML_PY_VERSION}" \
-        onnxruntime==1.32.0 onnx==1.23.2 numpy==2.4.6 pillow==13.0.0 grpcio==1.85.1 \
+        onnxruntime==1.32.0 numpy==2.4.6 pillow==13.0.0 grpcio==1.85.1 \
         grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1 protobuf==7.36.2 \
-        prometheus-client==0.26.0 onnxscript==0.7.2 onnxconverter-common==1.16.0 \
-        jsonschema==4.26.0 pyyaml==6.0.3 tqdm==4.70.1 tensorboard==2.21.0 \
-        scikit-image==0.26.0 \
+        prometheus-client==0.26.0 jsonschema==4.26.0 tqdm==4.70.1 \
         > /tmp/wheels/constraints.txt \
     && python3 -m venv /opt/venv \
     && case "${VARIANT}" in \
-        gpu) torch_index="${TORCH_GPU_INDEX}"; wheel_extra="[gpu]" ;; \
-        cpu) torch_index="${TORCH_CPU_INDEX}"; wheel_extra="" ;; \
+        gpu) wheel_extra="[gpu]" ;; \
+        cpu) wheel_extra="" ;; \
         *) echo "VARIANT must be gpu or cpu, got '${VARIANT}'" >&2; exit 1 ;; \
     esac \
-    && pip install --no-cache-dir --index-url "${torch_index}" "torch==${TORCH_VERSION}" \
     && wheel="$(find /tmp/wheels -name 'i2i-*.whl')" \
     && pip install --no-cache-dir --constraint /tmp/wheels/constraints.txt \
         "${wheel}${wheel_extra}" \
@@ -116,6 +112,8 @@ RUN printf '%s\n' \
     else \
         pip check; \
     fi \
+    && python -c "import importlib.util as u; \
+        assert u.find_spec('torch') is None, 'PyTorch in the serving image'" \
     && i2i-serve --help > /dev/null \
     && rm -rf /tmp/wheels
 

@@ -135,3 +135,20 @@ def test_a_stage_that_is_not_installed_names_its_extra(
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr  # one line, no traceback
     assert f"pip install 'i2i[{extra}" in lines[0]
+
+
+def test_errors_of_commands_without_torch_are_one_line(
+    no_torch_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Error handling itself imports no stage: an unreachable server is a message, exit 2."""
+    Image.fromarray(sample_image(32, 32)).save(tmp_path / "a.png")
+    done = run(
+        [
+            sys.executable, "-m", "i2i.cli", "translate", "--server", "127.0.0.1:1",
+            "--model", "tiny", "--direction", "A2B", "--timeout", "2",
+            str(tmp_path / "a.png"), "--out", str(tmp_path / "out"),
+        ],
+        no_torch_env,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: --server 127.0.0.1:1:") and "Traceback" not in done.stderr
