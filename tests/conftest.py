@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -208,3 +209,25 @@ def certificates(tmp_path_factory) -> Path:
             cwd=d,
         )
     return d
+
+
+# What `pip install i2i` (no extras) does not bring: training, export and their tools.
+NOT_IN_SERVING = (
+    "torch", "onnx", "onnxscript", "onnxconverter_common", "yaml", "skimage", "tensorboard",
+)  # fmt: skip
+
+
+def without_training_packages(folder: Path) -> dict[str, str]:
+    """This process's environment, with NOT_IN_SERVING hidden from child processes.
+
+    `folder` gets one package per name whose import raises ModuleNotFoundError, as on a
+    machine where only `pip install i2i` ran, and goes first on PYTHONPATH.
+    """
+    for name in NOT_IN_SERVING:
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        (folder / name / "__init__.py").write_text(
+            f'raise ModuleNotFoundError("No module named {name!r} (hidden by the test)", '
+            f"name={name!r})\n"
+        )
+    path = os.pathsep.join([str(folder), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return {**os.environ, "PYTHONPATH": path}

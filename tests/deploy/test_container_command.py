@@ -3,7 +3,8 @@
 The Dockerfile's final stage is read (ENV, ENTRYPOINT, CMD, HEALTHCHECK, STOPSIGNAL) and run
 here as a process, with only the container's paths and ports swapped for local ones: the
 model repository (/models) for a real tiny repository, the venv (/opt/venv) for this one, and
-ports 8001 and 8002 for free ports (through the same I2I_SERVE_* variables). Then its own
+ports 8001 and 8002 for free ports (through the same I2I_SERVE_* variables), and PyTorch
+hidden, as the image does not hold it. Then its own
 HEALTHCHECK must pass, a Translate must answer, /metrics must answer, the STOPSIGNAL must
 end it with status 0, and the HEALTHCHECK must fail once it is gone.
 
@@ -33,6 +34,7 @@ from grpc_health.v1 import health_pb2
 from PIL import Image
 
 from i2i.client import Client, probe
+from tests.conftest import without_training_packages
 from tests.deploy import load, variables_at
 from tests.serving.conftest import MODEL, png_bytes, sample_image
 
@@ -71,6 +73,8 @@ class Container:
             I2I_SERVE_PORT=str(self.port),
             I2I_SERVE_METRICS_PORT=str(self.metrics_port),
         )
+        # The image holds no PyTorch (nor the other training packages): hide this venv's.
+        env["PYTHONPATH"] = without_training_packages(home / "no-torch")["PYTHONPATH"]
         self.env = env
         cmd = stage.all("CMD")
         self.argv = local_command(

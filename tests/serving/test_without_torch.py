@@ -7,7 +7,6 @@ only `pip install i2i` was run. A module that imports one of them fails these te
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,25 +19,15 @@ from i2i.client import Client
 from i2i.repository import read_manifest, version_folder
 from i2i.serving.backends import load_backend
 from i2i.serving.process import ServerProcess
+from tests.conftest import without_training_packages
 
 from .conftest import png_bytes, sample_image
-
-# What `pip install i2i` (no extras) does not bring: training, export and their tools.
-BLOCKED = ("torch", "onnx", "onnxscript", "onnxconverter_common", "yaml", "skimage", "tensorboard")
 
 
 @pytest.fixture(scope="module")
 def no_torch_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """An environment in which importing any of BLOCKED fails as if it were not installed."""
-    shadow = tmp_path_factory.mktemp("no-torch")
-    for name in BLOCKED:
-        (shadow / name).mkdir()
-        (shadow / name / "__init__.py").write_text(
-            f'raise ModuleNotFoundError("No module named {name!r} (hidden by the test)", '
-            f"name={name!r})\n"
-        )
-    path = os.pathsep.join([str(shadow), *filter(None, [os.environ.get("PYTHONPATH")])])
-    return {**os.environ, "PYTHONPATH": path}
+    """An environment in which importing torch (or another training package) fails."""
+    return without_training_packages(tmp_path_factory.mktemp("no-torch"))
 
 
 def run(args: list[str], env: dict[str, str], **kwargs: object) -> subprocess.CompletedProcess:
