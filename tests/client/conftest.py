@@ -1,8 +1,8 @@
 """A real gRPC server on 127.0.0.1 with a small fake Translator, for the client's tests.
 
 The fake inverts images (sample k: 255 - x + k), can be told to fail the next calls with a
-chosen status code (with or without the `i2i-retryable` trailer) or to answer slowly, and
-checks the bearer token when it has one.
+chosen status code (with or without the trailers `i2i-retryable` and `grpc-retry-pushback-ms`
+the real server sends) or to answer slowly, and checks the bearer token when it has one.
 """
 
 from __future__ import annotations
@@ -51,25 +51,56 @@ def random_image(size: int = 16, channels: int = 3, seed: int = 0) -> np.ndarray
     return np.random.default_rng(seed).integers(0, 256, (size, size + 4, channels), dtype=np.uint8)
 
 
+@dataclass(frozen=True)
+class Failure:
+    """A status to answer with, and the trailers to send with it."""
+
+    code: grpc.StatusCode
+    trailers: tuple[tuple[str, str], ...]
+
+
 class FakeTranslator(pb_grpc.TranslatorServicer):
-    """Inverts images; fails, delays and checks tokens on request. Counts Translate attempts."""
+    """Inverts images; fails, delays and checks tokens on request. Counts Translate attempts
+    and the streams opened, and keeps each attempt's `grpc-previous-rpc-attempts` header
+    (gRPC's retry policy sends it on every retry: None, "1", "2", ...)."""
 
     def __init__(self) -> None:
         self.token: str | None = None
         self.attempts = 0
+        self.previous_attempts: list[str | None] = []
+        self.streams = 0
         self.authorization: list[str] = []
         self.delay_s = 0.0
         self.released = threading.Event()  # set at shutdown: slow answers stop waiting
-        self._failures: list[tuple[grpc.StatusCode, str | None]] = []
-        self._fail_forever: tuple[grpc.StatusCode, str | None] | None = None
+        self._failures: list[Failure] = []
+        self._fail_forever: Failure | None = None
         self._lock = threading.Lock()
 
-    def fail(self, code: grpc.StatusCode, times: int = 1, retryable: str | None = None) -> None:
-        """Fail the next `times` Translate calls (FOREVER: all) with `code`."""
+    def fail(
+        self,
+        code: grpc.StatusCode,
+        times: int = 1,
+        retryable: str | None = None,
+        pushback_ms: str | None = None,
+    ) -> None:
+        """Fail the next `times` calls (FOREVER: all) with `code`, and the trailers
+        `i2i-retryable: <retryable>` and `grpc-retry-pushback-ms: <pushback_ms>` if given."""
+        trailers = [("i2i-retryable", retryable), ("grpc-retry-pushback-ms", pushback_ms)]
+        failure = Failure(code, tuple((k, v) for k, v in trailers if v is not None))
         if times == FOREVER:
-            self._fail_forever = (code, retryable)
+            self._fail_forever = failure
         else:
-            self._failures.extend([(code, retryable)] * times)
+            self._failures.extend([failure] * times)
+
+    def _next_failure(self) -> Failure | None:
+        with self._lock:
+            return self._failures.pop(0) if self._failures else self._fail_forever
+
+    @staticmethod
+    def _abort(context: grpc.ServicerContext, failure: Failure) -> None:
+        if failure.trailers:
+            context.set_trailing_metadata(failure.trailers)
+        context.abort(failure.code, f"told to fail with {failure.code.name}")
 
     def _check_token(self, context: grpc.ServicerContext) -> None:
         auth = dict(context.invocation_metadata()).get("authorization", "")
@@ -123,12 +154,11 @@ class FakeTranslator(pb_grpc.TranslatorServicer):
         self._check_token(context)
         with self._lock:
             self.attempts += 1
-            failure = self._failures.pop(0) if self._failures else self._fail_forever
+            previous = dict(context.invocation_metadata()).get("grpc-previous-rpc-attempts")
+            self.previous_attempts.append(None if previous is None else str(previous))
+        failure = self._next_failure()
         if failure is not None:
-            code, retryable = failure
-            if retryable is not None:
-                context.set_trailing_metadata((("i2i-retryable", retryable),))
-            context.abort(code, f"told to fail with {code.name}")
+            self._abort(context, failure)
         if self.delay_s:
             self.released.wait(self.delay_s)
         return self._translate(request, context)
@@ -137,7 +167,12 @@ class FakeTranslator(pb_grpc.TranslatorServicer):
         self, request_iterator: Iterator[pb.TranslateRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.TranslateResponse]:
         self._check_token(context)
+        with self._lock:
+            self.streams += 1
         for request in request_iterator:
+            failure = self._next_failure()
+            if failure is not None:
+                self._abort(context, failure)
             yield self._translate(request, context)
 
     def ListModels(  # noqa: N802

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -11,6 +13,7 @@ import numpy as np
 import pytest
 
 from i2i.client import AsyncClient, Client, Frame, TranslateError
+from i2i.client.messages import channel_options
 from tests.client.conftest import (
     FOREVER,
     MODEL,
@@ -22,7 +25,7 @@ from tests.client.conftest import (
     start_server,
 )
 
-FAST = {"backoff_s": 0.001, "max_backoff_s": 0.005}
+FAST = {"backoff_s": 0.01, "max_backoff_s": 0.02}
 
 
 def inverted(pixels: np.ndarray, k: int = 0) -> np.ndarray:
@@ -92,12 +95,23 @@ def test_bad_arguments_are_refused_before_sending(fake_server: FakeServer) -> No
         Client(fake_server.target, root_certificates=b"x", certificate_chain=b"y")
 
 
-def test_unavailable_is_retried_until_success(fake_server: FakeServer) -> None:
+def test_empty_bytes_are_the_servers_invalid_argument(fake_server: FakeServer) -> None:
+    # The docs promise TranslateError for every failure; empty bytes are a file the server
+    # cannot decode, like any other, not a bad Python argument.
+    with Client(fake_server.target, **FAST) as client, pytest.raises(TranslateError) as caught:
+        client.translate(b"", model=MODEL, direction="A2B", request_id="e-1")
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.request_id == "e-1" and fake_server.servicer.attempts == 1
+
+
+def test_unavailable_is_retried_by_grpc_until_success(fake_server: FakeServer) -> None:
     fake_server.servicer.fail(grpc.StatusCode.UNAVAILABLE, times=3)
     with Client(fake_server.target, retries=4, **FAST) as client:
         result = client.translate(random_image(), model=MODEL, direction="A2B")
     assert isinstance(result.images[0], np.ndarray)
     assert fake_server.servicer.attempts == 4
+    # gRPC's retry policy made the attempts: it numbers each retry in this header.
+    assert fake_server.servicer.previous_attempts == [None, "1", "2", "3"]
 
 
 def test_retries_are_limited(fake_server: FakeServer) -> None:
@@ -107,28 +121,64 @@ def test_retries_are_limited(fake_server: FakeServer) -> None:
         client.translate(random_image(), model=MODEL, direction="A2B", request_id="r-9")
     assert fake_server.servicer.attempts == 3
     error = caught.value
-    assert error.code == grpc.StatusCode.UNAVAILABLE and error.attempts == 3
+    assert error.code == grpc.StatusCode.UNAVAILABLE
     assert error.request_id == "r-9" and "told to fail" in error.details
     assert isinstance(error.__cause__, grpc.RpcError)
 
+    fake_server.servicer.fail(grpc.StatusCode.UNAVAILABLE)
+    with Client(fake_server.target, retries=0) as client, pytest.raises(TranslateError):
+        client.translate(random_image(), model=MODEL, direction="A2B")
+    assert fake_server.servicer.attempts == 4
 
-def test_resource_exhausted_is_retried_only_when_marked_retryable(fake_server: FakeServer) -> None:
+
+def test_retry_settings_grpc_cannot_honour_are_refused(fake_server: FakeServer) -> None:
+    # gRPC clamps a retry policy to 5 attempts; more retries would silently not happen.
+    for bad, words in [
+        ({"retries": 5}, "retries must be 0 to 4"),
+        ({"retries": -1}, "retries must be 0 to 4"),
+        ({"backoff_s": 0.001}, "backoff_s must be at least 0.01 s"),
+        ({"max_backoff_s": float("nan")}, "max_backoff_s must be at least 0.01 s"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            Client(fake_server.target, **bad)  # type: ignore[arg-type]
+
+
+def test_a_large_request_is_retried(fake_server: FakeServer) -> None:
+    # 1.2 MB of raw pixels: more than gRPC buffers for a retry by default (256 KiB).
+    image = np.random.default_rng(1).integers(0, 256, (640, 640, 3), dtype=np.uint8)
+    fake_server.servicer.fail(grpc.StatusCode.UNAVAILABLE, times=2)
+    with Client(fake_server.target, **FAST) as client:
+        out = client.translate(image, model=MODEL, direction="A2B").images[0]
+    np.testing.assert_array_equal(out, inverted(image))
+    assert fake_server.servicer.attempts == 3
+
+
+def test_resource_exhausted_is_retried_unless_the_server_pushes_back(
+    fake_server: FakeServer,
+) -> None:
     servicer = fake_server.servicer
-    servicer.fail(grpc.StatusCode.RESOURCE_EXHAUSTED, times=2, retryable="true")  # queue full
+    # A full queue: retried after the client's own backoff.
+    servicer.fail(grpc.StatusCode.RESOURCE_EXHAUSTED, times=2, retryable="true")
     with Client(fake_server.target, **FAST) as client:
         client.translate(random_image(), model=MODEL, direction="A2B")
         assert servicer.attempts == 3
-        # An image too large: the server says retrying cannot help.
-        servicer.fail(grpc.StatusCode.RESOURCE_EXHAUSTED, retryable="false")
+        # An image too large: the server says not to retry (pushback -1, gRFC A6).
+        servicer.fail(grpc.StatusCode.RESOURCE_EXHAUSTED, retryable="false", pushback_ms="-1")
         with pytest.raises(TranslateError) as caught:
             client.translate(random_image(), model=MODEL, direction="A2B")
-    assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert servicer.attempts == 4
-    # Unmarked (gRPC's own size limit): not retried either.
-    servicer.fail(grpc.StatusCode.RESOURCE_EXHAUSTED)
+        assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert servicer.attempts == 4
+        # A delay the server asks for replaces the client's backoff (here at most 24 ms).
+        servicer.fail(grpc.StatusCode.RESOURCE_EXHAUSTED, times=2, pushback_ms="150")
+        start = time.monotonic()
+        client.translate(random_image(), model=MODEL, direction="A2B")
+        assert time.monotonic() - start >= 0.3
+        assert servicer.attempts == 7
+    # Other codes are not retried, whatever the server says.
+    servicer.fail(grpc.StatusCode.INTERNAL, pushback_ms="0")
     with Client(fake_server.target, **FAST) as client, pytest.raises(TranslateError):
         client.translate(random_image(), model=MODEL, direction="A2B")
-    assert servicer.attempts == 5
+    assert servicer.attempts == 8
 
 
 def test_invalid_argument_is_not_retried(fake_server: FakeServer) -> None:
@@ -140,12 +190,25 @@ def test_invalid_argument_is_not_retried(fake_server: FakeServer) -> None:
 
 
 def test_retries_stop_at_the_deadline(fake_server: FakeServer) -> None:
-    fake_server.servicer.fail(grpc.StatusCode.UNAVAILABLE, times=FOREVER)
-    client = Client(fake_server.target, retries=1000, backoff_s=0.01, max_backoff_s=0.02)
+    # The server asks for a retry in 1 s; the call's deadline (0.3 s) comes first.
+    fake_server.servicer.fail(grpc.StatusCode.UNAVAILABLE, times=FOREVER, pushback_ms="1000")
+    client = Client(fake_server.target, **FAST)
     with client, pytest.raises(TranslateError) as caught:
         client.translate(random_image(), model=MODEL, direction="A2B", timeout=0.3)
-    assert caught.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-    assert 1 < fake_server.servicer.attempts < 1001
+    assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert fake_server.servicer.attempts == 1
+
+
+def test_callers_options_replace_the_clients(fake_server: FakeServer) -> None:
+    fake_server.servicer.fail(grpc.StatusCode.UNAVAILABLE, times=2)
+    no_retries = [("grpc.enable_retries", 0)]
+    with Client(fake_server.target, options=no_retries) as client, pytest.raises(TranslateError):
+        client.translate(random_image(), model=MODEL, direction="A2B")
+    assert fake_server.servicer.attempts == 1
+    options = channel_options(1 << 20, 4, 0.1, 2.0, no_retries)
+    assert [name for name, _ in options].count("grpc.enable_retries") == 1
+    config = json.loads(dict(options)["grpc.service_config"])
+    assert config["methodConfig"][0]["retryPolicy"]["initialBackoff"] == "0.100000000s"
 
 
 def test_one_deadline_covers_a_slow_attempt(fake_server: FakeServer) -> None:
@@ -195,6 +258,16 @@ def test_stream_keeps_order_and_ends_on_an_error(fake_server: FakeServer) -> Non
     assert fake_server.servicer.attempts == 0  # streams do not go through Translate
 
 
+def test_streams_are_not_retried(fake_server: FakeServer) -> None:
+    # A stream's frames are read lazily and not replayed: gRPC must not retry it.
+    fake_server.servicer.fail(grpc.StatusCode.UNAVAILABLE)
+    frames = [Frame(random_image(), model=MODEL, direction="A2B")]
+    with Client(fake_server.target, **FAST) as client, pytest.raises(TranslateError) as caught:
+        list(client.translate_stream(frames))
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+    assert fake_server.servicer.streams == 1
+
+
 def test_models_and_health(fake_server: FakeServer) -> None:
     with Client(fake_server.target, **FAST) as client:
         models = client.list_models()
@@ -233,11 +306,21 @@ def test_async_client(fake_server: FakeServer) -> None:
             assert servicer.attempts == 3
 
             servicer.attempts = 0
-            servicer.fail(grpc.StatusCode.RESOURCE_EXHAUSTED, retryable="false")
+            servicer.fail(grpc.StatusCode.RESOURCE_EXHAUSTED, retryable="false", pushback_ms="-1")
             with pytest.raises(TranslateError) as caught:
                 await client.translate(image, model=MODEL, direction="A2B")
             assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert servicer.attempts == 1
+
+            servicer.attempts = 0
+            servicer.fail(grpc.StatusCode.RESOURCE_EXHAUSTED, retryable="true")
+            await client.translate(image, model=MODEL, direction="A2B")
+            assert servicer.attempts == 2
+
+            servicer.attempts = 0
+            with pytest.raises(TranslateError) as caught:
+                await client.translate(b"", model=MODEL, direction="A2B")
+            assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT and servicer.attempts == 1
 
             servicer.attempts = 0
             with pytest.raises(TranslateError) as caught:
@@ -253,13 +336,12 @@ def test_async_client(fake_server: FakeServer) -> None:
             assert await client.health() == "SERVING"
 
         servicer.attempts = 0
-        servicer.fail(grpc.StatusCode.UNAVAILABLE, times=FOREVER)
-        async with AsyncClient(
-            fake_server.target, token="t0k", retries=1000, backoff_s=0.01, max_backoff_s=0.02
-        ) as client:
+        servicer.fail(grpc.StatusCode.UNAVAILABLE, times=FOREVER, pushback_ms="1000")
+        async with AsyncClient(fake_server.target, token="t0k", **FAST) as client:
             with pytest.raises(TranslateError) as caught:
                 await client.translate(image, model=MODEL, direction="A2B", timeout=0.3)
-            assert 1 < servicer.attempts < 1001
+            assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert servicer.attempts == 1
         assert servicer.authorization[-1] == "Bearer t0k"
 
     asyncio.run(asyncio.wait_for(main(), 20))

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -20,15 +17,12 @@ from i2i.client.messages import (
     ImageInput,
     Timeout,
     TranslateResult,
-    backoff_delay,
     error_of,
-    is_retryable,
     request_message,
     result_of,
 )
 from i2i.v1 import translator_pb2 as pb
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
@@ -108,7 +102,7 @@ class AsyncClient(ClientBase):
         except grpc.RpcError as exc:
             if failed:
                 raise failed[0] from None
-            raise error_of(exc, "", 1) from exc
+            raise error_of(exc, "") from exc
         finally:
             call.cancel()
         if failed:
@@ -140,23 +134,11 @@ class AsyncClient(ClientBase):
         timeout: Timeout,
         request_id: str,
     ) -> T:
-        """Call a unary method, retrying what may succeed later, within one deadline."""
-        budget = self.timeout if timeout is DEFAULT_TIMEOUT else timeout
-        deadline = None if budget is None else time.monotonic() + budget
-        attempt = 0
-        while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                return await method(request, timeout=remaining, metadata=self._metadata)
-            except grpc.aio.AioRpcError as exc:
-                delay = backoff_delay(attempt, self.backoff_s, self.max_backoff_s, self._rng)
-                out_of_time = deadline is not None and time.monotonic() + delay >= deadline
-                retryable = is_retryable(exc.code(), exc.trailing_metadata())
-                if attempt >= self.retries or out_of_time or not retryable:
-                    raise error_of(exc, request_id, attempt + 1) from exc
-                log.debug("%s: %s, retry %d in %.3f s", self.target, exc.code(), attempt + 1, delay)
-            await asyncio.sleep(delay)
-            attempt += 1
+        """Call a unary method; gRPC retries it by the channel's policy, within the deadline."""
+        try:
+            return await method(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise error_of(exc, request_id) from exc
 
     async def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""

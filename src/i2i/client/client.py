@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -18,26 +16,25 @@ from i2i.client.messages import (
     ImageInput,
     Timeout,
     TranslateResult,
-    backoff_delay,
     error_of,
-    is_retryable,
     request_message,
     result_of,
 )
 from i2i.v1 import translator_pb2 as pb
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
 class Client(ClientBase):
     """A connection to an i2i server: `translate`, `translate_stream`, models and health.
 
-    Unary calls are retried on UNAVAILABLE, and on RESOURCE_EXHAUSTED that the server marks
-    retryable (trailer `i2i-retryable: true`: a full queue), with exponential backoff and
-    full jitter, at most `retries` times and never past the call's deadline: `timeout`
-    covers all attempts together. Other errors are raised at once. Streams are not retried.
-    Every failure raises `TranslateError`. Safe to share between threads.
+    Unary calls are retried by gRPC itself (its retry policy, gRFC A6, set on the channel):
+    on UNAVAILABLE, and on RESOURCE_EXHAUSTED unless the server says a retry cannot help
+    (trailer `grpc-retry-pushback-ms: -1`, its answer to an image too large), after
+    exponential backoff (gRPC adds 20% jitter) or the delay the server asks for, at most
+    `retries` times and never past the call's deadline: `timeout` covers all attempts
+    together. Other errors are raised at once. Streams are not retried. Every failure
+    raises `TranslateError`. Safe to share between threads.
 
     Args:
         target: "host:port" of the server.
@@ -46,11 +43,14 @@ class Client(ClientBase):
         certificate_chain: PEM of the client's certificate, for mutual TLS (with private_key).
         private_key: PEM of the client's key, for mutual TLS.
         timeout: default deadline of a call in seconds (None: no deadline).
-        retries: how many times a retryable failure is tried again.
-        backoff_s: the first backoff's upper bound; it doubles with every retry.
+        retries: how many times a retryable failure is tried again, 0 to 4 (gRPC's limit).
+        backoff_s: the first backoff, at least 0.01 s; it doubles with every retry.
         max_backoff_s: the largest backoff.
-        max_message_bytes: largest message sent or received (images are big).
-        options: extra gRPC channel options, e.g. `[("grpc.lb_policy_name", "round_robin")]`.
+        max_message_bytes: largest message sent or received; keep it equal to the server's
+            --max-message-mb (default 32 MiB, as the server's), so a request too large is
+            refused here, before it is sent, rather than sent again by each retry.
+        options: extra gRPC channel options, e.g. `[("grpc.lb_policy_name", "round_robin")]`;
+            they replace the client's own of the same name (such as `grpc.service_config`).
     """
 
     def _open_channel(
@@ -97,7 +97,8 @@ class Client(ClientBase):
 
         Raises:
             ValueError: a bad argument (checked before anything is sent).
-            TranslateError: the server refused or failed, after any retries.
+            TranslateError: the server refused or failed, after any retries; bytes that are
+                not an image the server can decode (empty ones too) are INVALID_ARGUMENT.
         """
         request = request_message(
             Frame(
@@ -147,7 +148,7 @@ class Client(ClientBase):
         except grpc.RpcError as exc:
             if failed:
                 raise failed[0] from None
-            raise error_of(exc, "", 1) from exc
+            raise error_of(exc, "") from exc
         finally:
             responses.cancel()
         if failed:
@@ -180,24 +181,11 @@ class Client(ClientBase):
         timeout: Timeout,
         request_id: str,
     ) -> T:
-        """Call a unary method, retrying what may succeed later, within one deadline."""
-        budget = self.timeout if timeout is DEFAULT_TIMEOUT else timeout
-        deadline = None if budget is None else time.monotonic() + budget
-        attempt = 0
-        while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                return method(request, timeout=remaining, metadata=self._metadata)
-            except grpc.RpcError as exc:
-                code = exc.code() if isinstance(exc, grpc.Call) else None
-                trailing = exc.trailing_metadata() if isinstance(exc, grpc.Call) else None
-                delay = backoff_delay(attempt, self.backoff_s, self.max_backoff_s, self._rng)
-                out_of_time = deadline is not None and time.monotonic() + delay >= deadline
-                if attempt >= self.retries or out_of_time or not is_retryable(code, trailing):
-                    raise error_of(exc, request_id, attempt + 1) from exc
-                log.debug("%s: %s, retry %d in %.3f s", self.target, code, attempt + 1, delay)
-            time.sleep(delay)
-            attempt += 1
+        """Call a unary method; gRPC retries it by the channel's policy, within the deadline."""
+        try:
+            return method(request, timeout=self._timeout(timeout), metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise error_of(exc, request_id) from exc
 
     def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""

@@ -1,15 +1,16 @@
 """What the clients send and get back: requests from Python values, results, errors, retry rules.
 
-Shared by the sync and the asyncio client, so both build the same messages and retry the
-same errors in the same way.
+Shared by the sync and the asyncio client, so both build the same messages and open their
+channels with the same options, gRPC's own retry policy (gRFC A6) included.
 """
 
 from __future__ import annotations
 
 import enum
-import random
+import json
+import math
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -32,10 +33,23 @@ SIZE_POLICIES: dict[str, pb.SizePolicy] = {
     "resize": pb.SIZE_POLICY_RESIZE,
     "reject": pb.SIZE_POLICY_REJECT,
 }
-# Retrying can help only when the server is starting, draining or its queue is full.
-RETRYABLE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
-# The server's mark on every RESOURCE_EXHAUSTED: "true" (a full queue) or "false" (too large).
-RETRYABLE_TRAILER = "i2i-retryable"
+# Retrying can help only when the server is starting, draining or its queue is full. An image
+# too large is RESOURCE_EXHAUSTED too: the server then sends the trailer
+# `grpc-retry-pushback-ms: -1`, which tells gRPC's retry policy not to retry (gRFC A6).
+RETRYABLE_CODES = ("UNAVAILABLE", "RESOURCE_EXHAUSTED")
+# The unary methods gRPC retries. Streams are left out: a stream's frames are not replayed.
+RETRIED_METHODS = (
+    ("i2i.v1.Translator", "Translate"),
+    ("i2i.v1.Translator", "ListModels"),
+    ("i2i.v1.Translator", "GetModel"),
+    ("grpc.health.v1.Health", "Check"),
+)
+# gRPC clamps a retry policy's maxAttempts to 5 (src/core/client_channel/retry_service_config.cc).
+MAX_RETRIES = 4
+# grpcio 1.85 measured: a retry due within ~1.5 ms often never starts, and the call waits for
+# its deadline (DEADLINE_EXCEEDED) instead; from 2 ms on it did not happen in 200 tries.
+MIN_BACKOFF_S = 0.01
+DEFAULT_MAX_MESSAGE_BYTES = 32 << 20  # the server's default --max-message-mb
 
 ImageInput = bytes | np.ndarray
 
@@ -59,19 +73,14 @@ class TranslateError(Exception):
         code: the gRPC status code, e.g. `grpc.StatusCode.INVALID_ARGUMENT`.
         details: the server's message (what was wrong, what to do).
         request_id: the request's id ("" for calls that have none, such as `list_models`).
-        attempts: how many times the call was sent.
     """
 
-    def __init__(
-        self, code: grpc.StatusCode, details: str, request_id: str = "", attempts: int = 1
-    ) -> None:
+    def __init__(self, code: grpc.StatusCode, details: str, request_id: str = "") -> None:
         where = f" (request {request_id})" if request_id else ""
-        tries = f" after {attempts} attempts" if attempts > 1 else ""
-        super().__init__(f"{code.name}: {details}{where}{tries}")
+        super().__init__(f"{code.name}: {details}{where}")
         self.code = code
         self.details = details
         self.request_id = request_id
-        self.attempts = attempts
 
 
 @dataclass(frozen=True)
@@ -126,13 +135,14 @@ class Frame:
 def image_message(image: ImageInput, what: str = "image") -> pb.Image:
     """Encoded bytes as `Image.encoded`; a uint8 (H, W, C) array as `Image.raw`.
 
+    Bytes are sent as they are, empty ones too: whether they are an image the server can
+    decode is the server's answer (INVALID_ARGUMENT, a `TranslateError`), as for any file.
+
     Raises:
         ValueError: the array is not uint8, or not (H, W), (H, W, 1), (H, W, 3), (H, W, 4).
         TypeError: neither bytes nor an array.
     """
     if isinstance(image, bytes | bytearray | memoryview):
-        if len(image) == 0:
-            raise ValueError(f"{what} is empty (0 bytes)")
         return pb.Image(encoded=bytes(image))
     if not isinstance(image, np.ndarray):
         raise TypeError(
@@ -226,43 +236,78 @@ def result_of(response: pb.TranslateResponse) -> TranslateResult:
     )
 
 
-def is_retryable(code: grpc.StatusCode | None, trailing: Iterable[Any] | None) -> bool:
-    """Whether another attempt may succeed: UNAVAILABLE always; RESOURCE_EXHAUSTED only when
-    the server marked it ``i2i-retryable: true`` (a full queue). An image too large says
-    "false", and gRPC's own limits (a message over the size limit) say nothing: retrying
-    the same request cannot help either."""
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return True
-    if code != grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return False
-    return any(
-        key == RETRYABLE_TRAILER and str(value).lower() == "true" for key, value in trailing or ()
-    )
-
-
-def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random) -> float:
-    """Exponential backoff with full jitter: uniform in [0, min(max_s, base_s * 2**attempt)]."""
-    return rng.uniform(0.0, min(max_s, base_s * (2**attempt)))
-
-
-def error_of(exc: grpc.RpcError, request_id: str, attempts: int) -> TranslateError:
+def error_of(exc: grpc.RpcError, request_id: str) -> TranslateError:
     """A `TranslateError` from a failed call (a `grpc.Call` or `grpc.aio.AioRpcError`)."""
     code = exc.code() if callable(getattr(exc, "code", None)) else None
     details = exc.details() if callable(getattr(exc, "details", None)) else None
-    return TranslateError(
-        code or grpc.StatusCode.UNKNOWN, details or str(exc), request_id, attempts
-    )
+    return TranslateError(code or grpc.StatusCode.UNKNOWN, details or str(exc), request_id)
+
+
+def _duration(seconds: float) -> str:
+    """A protobuf JSON Duration ("0.100000000s"), rounded up to whole nanoseconds."""
+    nanos = math.ceil(seconds * 1e9)
+    return f"{nanos // 10**9}.{nanos % 10**9:09d}s"
+
+
+def check_retries(retries: int, backoff_s: float, max_backoff_s: float) -> None:
+    """What gRPC's retry policy does as told: 0 to 4 retries, backoffs of 10 ms or more."""
+    if not 0 <= retries <= MAX_RETRIES:
+        raise ValueError(
+            f"retries must be 0 to {MAX_RETRIES} (gRPC's retry policy makes at most "
+            f"{MAX_RETRIES + 1} attempts), got {retries}"
+        )
+    for name, value in (("backoff_s", backoff_s), ("max_backoff_s", max_backoff_s)):
+        if not value >= MIN_BACKOFF_S:
+            raise ValueError(
+                f"{name} must be at least {MIN_BACKOFF_S} s (gRPC may never start a retry "
+                f"due sooner), got {value}"
+            )
+
+
+def service_config(retries: int, backoff_s: float, max_backoff_s: float) -> str:
+    """The channel's gRPC service config (JSON): the retry policy of the unary methods.
+
+    gRPC makes up to `retries` more attempts on UNAVAILABLE and RESOURCE_EXHAUSTED, within
+    the call's one deadline, after min(backoff_s * 2**n, max_backoff_s) seconds, 20% more or
+    less at random (gRPC's jitter), or after the delay the server asks for in the trailer
+    `grpc-retry-pushback-ms`; a negative one (the server's answer to an image too large)
+    means: do not retry.
+    """
+    check_retries(retries, backoff_s, max_backoff_s)
+    method: dict[str, Any] = {
+        "name": [{"service": service, "method": name} for service, name in RETRIED_METHODS]
+    }
+    if retries:
+        method["retryPolicy"] = {
+            "maxAttempts": retries + 1,
+            "initialBackoff": _duration(backoff_s),
+            "maxBackoff": _duration(max_backoff_s),
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": list(RETRYABLE_CODES),
+        }
+    return json.dumps({"methodConfig": [method]})
 
 
 def channel_options(
-    max_message_bytes: int, options: Sequence[tuple[str, Any]]
+    max_message_bytes: int,
+    retries: int,
+    backoff_s: float,
+    max_backoff_s: float,
+    options: Sequence[tuple[str, Any]] = (),
 ) -> list[tuple[str, Any]]:
-    """Message size limits in both directions, then the caller's own options (which win)."""
-    return [
+    """Message size limits, the retry policy, then the caller's own options, which replace
+    ours of the same name (gRPC would keep the first of two)."""
+    ours = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
-        *options,
+        ("grpc.enable_retries", 1 if retries else 0),
+        ("grpc.service_config", service_config(retries, backoff_s, max_backoff_s)),
+        # gRPC retries a call only while it holds the whole request; its default (256 KiB)
+        # is smaller than most images. Anything larger is refused before sending anyway.
+        ("grpc.per_rpc_retry_buffer_size", max_message_bytes),
     ]
+    given = {name for name, _ in options}
+    return [(name, value) for name, value in ours if name not in given] + list(options)
 
 
 def check_tls(
@@ -294,32 +339,36 @@ class ClientBase:
         certificate_chain: bytes | None = None,
         private_key: bytes | None = None,
         timeout: float | None = 30.0,
-        retries: int = 4,
+        retries: int = MAX_RETRIES,
         backoff_s: float = 0.1,
         max_backoff_s: float = 2.0,
-        max_message_bytes: int = 64 << 20,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         check_tls(root_certificates, certificate_chain, private_key)
-        if retries < 0:
-            raise ValueError(f"retries must be 0 or more, got {retries}")
+        check_retries(retries, backoff_s, max_backoff_s)
         self.target = target
         self.timeout = timeout
         self.retries = retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self._metadata = auth_metadata(token)
-        self._rng = random.Random()
         credentials = None
         if root_certificates is not None:
             credentials = grpc.ssl_channel_credentials(
                 root_certificates, private_key, certificate_chain
             )
         self._channel = self._open_channel(
-            target, credentials, channel_options(max_message_bytes, options)
+            target,
+            credentials,
+            channel_options(max_message_bytes, retries, backoff_s, max_backoff_s, options),
         )
         self._stub = pb_grpc.TranslatorStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def _timeout(self, timeout: Timeout) -> float | None:
+        """A call's deadline in seconds from now: the one given, else the client's."""
+        return self.timeout if isinstance(timeout, _Default) else timeout
 
     def _open_channel(
         self, target: str, credentials: grpc.ChannelCredentials | None, options: list[Any]
