@@ -13,26 +13,35 @@ numbers, lists, dicts and tensors only, so loading never unpickles arbitrary obj
 
 Writes are atomic: the payload goes to a temporary file in the same folder, is fsynced
 and then renamed over the destination, so a crash mid-save leaves the previous file intact.
+A process killed mid-save leaves its temporary file (`.latest.pt.<random>.tmp`); a run
+folder's leftovers are removed when training starts or resumes there.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import pickle
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from i2i._files import fsync_dir
+from i2i._files import atomic_write, remove_temporary_files
+
+log = logging.getLogger(__name__)
 
 FORMAT = "i2i.checkpoint"
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format", "format_version", "family", "config", "domains", "step", "networks")
 
 _STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+# The files a run folder's CheckpointManager writes atomically (their temporary files are
+# `.<name>.<random>.tmp`).
+_RUN_FILES = r"latest\.pt|step_\d+\.pt|config\.json"
 
 
 class CheckpointError(ValueError):
@@ -66,20 +75,7 @@ def make_checkpoint(
 
 def save_checkpoint(payload: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write `payload` to `path` atomically (temporary file, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(dict(payload), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-    return path
+    return atomic_write(path, lambda f: torch.save(dict(payload), f))
 
 
 def load_checkpoint(
@@ -93,9 +89,27 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    size = path.stat().st_size
+    if size == 0:
+        # torch's own messages for an empty file are an empty EOFError or, with mmap, advice
+        # about _use_new_zipfile_serialization: neither says what is wrong.
+        raise CheckpointError(f"{path}: the file is empty (0 bytes), not a checkpoint")
+    with path.open("rb") as f:
+        is_zip = f.read(4) == b"PK\x03\x04"  # what torch.save writes
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        # mmap needs torch.save's zip format; for anything else a plain load says what it is.
+        payload = torch.load(
+            path, map_location=map_location, weights_only=True, mmap=mmap and is_zip
+        )
     except Exception as exc:  # torch raises many types for truncated or foreign files
+        # A zip that fails other than by the weights-only refusal is itself broken.
+        if is_zip and not isinstance(exc, pickle.UnpicklingError):
+            # torch's first sentence says what failed; the rest is generic advice.
+            detail = str(exc).split(". ")[0].strip()
+            raise CheckpointError(
+                f"{path}: not a readable checkpoint, truncated or damaged ({size:,} bytes; "
+                f"{detail})"
+            ) from exc
         raise CheckpointError(
             f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})"
         ) from exc
@@ -159,7 +173,8 @@ def load_trained_networks(
 
 
 class CheckpointManager:
-    """Keeps `step_<n>.pt` files (the last `keep_last`) and `latest.pt` in a run folder."""
+    """A run folder's saved state: `config.json`, `latest.pt` and the last `keep_last`
+    `step_<n>.pt` files."""
 
     def __init__(self, folder: str | os.PathLike[str], keep_last: int = 3) -> None:
         if keep_last < 1:
@@ -171,6 +186,10 @@ class CheckpointManager:
     def latest_path(self) -> Path:
         return self.folder / "latest.pt"
 
+    @property
+    def config_path(self) -> Path:
+        return self.folder / "config.json"
+
     def step_paths(self) -> list[Path]:
         """The kept per-step checkpoints, oldest first."""
         found = []
@@ -179,6 +198,10 @@ class CheckpointManager:
             if m:
                 found.append((int(m.group(1)), p))
         return [p for _, p in sorted(found)]
+
+    def has_checkpoints(self) -> bool:
+        """Whether the folder holds `latest.pt` or a `step_<n>.pt`, readable or not."""
+        return self.latest_path.exists() or bool(self.step_paths())
 
     def save(self, payload: Mapping[str, Any]) -> Path:
         """Write `step_<n>.pt`, then `latest.pt`, then drop step files beyond `keep_last`."""
@@ -189,9 +212,90 @@ class CheckpointManager:
             old.unlink(missing_ok=True)
         return step_path
 
+    def load_latest(
+        self, map_location: str = "cpu", mmap: bool = False
+    ) -> tuple[Path, dict[str, Any]] | None:
+        """The newest intact checkpoint and its payload: `latest.pt`, else the newest
+        `step_<n>.pt` that loads and validates; None if the folder holds no checkpoint.
+
+        Falling back past an unusable `latest.pt` (or step file) logs a warning naming the
+        file used and why the others were rejected.
+
+        Raises:
+            CheckpointError: checkpoint files exist but none of them is intact.
+        """
+        candidates = [self.latest_path] if self.latest_path.exists() else []
+        candidates += reversed(self.step_paths())
+        rejected: list[str] = []
+        for path in candidates:
+            try:
+                payload = load_checkpoint(path, map_location=map_location, mmap=mmap)
+            except CheckpointError as exc:
+                rejected.append(f"{path.name}: {str(exc).removeprefix(f'{path}: ')}")
+                continue
+            if rejected:
+                _warn_once(
+                    f"{self.folder}: using {path.name} (step {payload['step']}), the newest "
+                    f"intact checkpoint; rejected {'; '.join(rejected)}"
+                )
+            return path, payload
+        if rejected:
+            raise CheckpointError(
+                f"{self.folder}: no intact checkpoint; tried {'; '.join(rejected)}"
+            )
+        return None
+
     def find_latest(self) -> Path | None:
-        """`latest.pt`, or the newest step file if latest is missing."""
-        if self.latest_path.is_file():
-            return self.latest_path
-        steps = self.step_paths()
-        return steps[-1] if steps else None
+        """The newest intact checkpoint's path (see `load_latest`; only metadata is read)."""
+        found = self.load_latest(mmap=True)
+        return found[0] if found else None
+
+    def read_config(self) -> dict[str, Any] | None:
+        """The run's `config.json`, or None if the folder has none.
+
+        Raises:
+            CheckpointError: the file is not a JSON object.
+        """
+        try:
+            text = self.config_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        try:
+            config = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{self.config_path}: not valid JSON ({exc})") from exc
+        if not isinstance(config, dict):
+            raise CheckpointError(f"{self.config_path}: not a JSON object")
+        return config
+
+    def write_config(self, config: Mapping[str, Any]) -> Path:
+        """Write the run's `config.json` atomically."""
+        text = json.dumps(dict(config), indent=2) + "\n"
+        return atomic_write(self.config_path, lambda f: f.write(text.encode("utf-8")))
+
+    def remove_temporary_files(self) -> list[tuple[Path, int]]:
+        """Delete what saves killed midway left (`.latest.pt.<random>.tmp` and the like for
+        `step_<n>.pt` and `config.json`); logs and returns the files removed and their sizes.
+
+        Call it only while no other process saves into this folder.
+        """
+        removed = remove_temporary_files(self.folder, _RUN_FILES)
+        if removed:
+            log.info(
+                "%s: removed %d temporary file(s) of interrupted saves (%s bytes): %s",
+                self.folder,
+                len(removed),
+                f"{sum(size for _, size in removed):,}",
+                ", ".join(p.name for p, _ in removed),
+            )
+        return removed
+
+
+_warned: set[str] = set()  # the CLI looks for the latest checkpoint before train() does
+
+
+def _warn_once(message: str) -> None:
+    """Log a warning unless this process has already logged the same one."""
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)

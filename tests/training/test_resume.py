@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -92,3 +93,29 @@ def test_resume_refuses_a_changed_config(tiny_dataset, tmp_path):
     with pytest.raises(ResumeError, match="no checkpoint"):
         train(tiny_config(tiny_dataset, max_steps=2), tmp_path / "empty", resume=True)
     assert isinstance(tiny_config(tiny_dataset), TrainConfig)
+
+
+def test_resume_checks_the_checkpoint_against_the_runs_config_json(tiny_dataset, tmp_path, caplog):
+    run = tmp_path / "run"
+    train(tiny_config(tiny_dataset, max_steps=1), run)
+    saved = json.loads((run / "config.json").read_text())
+    saved["seed"] = 7  # as if latest.pt had come from a run seeded differently
+    (run / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(
+        ResumeError, match=r"config differs from .*config.json \(seed: config.json 7"
+    ):
+        train(tiny_config(tiny_dataset, max_steps=2), run, resume=True)
+    assert json.loads((run / "config.json").read_text())["seed"] == 7  # not rewritten
+
+    # Keys a resume may change (max_steps, data.root, ...) do not count.
+    saved.update(seed=0, max_steps=99, log_every=5)
+    (run / "config.json").write_text(json.dumps(saved))
+    assert train(tiny_config(tiny_dataset, max_steps=2), run, resume=True).step == 2
+    assert json.loads((run / "config.json").read_text())["max_steps"] == 2
+
+    # Without config.json the check cannot be made: said, not skipped silently.
+    (run / "config.json").unlink()
+    with caplog.at_level(logging.WARNING, logger="i2i.training.loop"):
+        assert train(tiny_config(tiny_dataset, max_steps=3), run, resume=True).step == 3
+    assert "config.json is missing: cannot check that" in caplog.text
+    assert (run / "config.json").is_file()

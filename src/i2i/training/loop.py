@@ -8,7 +8,6 @@ saved RNG states, optimisers, schedulers and image pools, resuming is exact.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -23,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from i2i.checkpoint import CheckpointManager, load_checkpoint, make_checkpoint
+from i2i.checkpoint import CheckpointManager, make_checkpoint
 from i2i.data import DataError, TransformOptions, UnalignedDataset
 from i2i.models import get_family, options_from_dict
 
@@ -96,31 +95,19 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
     manager = CheckpointManager(out_dir, keep_last=cfg.keep_last)
     checkpoint = None
     if resume:
-        path = manager.find_latest()
-        if path is None:
+        found = manager.load_latest()
+        if found is None:
             raise ResumeError(f"{out_dir}: no checkpoint to resume from (latest.pt or step_*.pt)")
-        checkpoint = load_checkpoint(path)
-        if checkpoint["family"] != cfg.family:
-            raise ResumeError(
-                f"{path} is a {checkpoint['family']!r} run; the config asks for {cfg.family!r}"
-            )
-        if "training_state" not in checkpoint:
-            raise ResumeError(f"{path} holds no training state (an imported model?); cannot resume")
-        diffs = resume_differences(checkpoint["config"], cfg.to_dict())
-        if diffs:
-            detail = "; ".join(
-                f"{k}: checkpoint {old!r}, now {new!r}" for k, (old, new) in diffs.items()
-            )
-            raise ResumeError(
-                f"cannot resume {path}: the configuration differs ({detail}). Resume with the "
-                "run's own config (omit --config), or start a new run folder."
-            )
-    elif manager.find_latest() is not None:
+        path, checkpoint = found
+        _check_resumable(path, checkpoint, cfg, manager.read_config(), manager.config_path)
+    elif manager.has_checkpoints():
         raise ResumeError(
             f"{out_dir} already holds a run; pass --resume to continue it or choose another --out"
         )
 
     dist = distributed.setup()
+    if dist.is_main:  # the checks passed: this process now owns the folder
+        manager.remove_temporary_files()
     device = distributed.device_for(dist, pick_device(cfg.device))
     try:
         family = get_family(cfg.family)
@@ -202,7 +189,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
 
     monitor = TrainingMonitor(out_dir, tensorboard=cfg.tensorboard) if dist.is_main else None
     if dist.is_main:
-        (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        manager.write_config(cfg.to_dict())
 
     def save() -> Path | None:
         rng_states = distributed.gather_objects(rng_state(device), dist)
@@ -319,6 +306,53 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
         rank=dist.rank,
         stopped_early=stop.requested,
     )
+
+
+def _check_resumable(
+    path: Path,
+    checkpoint: dict[str, Any],
+    cfg: TrainConfig,
+    run_config: dict[str, Any] | None,
+    run_config_path: Path,
+) -> None:
+    """Raise ResumeError unless `checkpoint` belongs to the run and `cfg` continues it.
+
+    The checkpoint must compute what the run folder's config.json says (a checkpoint copied
+    in from another run does not) and what `cfg` asks for; keys in RESUME_MAY_CHANGE may
+    differ in both comparisons.
+    """
+    if run_config is None:
+        log.warning(
+            "%s is missing: cannot check that %s belongs to this run", run_config_path, path
+        )
+    else:
+        diffs = resume_differences(run_config, checkpoint["config"])
+        if diffs:
+            detail = "; ".join(
+                f"{k}: {run_config_path.name} {run!r}, checkpoint {saved!r}"
+                for k, (run, saved) in diffs.items()
+            )
+            raise ResumeError(
+                f"{path} does not belong to the run in {path.parent}: its config differs from "
+                f"{run_config_path} ({detail}). Was it copied from "
+                "another run? Put back this run's own checkpoint, or resume the other run "
+                "in its own folder."
+            )
+    if checkpoint["family"] != cfg.family:
+        raise ResumeError(
+            f"{path} is a {checkpoint['family']!r} run; the config asks for {cfg.family!r}"
+        )
+    if "training_state" not in checkpoint:
+        raise ResumeError(f"{path} holds no training state (an imported model?); cannot resume")
+    diffs = resume_differences(checkpoint["config"], cfg.to_dict())
+    if diffs:
+        detail = "; ".join(
+            f"{k}: checkpoint {old!r}, now {new!r}" for k, (old, new) in diffs.items()
+        )
+        raise ResumeError(
+            f"cannot resume {path}: the configuration differs ({detail}). Resume with the "
+            "run's own config (omit --config), or start a new run folder."
+        )
 
 
 def _grid(trainer: Any) -> np.ndarray:
