@@ -587,6 +587,8 @@ def test_real_engines_on_this_gpu(repo: Path) -> None:
     assert len(entries) == 2
     for entry in entries.values():
         assert entry["parity"]["psnr"] is None or entry["parity"]["psnr"] >= engines.MIN_PSNR
+        shapes = [(c["batch"], c["height"], c["width"]) for c in entry["parity"]["cases"]]
+        assert shapes == [(1, 32, 32), (2, 64, 64), (4, 64, 64)]  # min, opt, max
     assert [r.status for r in build_engines(repo, ["tiny"])] == ["skipped", "skipped"]
 
 

@@ -31,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper
 
 # --- cuda.bindings.runtime ------------------------------------------------------------------
 
@@ -599,6 +601,34 @@ def install(
     monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", cudart)
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     return trt
+
+
+def invert_graph(path: Path, output_type: int = TensorProto.UINT8) -> Path:
+    """image uint8 (N, H, W, 3) -> 255 - image, as `output_type`, with channels reversed
+    (so a layout mistake shows)."""
+    nodes = [
+        helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT),
+        helper.make_node("Sub", ["full", "x"], ["y"]),
+        helper.make_node("Slice", ["y", "starts", "ends", "axes", "steps"], ["z"]),
+        helper.make_node("Cast", ["z"], ["translated"], to=output_type),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "invert",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", "H", "W", 3])],
+        [helper.make_tensor_value_info("translated", output_type, ["N", "H", "W", 3])],
+        [
+            helper.make_tensor("full", TensorProto.FLOAT, [], [255.0]),
+            helper.make_tensor("starts", TensorProto.INT64, [1], [-1]),
+            helper.make_tensor("ends", TensorProto.INT64, [1], [-(2**62)]),
+            helper.make_tensor("axes", TensorProto.INT64, [1], [3]),
+            helper.make_tensor("steps", TensorProto.INT64, [1], [-1]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, path)
+    return path
 
 
 def write_plan(path: Path, graph: Path, profile: dict[str, list[list[int]]]) -> Path:

@@ -6,6 +6,7 @@ stand in (tests/runtime/fakes.py), injected where ``import`` finds the real pack
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import types
 from typing import Any
@@ -206,3 +207,18 @@ def test_the_native_stream_handle_is_used_where_the_bindings_have_it(
     device = CudaDevice(0)
     stream = device.create_stream()
     assert device.stream_address(stream) == int(stream) and seen == [stream]
+
+
+def test_the_runtime_package_imports_no_torch_and_no_stage() -> None:
+    """i2i.runtime sits below export and serving: numpy and the standard library only, the
+    GPU packages when asked for."""
+    code = (
+        "import sys, i2i.runtime; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'tensorrt', 'cuda', 'pynvml', 'onnxruntime') or m.startswith("
+        "('i2i.models', 'i2i.serving', 'i2i.export', 'i2i.training', 'i2i.data'))))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert found.strip() == "[]"

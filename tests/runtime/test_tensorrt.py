@@ -22,37 +22,9 @@ from onnx import TensorProto, helper
 from i2i.runtime import CudaError, EngineError, EngineRunner
 from i2i.runtime.cuda import CudaDevice
 from i2i.runtime.tensorrt import make_logger
-from tests.runtime.fakes import FakeTensorRT, cudaError_t, install, write_plan
+from tests.runtime.fakes import FakeTensorRT, cudaError_t, install, invert_graph, write_plan
 
 PROFILE = [[1, 8, 8, 3], [2, 16, 16, 3], [4, 32, 32, 3]]
-
-
-def invert_graph(path: Path, output_type: int = TensorProto.UINT8) -> Path:
-    """image uint8 (N, H, W, 3) -> 255 - image, as `output_type`, with channels reversed
-    (so a layout mistake shows)."""
-    nodes = [
-        helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT),
-        helper.make_node("Sub", ["full", "x"], ["y"]),
-        helper.make_node("Slice", ["y", "starts", "ends", "axes", "steps"], ["z"]),
-        helper.make_node("Cast", ["z"], ["translated"], to=output_type),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "invert",
-        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", "H", "W", 3])],
-        [helper.make_tensor_value_info("translated", output_type, ["N", "H", "W", 3])],
-        [
-            helper.make_tensor("full", TensorProto.FLOAT, [], [255.0]),
-            helper.make_tensor("starts", TensorProto.INT64, [1], [-1]),
-            helper.make_tensor("ends", TensorProto.INT64, [1], [-(2**62)]),
-            helper.make_tensor("axes", TensorProto.INT64, [1], [3]),
-            helper.make_tensor("steps", TensorProto.INT64, [1], [-1]),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    onnx.save(model, path)
-    return path
 
 
 def images(batch: int, height: int, width: int, seed: int = 0) -> np.ndarray:

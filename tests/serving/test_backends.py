@@ -33,8 +33,7 @@ from i2i.serving.backends import (
     load_checkpoint_backend,
 )
 from i2i.serving.backends.engine import TensorRTBackend
-from tests.runtime.fakes import install, write_plan
-from tests.runtime.test_tensorrt import invert_graph
+from tests.runtime.fakes import install, invert_graph, write_plan
 
 CPU_ONLY = Hardware(
     cuda=False,
