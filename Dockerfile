@@ -65,6 +65,8 @@ ARG VARIANT
 ARG ONNXRUNTIME_GPU_VERSION=1.31.1
 ARG TENSORRT_VERSION=10.16.1.11
 ARG NVIDIA_ML_PY_VERSION=13.580.82
+# cuda-python: the CUDA bindings the TensorRT backend takes device memory and streams from.
+ARG CUDA_PYTHON_VERSION=13.4.4
 
 LABEL org.opencontainers.image.title="i2i-serve" \
       org.opencontainers.image.description="i2i image-to-image translation server (gRPC)" \
@@ -89,7 +91,7 @@ COPY --from=build /src/dist/ /tmp/wheels/
 RUN printf '%s\n' \
         "onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}" \
         "tensorrt==${TENSORRT_VERSION}" "tensorrt-cu13==${TENSORRT_VERSION}" \
-        "nvidia-ml-py==${NVIDIA_ML_PY_VERSION}" \
+        "nvidia-ml-py==${NVIDIA_ML_PY_VERSION}" "cuda-python==${CUDA_PYTHON_VERSION}" \
         onnxruntime==1.32.0 numpy==2.4.6 pillow==13.0.0 grpcio==1.85.1 \
         grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1 protobuf==7.36.2 \
         prometheus-client==0.26.0 jsonschema==4.26.0 tqdm==4.70.1 \

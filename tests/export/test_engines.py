@@ -1,25 +1,26 @@
 """`i2i models build-engines`: TensorRT engines built into existing repository versions.
 
 TensorRT and a GPU are absent here, so the real refusal is tested as it is, and the flow
-around the build (selection, shape checks, skip/force, parity, the atomic manifest update)
-runs with a fake standing in ONLY for what cannot run here: `engines.detect_target` (asks
-torch.cuda and the tensorrt package), `tensorrt.build_engine` and `tensorrt.run_engine`.
-The fake "plan" names the ONNX graph TensorRT would have compiled, and running it runs that
-graph in ONNX Runtime, so the parity check compares real outputs. The real build is the
-`tensorrt`-marked test at the end, skipped without TensorRT and a GPU.
+around the build (selection, shape checks, skip/force, the build's checked calls, parity
+through the engine runner, the timing cache, the atomic manifest update) runs against a
+fake of TensorRT 10's and cuda-python's documented Python APIs (tests/runtime/fakes.py),
+put where `import tensorrt` and `import cuda.bindings.runtime` find them: only they are
+fake. The fake plan names the ONNX graph TensorRT would have compiled, and its engine runs
+that graph in ONNX Runtime on the bytes the runner copied, so the parity check compares real
+outputs. The real build is the `tensorrt`-marked test, skipped without TensorRT and a GPU.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import onnxruntime as ort
 import pytest
 
 from i2i.cli import main
@@ -32,6 +33,7 @@ from i2i.repository import (
     sha256_file,
     write_version,
 )
+from tests.runtime.fakes import FakeTensorRT, install
 
 SHAPES = "1x32x32:2x32x32:4x64x64"
 GPU = "NVIDIA Fake GPU 80GB"
@@ -65,53 +67,13 @@ def three_versions(repo: Path) -> Path:
     return repo
 
 
-@dataclass
-class FakeTensorRT:
-    """Stands in for TensorRT and the GPU; records what would have been built."""
-
-    target: Target
-    builds: list[dict[str, Any]] = field(default_factory=list)
-    corrupt: Callable[[np.ndarray], np.ndarray] | None = None
+TARGET = Target(GPU, "9.0", "10.13.0")
 
 
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeTensorRT:
-    trt = FakeTensorRT(Target(GPU, "9.0", "10.13.0"))
-
-    def build_engine(
-        onnx_fp32: Path,
-        onnx_fp16: Path | None,
-        plan: Path,
-        profile: tensorrt.Profile,
-        workspace_bytes: int = 4 << 30,
-        timing_cache: Path | None = None,
-    ) -> dict[str, Any]:
-        typed = tensorrt.strongly_typed(trt.target.tensorrt_version)
-        source = onnx_fp16 if typed else onnx_fp32
-        assert source is not None
-        trt.builds.append(
-            {"source": source.name, "workspace": workspace_bytes, "cache": timing_cache}
-        )
-        plan.write_text(f"fake plan {len(trt.builds)}\n{source}\n")
-        return {
-            "version": trt.target.tensorrt_version,
-            "gpu": trt.target.gpu,
-            "compute_capability": trt.target.compute_capability,
-            "strongly_typed": typed,
-            "profiles": [profile.to_dict()],
-        }
-
-    def run_engine(plan: Path, images: np.ndarray) -> np.ndarray:
-        graph = plan.read_text().splitlines()[1]
-        session = ort.InferenceSession(graph, providers=["CPUExecutionProvider"])
-        output = np.asarray(session.run(None, {session.get_inputs()[0].name: images})[0])
-        return trt.corrupt(output) if trt.corrupt else output
-
-    monkeypatch.setattr(engines, "detect_target", lambda: trt.target)
-    monkeypatch.setattr(tensorrt, "availability", lambda: None)
-    monkeypatch.setattr(tensorrt, "build_engine", build_engine)
-    monkeypatch.setattr(tensorrt, "run_engine", run_engine)
-    return trt
+    """TensorRT 10.13 and one GPU named GPU (compute capability 9.0), faked."""
+    return install(monkeypatch, devices=[(GPU, 9, 0)], version=TARGET.tensorrt_version)
 
 
 def engine_entries(repo: Path, name: str = "tiny", version: int = 1) -> dict[str, dict]:
@@ -222,7 +184,7 @@ def test_only_the_selected_versions_get_engines(three_versions: Path, fake: Fake
 def test_engines_are_built_checked_and_added(
     repo: Path, fake: FakeTensorRT, tmp_path: Path, version: str, source: str
 ) -> None:
-    fake.target = Target(GPU, "9.0", version)
+    fake.__version__ = version
     cache = tmp_path / "timing.cache"
     results = build_engines(repo, shapes=SHAPES, workspace_gb=0.5, timing_cache=cache)
     files = [tensorrt.plan_name(d, GPU) for d in ("A2B", "B2A")]
@@ -231,9 +193,17 @@ def test_engines_are_built_checked_and_added(
         ("A2B", files[0], "built"),
         ("B2A", files[1], "built"),
     ]
-    # TensorRT >= 10.12 compiles the FP16 graph; older ones the FP32 graph with the FP16 flag.
+    # TensorRT >= 10.12 compiles the FP16 graph, strongly typed; older ones the FP32 graph
+    # with the FP16 flag.
+    typed = version == "10.13.0"
     assert [b["source"] for b in fake.builds] == [f"A2B.{source}", f"B2A.{source}"]
-    assert all(b["workspace"] == 1 << 29 and b["cache"] == cache for b in fake.builds)
+    assert [(b["strongly_typed"], b["fp16_flag"]) for b in fake.builds] == [(typed, not typed)] * 2
+    assert all(b["workspace"] == 1 << 29 for b in fake.builds)
+    # One timing cache, read and extended by each build in turn.
+    assert cache.read_bytes() == b"tactics for A2B.%s\ntactics for B2A.%s\n" % (
+        source.encode(),
+        source.encode(),
+    )
     entries = engine_entries(repo)  # read back with every hash verified
     assert sorted(entries) == files
     a2b = entries[files[0]]
@@ -242,20 +212,20 @@ def test_engines_are_built_checked_and_added(
         "version": version,
         "gpu": GPU,
         "compute_capability": "9.0",
-        "strongly_typed": version == "10.13.0",
+        "strongly_typed": typed,
         "profiles": [{"min": [1, 32, 32, 3], "opt": [2, 32, 32, 3], "max": [4, 64, 64, 3]}],
         "built_from": f"A2B.{source}",
     }
     parity = a2b["parity"]
     assert (parity["reference"], parity["reference_file"]) == ("onnx-fp32", "A2B.onnx")
-    assert parity["cases"][0] | {"psnr": 0} == {
-        "batch": 2,
-        "height": 32,
-        "width": 32,
-        "max_abs_diff": parity["max_abs_diff"],
-        "fraction_over_1": parity["fraction_over_1"],
-        "psnr": 0,
-    }
+    # Parity at the profile's min, opt and max shapes, each run by the engine runner.
+    assert [(c["batch"], c["height"], c["width"]) for c in parity["cases"]] == [
+        (1, 32, 32),
+        (2, 32, 32),
+        (4, 64, 64),
+    ]
+    assert [c.runs for c in fake.contexts] == [3, 3]
+    assert parity["max_abs_diff"] == max(c["max_abs_diff"] for c in parity["cases"])
     if source == "onnx":  # the "engine" is the FP32 graph itself: identical outputs
         assert parity["psnr"] is None and parity["max_abs_diff"] == 0
     else:
@@ -329,7 +299,7 @@ def test_engines_of_other_gpus_and_versions_are_kept(
     older_trt = Target(GPU, "9.0", "10.8.0")
     _synthetic_engine(repo, tmp_path, "A2B", "A2B.nvidia-a10g.plan", other_gpu)
     _synthetic_engine(repo, tmp_path, "A2B", tensorrt.plan_name("A2B", GPU), older_trt)
-    _synthetic_engine(repo, tmp_path, "B2A", "B2A.elsewhere.plan", fake.target)  # ours already
+    _synthetic_engine(repo, tmp_path, "B2A", "B2A.elsewhere.plan", TARGET)  # ours already
     before = engine_entries(repo)
 
     results = build_engines(repo, shapes=SHAPES)
@@ -373,7 +343,7 @@ def test_without_an_fp16_graph_one_is_converted_when_needed(
     repo: Path, fake: FakeTensorRT, version: str, typed: bool
 ) -> None:
     """TensorRT >= 10.12 compiles the FP16 graph: converted from FP32 as i2i-export does."""
-    fake.target = Target(GPU, "9.0", version)
+    fake.__version__ = version
     number = _version_without(repo, lambda a: a["precision"] == "fp16")
     results = build_engines(repo, ["tiny"], number, shapes=SHAPES)
     assert [r.status for r in results] == ["built", "built"]
@@ -434,6 +404,134 @@ def test_a_fresh_export_builds_its_engines_the_same_way(
     assert sorted(p.name for p in (tmp_path / "m" / "1").iterdir() if p.name.startswith(".")) == []
 
 
+# --- every TensorRT call that reports failure stops the build, naming the call ---------------
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        ("parse_from_file", r"TensorRT could not parse A2B\.fp16\.onnx: .*unsupported operator"),
+        ("set_shape", r"IOptimizationProfile\.set_shape\('image'\) refused the profile"),
+        ("add_optimization_profile", r"add_optimization_profile returned -1: the profile"),
+        ("create_timing_cache", r"create_timing_cache returned None for .*timing\.cache"),
+        (
+            "set_timing_cache",
+            r"set_timing_cache returned False for .*timing\.cache: it was made on another GPU",
+        ),
+        (
+            "build_serialized_network",
+            r"build_serialized_network returned None for A2B\.fp16\.onnx \(TensorRT: Builder: no implementation found\)",
+        ),
+        ("deserialize_cuda_engine", r"deserialize_cuda_engine failed: returned None"),
+        ("create_execution_context", r"create_execution_context failed: returned None"),
+        ("set_input_shape", r"set_input_shape\('image', \(4, 64, 64, 3\)\) failed: returned False"),
+        ("set_tensor_address", r"set_tensor_address\('image'\) failed: returned False"),
+        ("execute_async_v3", r"at 1x32x32: .*execute_async_v3 failed: returned False"),
+    ],
+)
+def test_a_tensorrt_call_reporting_failure_stops_the_build(
+    repo: Path, fake: FakeTensorRT, tmp_path: Path, call: str, message: str
+) -> None:
+    """False, -1 and None are TensorRT's failures: each raises, naming the call; the
+    repository and the timing cache are left as they were."""
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"old tactics\n")
+    before = snapshot(repo)
+    fake.fail.add(call)
+    with pytest.raises(ExportError, match=message):
+        build_engines(repo, ["tiny"], shapes=SHAPES, timing_cache=cache)
+    assert snapshot(repo) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo", "timing.cache"]
+    assert fake.cudart.memory == {} and fake.cudart.streams == {}  # the runner freed its own
+
+
+def test_a_crash_while_writing_the_timing_cache_leaves_the_old_one(
+    repo: Path,
+    fake: FakeTensorRT,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The cache is written to a temporary file and renamed: a writer failing half way (a
+    full disk) leaves the old cache whole and no partial file; the engine is still kept."""
+    cache = tmp_path / "caches" / "timing.cache"
+    cache.parent.mkdir()
+    cache.write_bytes(b"old tactics\n")
+    fdopen = os.fdopen
+
+    class HalfWriter:
+        def __init__(self, file: Any) -> None:
+            self.file = file
+
+        def write(self, data: bytes) -> int:
+            self.file.write(data[: len(data) // 2])
+            raise OSError(28, "No space left on device")
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.file, name)
+
+        def __enter__(self) -> HalfWriter:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.file.close()
+
+    def failing_fdopen(fd: int, *args: Any, **kwargs: Any) -> Any:
+        file = fdopen(fd, *args, **kwargs)
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        return HalfWriter(file) if os.path.basename(name).startswith(".timing.cache.") else file
+
+    monkeypatch.setattr(os, "fdopen", failing_fdopen)
+    with caplog.at_level(logging.WARNING, logger="i2i.export.tensorrt"):
+        results = build_engines(repo, ["tiny"], shapes=SHAPES, timing_cache=cache)
+    assert [r.status for r in results] == ["built", "built"]
+    assert cache.read_bytes() == b"old tactics\n"
+    assert sorted(p.name for p in cache.parent.iterdir()) == ["timing.cache"]
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2 and "No space left on device" in warnings[0]
+    assert "it is unchanged" in warnings[0]
+
+
+def test_write_atomically_replaces_whole_files_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "timing.cache"
+    tensorrt.write_atomically(target, b"first")
+    tensorrt.write_atomically(target, b"second")
+    assert target.read_bytes() == b"second"
+
+    def crash(*args: Any) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="Input/output error"):
+        tensorrt.write_atomically(target, b"third")
+    assert target.read_bytes() == b"second"
+    assert [p.name for p in tmp_path.iterdir()] == ["timing.cache"]
+
+
+def test_building_needs_no_torch(
+    repo: Path, fake: FakeTensorRT, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GPU comes from CUDA's own bindings and engines run in the runtime package: with
+    `import torch` failing, build-engines still finds the GPU, builds and checks."""
+    monkeypatch.setitem(sys.modules, "torch", None)
+    assert engines.detect_target() == TARGET
+    assert [r.status for r in build_engines(repo, ["tiny"], shapes=SHAPES)] == ["built"] * 2
+
+
+def test_without_a_gpu_the_refusal_says_what_cuda_said(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install(monkeypatch, devices=[])
+    before = snapshot(repo)
+    with pytest.raises(ExportError) as error:
+        build_engines(repo, shapes=SHAPES)
+    assert "an NVIDIA GPU visible to this process (CUDA finds no usable GPU" in str(error.value)
+    assert "cudaErrorNoDevice" in str(error.value) and "`tensorrt`" not in str(error.value)
+    assert snapshot(repo) == before
+
+
 # --- the command line -------------------------------------------------------------------------
 
 
@@ -489,6 +587,8 @@ def test_real_engines_on_this_gpu(repo: Path) -> None:
     assert len(entries) == 2
     for entry in entries.values():
         assert entry["parity"]["psnr"] is None or entry["parity"]["psnr"] >= engines.MIN_PSNR
+        shapes = [(c["batch"], c["height"], c["width"]) for c in entry["parity"]["cases"]]
+        assert shapes == [(1, 32, 32), (2, 64, 64), (4, 64, 64)]  # min, opt, max
     assert [r.status for r in build_engines(repo, ["tiny"])] == ["skipped", "skipped"]
 
 
@@ -503,7 +603,7 @@ def test_an_engine_built_meanwhile_by_another_process_is_kept(
     def racing_build(onnx_fp32: Path, onnx_fp16: Path | None, plan: Path, *args: Any) -> Any:
         direction = onnx_fp32.name.split(".")[0]
         file = tensorrt.plan_name(direction, GPU)
-        _synthetic_engine(repo, winners, direction, file, fake.target)  # the other pod wins
+        _synthetic_engine(repo, winners, direction, file, TARGET)  # the other pod wins
         return build(onnx_fp32, onnx_fp16, plan, *args)
 
     monkeypatch.setattr(tensorrt, "build_engine", racing_build)

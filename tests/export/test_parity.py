@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 
 from i2i.export import check_parity, convert_fp16, parity_ok_fp16, parity_ok_fp32
 from i2i.export.parity import compare, default_sizes, parity_images
 from i2i.models import ShapeRule
-from tests.export.conftest import Exported
+from tests.export.conftest import Exported, generator_keys
 
 ExportedFactory = Callable[[str], Exported]
 
@@ -115,3 +116,26 @@ def test_parity_rejects_sizes_the_rule_does_not_accept(exported: ExportedFactory
         check_parity(case.translator, case.path, case.shape_rule, case.channels, batches=())
     with pytest.raises(ValueError, match="channels"):
         check_parity(case.translator, case.path, case.shape_rule, 2)
+
+
+@pytest.mark.parametrize("key", ["cyclegan/A2B", *generator_keys()])
+def test_uint8_is_only_cast_never_transposed(exported: ExportedFactory, key: str) -> None:
+    """TensorRT takes uint8 only as a network input or output, cast to or from float before
+    any other layer: the translators cast first and transpose floats."""
+    model = onnx.shape_inference.infer_shapes(onnx.load(exported(key).path))
+    graph = model.graph
+    types = {
+        v.name: v.type.tensor_type.elem_type
+        for v in [*graph.input, *graph.output, *graph.value_info]
+    }
+    uint8 = [
+        f"{node.op_type} {node.name}"
+        for node in graph.node
+        if any(types.get(name) == onnx.TensorProto.UINT8 for name in [*node.input, *node.output])
+    ]
+    assert sorted(uint8) == sorted(
+        f"Cast {n.name}"
+        for n in graph.node
+        if n.op_type == "Cast" and (n.input[0] == "image" or n.output[0] == "translated")
+    )
+    assert len(uint8) == 2  # image -> float, and float -> translated

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from onnx import TensorProto, helper
 from i2i.checkpoint import load_trained_networks
 from i2i.models import ShapeRule, get_family, options_from_dict
 from i2i.repository import read_manifest
+from i2i.runtime import EngineError
 from i2i.serving.backends import (
     Backend,
     BackendError,
@@ -30,6 +32,8 @@ from i2i.serving.backends import (
     load_backend,
     load_checkpoint_backend,
 )
+from i2i.serving.backends.engine import TensorRTBackend
+from tests.runtime.fakes import install, invert_graph, write_plan
 
 CPU_ONLY = Hardware(
     cuda=False,
@@ -45,6 +49,14 @@ H100 = Hardware(
     compute_capability="9.0",
     tensorrt_version="10.3.0",
     ort_providers=("CPUExecutionProvider",),
+)
+# A GPU machine whose ONNX Runtime has the TensorRT provider (the session is faked).
+TRT_EP = Hardware(
+    cuda=True,
+    gpu_name="NVIDIA H100 80GB HBM3",
+    compute_capability="9.0",
+    tensorrt_version="10.3.0",
+    ort_providers=("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
 )
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU visible to torch")
@@ -462,6 +474,208 @@ def test_auto_falls_back_when_a_fitting_engine_does_not_load(
     assert any("A2B.nvidia-a100" in r.getMessage() for r in caplog.records)
     with pytest.raises(BackendError, match="tensorrt"):
         load_backend(folder, manifest, "A2B", choice="tensorrt", hardware=a100)
+
+
+# --- TensorRT and CUDA, faked at their documented APIs (tests/runtime/fakes.py) ------------
+
+FAKE_GPU = ("NVIDIA H100 80GB HBM3", 9, 0)
+FAKE_PROFILE = {"min": [1, 16, 16, 3], "opt": [2, 32, 32, 3], "max": [4, 64, 64, 3]}
+
+
+@pytest.fixture
+def no_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any `import torch` from here on fails, as in a serving image."""
+    monkeypatch.setitem(sys.modules, "torch", None)
+
+
+def test_hardware_is_detected_without_torch(
+    monkeypatch: pytest.MonkeyPatch, no_torch: None
+) -> None:
+    install(monkeypatch, devices=[("NVIDIA A10G", 8, 6), FAKE_GPU], version="10.3.0")
+    assert Hardware.detect(1) == Hardware(
+        cuda=True,
+        gpu_name="NVIDIA H100 80GB HBM3",
+        compute_capability="9.0",
+        tensorrt_version="10.3.0",
+        ort_providers=tuple(ort.get_available_providers()),
+    )
+    assert Hardware.detect(0).gpu_name == "NVIDIA A10G"
+    assert not Hardware.detect(2).cuda  # no such device
+
+
+def test_hardware_without_gpu_bindings_has_no_gpu(
+    monkeypatch: pytest.MonkeyPatch, no_torch: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    for module in ("cuda.bindings.runtime", "pynvml", "tensorrt"):
+        monkeypatch.setitem(sys.modules, module, None)
+    with caplog.at_level(logging.INFO, logger="i2i.serving.backends"):
+        hardware = Hardware.detect()
+    assert hardware == Hardware(False, None, None, None, tuple(ort.get_available_providers()))
+    assert any("cuda-python" in r.getMessage() for r in caplog.records)
+
+
+def fake_engine_version(
+    tiny_repository: Path,
+    tmp_path: Path,
+    graph: str = "A2B.fp16.onnx",
+    recorded: dict[str, list[int]] = FAKE_PROFILE,
+) -> tuple[Path, dict[str, Any]]:
+    """A copy of the repository whose A2B has a fake engine for FAKE_GPU and TensorRT
+    10.13.0, running `graph`, whose manifest records the profile `recorded`."""
+    folder = copy_version(tiny_repository, tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    source = folder / graph if (folder / graph).exists() else Path(graph)
+    profile = {"image": [FAKE_PROFILE[k] for k in ("min", "opt", "max")]}
+    plan = write_plan(folder / "A2B.nvidia-h100-80gb-hbm3.plan", source, profile)
+    artifact = engine_artifact(FAKE_GPU[0], "9.0", "10.13.0", file=plan.name)
+    artifact["tensorrt"]["profiles"] = [recorded]
+    artifact["sha256"] = hashlib.sha256(plan.read_bytes()).hexdigest()
+    artifact["bytes"] = plan.stat().st_size
+    artifact["parity"] = copy.deepcopy(manifest["artifacts"][0]["parity"])
+    manifest["artifacts"].append(artifact)
+    return folder, write_manifest(folder, manifest)
+
+
+def test_tensorrt_backend_runs_the_engine_through_the_runner(
+    tiny_repository: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_torch: None
+) -> None:
+    trt = install(monkeypatch, devices=[FAKE_GPU])
+    folder, manifest = fake_engine_version(tiny_repository, tmp_path)
+    backend = load_backend(folder, manifest, "A2B")  # auto: the engine fits this GPU
+    assert (backend.name, backend.artifact, backend.precision) == (
+        "tensorrt",
+        "A2B.nvidia-h100-80gb-hbm3.plan",
+        "fp16",
+    )
+    assert backend.max_batch == 4 and backend.size_range == ((16, 16), (64, 64))
+    session = ort.InferenceSession(
+        str(folder / "A2B.fp16.onnx"), providers=["CPUExecutionProvider"]
+    )
+    for batch, size in [(1, 16), (3, 48), (4, 64)]:
+        x = images(batch, size, size, seed=batch)
+        np.testing.assert_array_equal(backend.run(x), session.run(None, {"image": x})[0])
+    with pytest.raises(ValueError, match=r"outside the engine's profile .*build-engines --force"):
+        backend.run(images(5, 32, 32))
+    assert backend.accepts_size(80, 80) is not None
+    backend.close()
+    assert trt.cudart.memory == {} and trt.cudart.streams == {}
+
+
+def test_the_accepted_range_is_the_engines_not_the_manifests(
+    tiny_repository: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    install(monkeypatch, devices=[FAKE_GPU])
+    wider = {"min": [1, 8, 8, 3], "opt": [4, 32, 32, 3], "max": [16, 128, 128, 3]}
+    folder, manifest = fake_engine_version(tiny_repository, tmp_path, recorded=wider)
+    with caplog.at_level(logging.WARNING, logger="i2i.serving.backends"):
+        backend = load_backend(folder, manifest, "A2B", choice="tensorrt")
+    assert backend.max_batch == 4 and backend.size_range == ((16, 16), (64, 64))
+    assert any("using the engine's" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        ("deserialize_cuda_engine", "deserialize_cuda_engine failed: returned None"),
+        ("create_execution_context", "create_execution_context failed: returned None"),
+        ("set_input_shape", r"set_input_shape\('image', \(4, 64, 64, 3\)\) failed"),
+        ("set_tensor_address", r"set_tensor_address\('image'\) failed"),
+    ],
+)
+def test_an_engine_tensorrt_refuses_is_a_clear_backend_error(
+    tiny_repository: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    call: str,
+    message: str,
+) -> None:
+    trt = install(monkeypatch, devices=[FAKE_GPU])
+    folder, manifest = fake_engine_version(tiny_repository, tmp_path)
+    trt.fail.add(call)
+    with pytest.raises(BackendError, match=f"^tensorrt: .*TensorRT {message}.*build-engines"):
+        load_backend(folder, manifest, "A2B", choice="tensorrt")
+    with caplog.at_level(logging.WARNING, logger="i2i.serving.backends"):
+        fallback = load_backend(folder, manifest, "A2B")  # auto: warns and falls back
+    assert fallback.name == "onnxruntime-cpu"
+    assert any(call in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert trt.cudart.memory == {} and trt.cudart.streams == {}
+
+
+def test_a_failed_execution_fails_the_batch_naming_the_call(
+    tiny_repository: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trt = install(monkeypatch, devices=[FAKE_GPU])
+    folder, manifest = fake_engine_version(tiny_repository, tmp_path)
+    backend = load_backend(folder, manifest, "A2B", choice="tensorrt")
+    trt.fail.add("execute_async_v3")
+    with pytest.raises(EngineError, match="execute_async_v3 failed: returned False"):
+        backend.run(images(2, 32, 32))
+    trt.fail.clear()
+    assert backend.run(images(2, 32, 32)).shape == (2, 32, 32, 3)
+
+
+def test_an_engine_whose_dtypes_are_not_the_manifests_is_refused(
+    tiny_repository: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install(monkeypatch, devices=[FAKE_GPU])
+    half = invert_graph(tmp_path / "half.onnx", TensorProto.FLOAT16)  # outputs float16
+    folder, manifest = fake_engine_version(tiny_repository, tmp_path, graph=str(half))
+    with pytest.raises(
+        BackendError, match=r"engine's tensors \(input image uint8, output translated float16\)"
+    ):
+        load_backend(folder, manifest, "A2B", choice="tensorrt")
+
+
+def test_a_multimodal_engine_gets_its_style_in_the_engines_dtype(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trt = install(monkeypatch, devices=[FAKE_GPU])
+    graph = tmp_path / "style.onnx"
+    style_graph(graph, style_size=2)
+    plan = write_plan(
+        tmp_path / "A2B.plan", graph, {"image": [[1, 8, 8, 3], [2, 8, 8, 3], [2, 16, 16, 3]]}
+    )
+    tensor = {"dtype": "uint8", "shape": ["batch", "height", "width", 3]}
+    spec = {
+        "input": {"name": "image", **tensor},
+        "output": {"name": "translated", **tensor},
+        "style": {"name": "style", "dtype": "float32", "shape": ["batch", 2]},
+        "shape_rule": {"multiple_of": 4, "fixed_size": None},
+    }
+    artifact = {
+        "precision": "fp16",
+        "sha256": hashlib.sha256(plan.read_bytes()).hexdigest(),
+        "tensorrt": {
+            "profiles": [{"min": [1, 8, 8, 3], "opt": [2, 8, 8, 3], "max": [2, 16, 16, 3]}]
+        },
+    }
+    backend = TensorRTBackend(plan, artifact, spec)
+    out = backend.run(np.full((2, 8, 8, 3), 10, np.uint8), np.array([[1, 2], [3, 4]], np.float64))
+    assert out[:, 0, 0, 0].tolist() == [13, 17]
+    assert trt.contexts[0].runs == 1
+
+
+def test_onnxruntime_tensorrt_lets_the_graph_types_decide_precision(
+    folder: Path, manifest: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No trt_fp16_enable for an FP16 graph: that flag would let TensorRT run the
+    normalisations the graph keeps in FP32 in FP16 too."""
+    asked: list[Any] = []
+    session = ort.InferenceSession
+
+    def recording(path: str, options: Any, providers: list[Any]) -> Any:
+        asked.extend(providers)
+        return session(path, options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "InferenceSession", recording)
+    load_backend(folder, manifest, "A2B", choice="onnxruntime", precision="fp16", hardware=TRT_EP)
+    options = dict(asked)["TensorrtExecutionProvider"]
+    assert options["device_id"] == 0 and options["trt_engine_cache_enable"] is True
+    assert not options.get("trt_fp16_enable")
 
 
 # --- GPU paths (skipped without one) -------------------------------------------------------

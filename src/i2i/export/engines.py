@@ -35,11 +35,20 @@ from i2i.repository import (
     sha256_file,
     version_folder,
 )
+from i2i.runtime.cuda import CudaError, find_gpu
+from i2i.runtime.tensorrt import EngineError, installed_version
 
 from . import tensorrt
 from .errors import ExportError
 from .fp16 import convert_fp16
-from .parity import MIN_PSNR_FP16, compare, onnx_runner, parity_images, parity_ok_fp16
+from .parity import (
+    MIN_PSNR_FP16,
+    compare,
+    onnx_runner,
+    overall,
+    parity_images,
+    parity_ok_fp16,
+)
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +121,8 @@ def detect_target() -> Target:
             "tied to the GPU type and TensorRT version that build them: run this on a node of "
             "the serving GPU type (an init container or a Job, see deploy/). Nothing was written."
         )
-    import tensorrt as trt  # the real package: availability() found it
-    import torch
-
-    major, minor = torch.cuda.get_device_capability()
-    return Target(torch.cuda.get_device_name(), f"{major}.{minor}", str(trt.__version__))
+    gpu = find_gpu(0)
+    return Target(gpu.name, gpu.compute_capability, str(installed_version()))
 
 
 def select_versions(
@@ -333,7 +339,7 @@ def build_checked_engine(
             the reference of the parity check.
         fp16: the FP16 ONNX graph, which TensorRT >= 10.12 builds from (strongly typed).
         folder: where the plan is written.
-        profile: the optimisation profile; parity is checked at its optimum shape.
+        profile: the optimisation profile; parity is checked at its min, opt and max shapes.
         workspace_bytes: TensorRT's workspace limit.
         timing_cache: a timing cache file, read and updated.
         file: the plan's file name; default `tensorrt.plan_name(direction, <this GPU>)`.
@@ -379,18 +385,31 @@ def engine_parity(
     plan: Path, fp32: Path, profile: tensorrt.Profile, runtime: str = "tensorrt"
 ) -> dict[str, Any]:
     """The engine against the FP32 graph in ONNX Runtime (CPU), on photo-like images of the
-    profile's optimum shape; a manifest `parity` object."""
-    batch, height, width, channels = profile.opt
-    images = parity_images(np.random.default_rng(PARITY_SEED), batch, height, width, channels)
-    expected = onnx_runner(fp32)(images)
-    measures = compare(np.asarray(tensorrt.run_engine(plan, images)), expected)
+    profile's min, opt and max shapes; a manifest `parity` object with one case per shape.
+
+    The engine runs in :class:`i2i.runtime.EngineRunner`, the runner the server uses.
+    """
+    rng = np.random.default_rng(PARITY_SEED)
+    reference = onnx_runner(fp32)
+    cases = []
+    with tensorrt.open_engine(plan) as engine:
+        for batch, height, width, channels in dict.fromkeys(
+            (profile.min, profile.opt, profile.max)
+        ):
+            images = parity_images(rng, batch, height, width, channels)
+            try:
+                output = engine(images)
+            except (EngineError, CudaError, ValueError) as exc:
+                raise ExportError(f"{plan.name} at {batch}x{height}x{width}: {exc}") from exc
+            measures = compare(np.asarray(output), reference(images))
+            cases.append({"batch": batch, "height": height, "width": width, **measures})
     return {
         "reference": "onnx-fp32",
         "reference_file": fp32.name,
         "runtime": runtime,
         "seed": PARITY_SEED,
-        "cases": [{"batch": batch, "height": height, "width": width, **measures}],
-        **measures,
+        "cases": cases,
+        **overall(cases),
     }
 
 

@@ -99,11 +99,11 @@ def check_parity(
         "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider",
         "seed": seed,
         "cases": cases,
-        **_overall(cases),
+        **overall(cases),
     }
     if reference_onnx is not None:
         report["reference_file"] = Path(reference_onnx).name
-        report["against_pytorch"] = {"cases": pytorch_cases, **_overall(pytorch_cases)}
+        report["against_pytorch"] = {"cases": pytorch_cases, **overall(pytorch_cases)}
     return report
 
 
@@ -174,7 +174,9 @@ def _pair(size: Size) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
-def _overall(cases: list[dict[str, Any]]) -> dict[str, Any]:
+def overall(cases: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The measures over all cases: the largest error, the fraction over all pixels, the
+    lowest PSNR (None when every case is identical)."""
     psnrs = [case["psnr"] for case in cases if case["psnr"] is not None]
     pixels = [case["batch"] * case["height"] * case["width"] for case in cases]
     over = sum(case["fraction_over_1"] * count for case, count in zip(cases, pixels, strict=True))

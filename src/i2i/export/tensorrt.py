@@ -3,10 +3,13 @@
 No machine this project has been developed on could install TensorRT (PyPI holds only
 placeholder packages for its libraries here) and no GPU was lent while this was
 written: this module has NOT been run against a real TensorRT. What is tested here is
-everything around it: shape-profile parsing, the availability checks and their messages,
-the choice of precision mode by version. The build and run paths follow the API of
-TensorRT 10/11 (`Builder`, `OnnxParser`, `IBuilderConfig`, `Runtime`,
-`IExecutionContext.execute_async_v3`).
+everything around it, against a fake of TensorRT 10's documented Python API and of the CUDA
+bindings (tests/runtime/fakes.py): shape-profile parsing, the availability checks and their
+messages, the choice of precision mode by version, that every call whose result reports a
+failure (-1, False, None) stops the build with a message naming it, and the atomic timing
+cache. The build follows the API of TensorRT 10/11 (`Builder`, `OnnxParser`,
+`IBuilderConfig`); engines are run by :class:`i2i.runtime.EngineRunner`, the runner the
+server uses too.
 
 Precision: TensorRT >= 10.12 builds strongly typed networks (always, from 11.0), so FP16
 comes from the graph itself (the FP16 ONNX, normalisation kept in FP32); older versions
@@ -16,17 +19,29 @@ architecture and TensorRT version that built it: both are recorded in the manife
 
 from __future__ import annotations
 
-import importlib.util
+import logging
+import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from i2i._files import fsync_dir
 from i2i.export.errors import ExportError
 from i2i.models import ShapeRule
 from i2i.repository import gpu_slug
+from i2i.runtime.cuda import CudaError, GpuUnavailable, find_gpu
+from i2i.runtime.tensorrt import (
+    EngineError,
+    EngineRunner,
+    installed_version,
+    load_tensorrt,
+    logged_errors,
+    make_logger,
+)
+
+log = logging.getLogger(__name__)
 
 _SHAPE = re.compile(r"^(\d+)x(\d+)x(\d+)$")
 
@@ -116,18 +131,14 @@ def profile_for(
 def missing() -> list[str]:
     """What this machine lacks to build engines ([] when it can)."""
     lacking = []
-    if importlib.util.find_spec("tensorrt") is None:
+    if installed_version() is None:
         lacking.append(
             "the `tensorrt` Python package (pip install 'i2i[gpu]' on a machine with an NVIDIA driver)"
         )
     try:
-        import torch
-
-        has_gpu = torch.cuda.is_available()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        has_gpu = False
-    if not has_gpu:
-        lacking.append("an NVIDIA GPU visible to this process")
+        find_gpu(0)
+    except GpuUnavailable as exc:
+        lacking.append(f"an NVIDIA GPU visible to this process ({exc})")
     return lacking
 
 
@@ -161,17 +172,24 @@ def build_engine(
     workspace_bytes: int = 4 << 30,
     timing_cache: Path | None = None,
 ) -> dict[str, Any]:
-    """Build an FP16 engine for the current GPU; returns what the manifest records.
+    """Build an FP16 engine for GPU 0 into `plan`; returns what the manifest records.
 
-    Raises ExportError with TensorRT's parser/builder messages when the build fails.
+    Every TensorRT call whose result reports failure is checked. `timing_cache`, when given,
+    is read (a cache from another GPU or TensorRT is refused) and replaced atomically by the
+    updated one.
+
+    Raises:
+        ExportError: naming the TensorRT call that failed, with TensorRT's messages.
     """
     reason = availability()
     if reason:
         raise ExportError(reason)
-    import tensorrt as trt
-    import torch
-
-    logger = trt.Logger(trt.Logger.WARNING)
+    try:
+        trt = load_tensorrt()
+        gpu = find_gpu(0)
+    except (EngineError, GpuUnavailable) as exc:
+        raise ExportError(str(exc)) from exc
+    logger = make_logger(trt)
     builder = trt.Builder(logger)
     typed = strongly_typed(trt.__version__)
     flags = 0
@@ -185,32 +203,95 @@ def build_engine(
     if not parser.parse_from_file(str(source)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ExportError(f"TensorRT could not parse {source.name}: {errors}")
+    if network.num_inputs != 1:
+        raise ExportError(
+            f"{source.name}: TensorRT finds {network.num_inputs} inputs; engines take one "
+            "image input"
+        )
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     if not typed:
         config.set_flag(trt.BuilderFlag.FP16)
     opt_profile = builder.create_optimization_profile()
-    opt_profile.set_shape(network.get_input(0).name, profile.min, profile.opt, profile.max)
-    config.add_optimization_profile(opt_profile)
-    cache_bytes = timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    name = network.get_input(0).name
+    try:
+        opt_profile.set_shape(name, profile.min, profile.opt, profile.max)
+    except RuntimeError as exc:  # the binding raises when TensorRT refuses a shape
+        raise ExportError(
+            f"TensorRT IOptimizationProfile.set_shape({name!r}) refused the profile "
+            f"{profile.to_dict()}: {exc}{logged_errors(logger)}"
+        ) from exc
+    if config.add_optimization_profile(opt_profile) < 0:
+        raise ExportError(
+            f"TensorRT add_optimization_profile returned -1: the profile {profile.to_dict()} "
+            f"does not fit {source.name}'s input {name!r}{logged_errors(logger)}"
+        )
+    if timing_cache is not None:
+        _use_timing_cache(config, timing_cache, logger)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ExportError(
-            f"TensorRT failed to build an engine from {source.name} (see its log above)"
+            f"TensorRT build_serialized_network returned None for {source.name}"
+            f"{logged_errors(logger) or ' (see its log above)'}"
         )
-    plan.write_bytes(bytes(serialized))
+    write_atomically(plan, bytes(serialized))
     if timing_cache is not None:
-        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
-    major, minor = torch.cuda.get_device_capability()
+        _save_timing_cache(config, timing_cache)
     return {
         "version": trt.__version__,
-        "gpu": torch.cuda.get_device_name(),
-        "compute_capability": f"{major}.{minor}",
+        "gpu": gpu.name,
+        "compute_capability": gpu.compute_capability,
         "strongly_typed": typed,
         "profiles": [profile.to_dict()],
     }
+
+
+def _use_timing_cache(config: Any, path: Path, logger: Any) -> None:
+    """Give the builder the timing cache in `path` (a new one when the file is absent)."""
+    cache = config.create_timing_cache(path.read_bytes() if path.is_file() else b"")
+    if cache is None:
+        raise ExportError(
+            f"TensorRT create_timing_cache returned None for {path}{logged_errors(logger)}: "
+            "delete the file or pass another --timing-cache"
+        )
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise ExportError(
+            f"TensorRT set_timing_cache returned False for {path}: it was made on another GPU "
+            f"or TensorRT version{logged_errors(logger)}; delete it or pass another --timing-cache"
+        )
+
+
+def _save_timing_cache(config: Any, path: Path) -> None:
+    """Replace `path` by the builder's updated cache; a failure leaves the old file whole.
+
+    The engine is built by then: a cache that cannot be saved costs later builds time, not
+    this one its engine, so it is a warning.
+    """
+    cache = config.get_timing_cache()
+    if cache is None:
+        log.warning("TensorRT get_timing_cache returned None: %s was not updated", path)
+        return
+    try:
+        write_atomically(path, bytes(cache.serialize()))
+    except OSError as exc:
+        log.warning("could not update the timing cache %s (%s); it is unchanged", path, exc)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file beside it and a rename: a crash leaves
+    the old file or the new one, never a part of either, and no temporary file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def plan_name(direction: str, gpu_name: str) -> str:
@@ -218,32 +299,9 @@ def plan_name(direction: str, gpu_name: str) -> str:
     return f"{direction}.{gpu_slug(gpu_name)}.plan"
 
 
-def run_engine(plan: Path, images: np.ndarray) -> np.ndarray:
-    """Run an engine on uint8 NHWC images (for parity checks); returns uint8 NHWC."""
-    reason = availability()
-    if reason:
-        raise ExportError(reason)
-    import tensorrt as trt
-    import torch
-
-    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    engine = runtime.deserialize_cuda_engine(plan.read_bytes())
-    if engine is None:
-        raise ExportError(
-            f"{plan}: TensorRT could not load this engine (built for another GPU or version?)"
-        )
-    context = engine.create_execution_context()
-    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-    outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-    x = torch.from_numpy(np.ascontiguousarray(images)).cuda()
-    context.set_input_shape(inputs[0], tuple(x.shape))
-    out_shape = tuple(context.get_tensor_shape(outputs[0]))
-    y = torch.empty(out_shape, dtype=torch.uint8, device="cuda")
-    context.set_tensor_address(inputs[0], x.data_ptr())
-    context.set_tensor_address(outputs[0], y.data_ptr())
-    stream = torch.cuda.Stream()
-    if not context.execute_async_v3(stream.cuda_stream):
-        raise ExportError(f"{plan}: TensorRT execution failed")
-    stream.synchronize()
-    return y.cpu().numpy()
+def open_engine(plan: Path) -> EngineRunner:
+    """The engine in `plan` on GPU 0, in the runner the server uses; ExportError if it fails."""
+    try:
+        return EngineRunner(plan.read_bytes(), source=plan.name)
+    except (EngineError, CudaError, GpuUnavailable) as exc:
+        raise ExportError(str(exc)) from exc

@@ -70,10 +70,12 @@ class ImageTranslator(nn.Module):
                 f"expected {self.in_channels} channel(s) in the last dimension, got "
                 f"shape {tuple(image.shape)}"
             )
-        x = image.permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1.0  # (N, C_in, H, W)
+        # Cast first, then transpose floats: TensorRT takes uint8 only as a network input or
+        # output, converted from or to float before any other layer touches it.
+        x = image.to(torch.float32).permute(0, 3, 1, 2) / 127.5 - 1.0  # (N, C_in, H, W)
         y = self.generator(x)  # (N, C_out, H, W) in [-1, 1]
         pixels = torch.clamp(torch.round((y + 1.0) * 127.5), 0.0, 255.0)
-        return pixels.to(torch.uint8).permute(0, 2, 3, 1)  # (N, H, W, C_out)
+        return pixels.permute(0, 2, 3, 1).to(torch.uint8)  # (N, H, W, C_out)
 
 
 def translators_by_direction(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -152,22 +151,26 @@ class Hardware:
 
     @classmethod
     def detect(cls, device_id: int = 0) -> Hardware:
-        """Ask torch.cuda, the tensorrt package (if installed) and ONNX Runtime."""
+        """Ask CUDA (cuda-python, else NVML), the tensorrt package and ONNX Runtime; not torch."""
         import onnxruntime as ort
-        import torch
 
-        cuda = torch.cuda.is_available() and torch.cuda.device_count() > device_id
-        gpu_name = compute_capability = None
-        if cuda:
-            gpu_name = torch.cuda.get_device_name(device_id)
-            major, minor = torch.cuda.get_device_capability(device_id)
-            compute_capability = f"{major}.{minor}"
+        from i2i.runtime.cuda import GpuUnavailable, find_gpu
+        from i2i.runtime.tensorrt import installed_version
+
+        providers = tuple(ort.get_available_providers())
+        try:
+            gpu = find_gpu(device_id)
+        except GpuUnavailable as exc:
+            gpu = None
+            # Expected on a CPU machine; worth a warning where a GPU runtime is installed.
+            gpu_runtime = "CUDAExecutionProvider" in providers
+            log.log(logging.WARNING if gpu_runtime else logging.INFO, "no GPU: %s", exc)
         return cls(
-            cuda=cuda,
-            gpu_name=gpu_name,
-            compute_capability=compute_capability,
-            tensorrt_version=_tensorrt_version(),
-            ort_providers=tuple(ort.get_available_providers()),
+            cuda=gpu is not None,
+            gpu_name=gpu.name if gpu else None,
+            compute_capability=gpu.compute_capability if gpu else None,
+            tensorrt_version=installed_version(),
+            ort_providers=providers,
         )
 
     def describe(self) -> str:
@@ -175,17 +178,6 @@ class Hardware:
         gpu = f"{self.gpu_name} (compute capability {self.compute_capability})"
         trt = f"TensorRT {self.tensorrt_version}" if self.tensorrt_version else "no TensorRT"
         return f"{gpu if self.cuda else 'no GPU'}, {trt}"
-
-
-def _tensorrt_version() -> str | None:
-    if importlib.util.find_spec("tensorrt") is None:
-        return None
-    try:
-        import tensorrt
-    except Exception as exc:  # a wheel without its CUDA libraries fails in many ways
-        log.warning("the tensorrt package is installed but does not import: %s", exc)
-        return None
-    return str(tensorrt.__version__)
 
 
 def built_for(artifact: Mapping[str, Any]) -> str:

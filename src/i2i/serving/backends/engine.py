@@ -1,22 +1,26 @@
-"""The native TensorRT backend: a serialized engine (plan) run with TensorRT's Python API.
+"""The native TensorRT backend: a serialized engine (plan) in :class:`i2i.runtime.EngineRunner`.
 
-Written against the documented TensorRT 10 API (``Runtime.deserialize_cuda_engine``,
-``create_execution_context``, ``set_input_shape``, ``set_tensor_address``,
-``execute_async_v3``) with torch CUDA tensors as buffers and a torch CUDA stream. No
-machine this was written on had TensorRT or a GPU: the tests that run it are marked
-``tensorrt`` and skip elsewhere.
+The runner is the one export's parity check uses: it reads the engine's tensors, dtypes and
+profile from the engine itself, checks every TensorRT and CUDA call, and takes its device
+memory and stream from NVIDIA's CUDA Python bindings (no PyTorch). This backend checks the
+engine against the manifest and translates between the Backend interface and the runner.
+No machine this was written on had TensorRT or a GPU: it is tested against a fake of
+TensorRT's and CUDA's documented Python APIs, and the test that runs it for real is marked
+``tensorrt`` and skips elsewhere.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
+from i2i.runtime.cuda import CudaDevice, CudaError, GpuUnavailable
+from i2i.runtime.tensorrt import EngineError, EngineRunner
 from i2i.serving.backends.base import Backend, BackendError, built_for, io_sizes, shape_rule_of
 from i2i.serving.backends.ort import verify_artifact
 
@@ -31,24 +35,20 @@ class TensorRTBackend(Backend):
         artifact: the manifest's artifact entry (format "tensorrt").
         spec: the manifest's entry for the artifact's direction.
         device_id: the GPU to run on; it must be the kind the engine was built for.
+        tensorrt, cuda: passed to the runner (tests give fakes); default the real ones.
     """
 
     def __init__(
-        self, path: Path, artifact: Mapping[str, Any], spec: Mapping[str, Any], device_id: int = 0
+        self,
+        path: Path,
+        artifact: Mapping[str, Any],
+        spec: Mapping[str, Any],
+        device_id: int = 0,
+        *,
+        tensorrt: ModuleType | None = None,
+        cuda: CudaDevice | None = None,
     ) -> None:
-        try:
-            import tensorrt as trt
-        except ImportError as exc:
-            raise BackendError(
-                f"tensorrt: the tensorrt package is not installed ({exc}); pip install "
-                f"'i2i[gpu]' or choose --backend onnxruntime"
-            ) from exc
-        import torch
-
-        if not torch.cuda.is_available():
-            raise BackendError("tensorrt: no CUDA GPU is visible to this process")
         verify_artifact(path, artifact)
-        plan = path.read_bytes()
         in_channels, out_channels, style_size = io_sizes(spec, path.name)
         super().__init__(
             name="tensorrt",
@@ -59,64 +59,85 @@ class TensorRTBackend(Backend):
             style_size=style_size,
             shape_rule=shape_rule_of(spec),
         )
-        self._torch = torch
-        self._device = torch.device("cuda", device_id)
-        with torch.cuda.device(self._device):
-            self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-            self._engine = self._runtime.deserialize_cuda_engine(plan)
-            if self._engine is None:
-                raise BackendError(
-                    f"{path}: TensorRT could not load this engine, built for "
-                    f"{built_for(artifact)} (see TensorRT's log above); rebuild it on this GPU "
-                    f"type with `i2i models build-engines`, or use --backend onnxruntime"
-                )
-            self._context = self._engine.create_execution_context()
-            self._stream = torch.cuda.Stream(device=self._device)
-        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
-        inputs = {n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT}
-        self._input, self._output = spec["input"]["name"], spec["output"]["name"]
-        self._style = spec["style"]["name"] if spec["style"] is not None else None
-        expected = {self._input} | ({self._style} if self._style else set())
-        if inputs != expected or self._output not in set(names) - inputs:
-            raise BackendError(
-                f"{path}: the engine's tensors {names} are not the manifest's (inputs "
-                f"{sorted(expected)}, output {self._output}); re-export this version"
+        try:
+            runner = EngineRunner(
+                path.read_bytes(),
+                device_id=device_id,
+                source=path.name,
+                tensorrt=tensorrt,
+                cuda=cuda,
             )
-        profile = artifact["tensorrt"]["profiles"][0]
-        self._min, self._max = tuple(profile["min"]), tuple(profile["max"])
-        self.max_batch = int(self._max[0])
-        self.size_range = ((self._min[1], self._min[2]), (self._max[1], self._max[2]))
+        except (EngineError, CudaError, GpuUnavailable) as exc:
+            raise BackendError(
+                f"tensorrt: {exc}. The engine was built for {built_for(artifact)}; rebuild it "
+                f"on this GPU type with `i2i models build-engines`, or use --backend onnxruntime"
+            ) from exc
+        try:
+            self._input, self._output, self._style = _check_engine(runner, spec, path.name)
+        except BackendError:
+            runner.close()
+            raise
+        self._runner: EngineRunner | None = runner
+        image = runner.tensors[self._input]
+        self._style_dtype = runner.tensors[self._style].dtype if self._style else None
+        recorded = artifact["tensorrt"]["profiles"][0]
+        found = {"min": list(image.min), "opt": list(image.opt), "max": list(image.max)}
+        if {k: list(recorded[k]) for k in found} != found:
+            log.warning(
+                "%s: the manifest records the profile %s but the engine's is %s; using the engine's",
+                path.name,
+                recorded,
+                found,
+            )
+        inputs = [runner.tensors[name] for name in runner.inputs]
+        self.max_batch = min(int(t.max[0]) for t in inputs)
+        self.size_range = ((image.min[1], image.min[2]), (image.max[1], image.max[2]))
         # One execution context and stream: concurrent batches (--instances) take turns.
         self.thread_safe = False
-        self._lock = threading.Lock()
 
     def run(self, images: np.ndarray, style: np.ndarray | None = None) -> np.ndarray:
         images, style = self.check_inputs(images, style)
-        if self._context is None:
+        runner = self._runner
+        if runner is None:
             raise RuntimeError(f"{self}: closed")
-        shape = images.shape
-        if not all(lo <= s <= hi for lo, s, hi in zip(self._min, shape, self._max, strict=True)):
+        feeds = {self._input: images}  # (N, H, W, C_in) uint8
+        if style is not None and self._style is not None:
+            feeds[self._style] = style.astype(self._style_dtype, copy=False)  # (N, S)
+        try:
+            outputs = runner.run(feeds)
+        except ValueError as exc:
             raise ValueError(
-                f"{self.artifact}: shape {shape} is outside the engine's profile (min "
-                f"{self._min}, max {self._max}); rebuild it with `i2i models build-engines --force --shapes ...`"
-            )
-        torch, context = self._torch, self._context
-        with self._lock, torch.cuda.device(self._device), torch.cuda.stream(self._stream):
-            x = torch.from_numpy(images).to(self._device)  # (N, H, W, C_in) uint8
-            context.set_input_shape(self._input, tuple(x.shape))
-            context.set_tensor_address(self._input, x.data_ptr())
-            if style is not None and self._style is not None:
-                s = torch.from_numpy(style).to(self._device)  # (N, S) float32
-                context.set_input_shape(self._style, tuple(s.shape))
-                context.set_tensor_address(self._style, s.data_ptr())
-            out_shape = tuple(context.get_tensor_shape(self._output))
-            y = torch.empty(out_shape, dtype=torch.uint8, device=self._device)
-            context.set_tensor_address(self._output, y.data_ptr())
-            if not context.execute_async_v3(self._stream.cuda_stream):
-                raise RuntimeError(f"{self.artifact}: TensorRT execution failed (see its log)")
-            result = y.cpu()  # ordered after the engine on this stream; waits for it
-        return np.asarray(result.numpy())
+                f"{exc}; rebuild it with `i2i models build-engines --force --shapes ...`"
+            ) from exc
+        return outputs[self._output]
 
     def close(self) -> None:
-        self._context = None
-        self._engine = None
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.close()
+
+
+def _check_engine(
+    runner: EngineRunner, spec: Mapping[str, Any], source: str
+) -> tuple[str, str, str | None]:
+    """The engine's (input, output, style) names, or BackendError if they, or their dtypes
+    as the engine reports them, are not the manifest's."""
+    tensors = [spec["input"], spec["output"]] + ([spec["style"]] if spec["style"] else [])
+    expected = {t["name"]: np.dtype(t["dtype"]) for t in tensors}
+    found = {name: t.dtype for name, t in runner.tensors.items()}
+    inputs = {spec["input"]["name"]} | ({spec["style"]["name"]} if spec["style"] else set())
+    if found != expected or set(runner.inputs) != inputs:
+        raise BackendError(
+            f"{source}: the engine's tensors ({_listed(found, runner.inputs)}) are not the "
+            f"manifest's ({_listed(expected, tuple(inputs))}); rebuild it with "
+            f"`i2i models build-engines --force` or re-export this version"
+        )
+    style = spec["style"]["name"] if spec["style"] else None
+    return spec["input"]["name"], spec["output"]["name"], style
+
+
+def _listed(tensors: Mapping[str, np.dtype], inputs: tuple[str, ...]) -> str:
+    return ", ".join(
+        f"{'input' if name in inputs else 'output'} {name} {dtype}"
+        for name, dtype in sorted(tensors.items())
+    )

@@ -55,6 +55,22 @@ def _trt_cache_dir() -> Path:
     return folder
 
 
+def tensorrt_provider_options(device_id: int) -> dict[str, Any]:
+    """ONNX Runtime's TensorRT provider options: the graph's own types decide the precision.
+
+    No ``trt_fp16_enable``: that flag lets TensorRT run any layer in FP16, including the
+    normalisations an FP16 graph keeps in FP32 on purpose; an FP16 graph runs in FP16
+    without it, an FP32 graph in FP32. The provider compiles an engine for every new input
+    shape; they are kept on disk so a shape costs that once per machine, not per process.
+    """
+    return {
+        "device_id": device_id,
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(_trt_cache_dir()),
+        "trt_timing_cache_enable": True,
+    }
+
+
 class OnnxRuntimeBackend(Backend):
     """An ONNX artifact in an ONNX Runtime session on the given execution providers.
 
@@ -83,19 +99,10 @@ class OnnxRuntimeBackend(Backend):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads is not None:
             options.intra_op_num_threads = threads
-        fp16 = artifact["precision"] == "fp16"
         wanted = [*dict.fromkeys([*providers, CPU])]
         provider_options: dict[str, dict[str, Any]] = {CUDA: {"device_id": device_id}, CPU: {}}
         if TENSORRT in wanted:
-            # The TensorRT provider compiles an engine for every new input shape; keep them
-            # on disk so a shape costs that once per machine, not once per process.
-            provider_options[TENSORRT] = {
-                "device_id": device_id,
-                "trt_fp16_enable": fp16,
-                "trt_engine_cache_enable": True,
-                "trt_engine_cache_path": str(_trt_cache_dir()),
-                "trt_timing_cache_enable": True,
-            }
+            provider_options[TENSORRT] = tensorrt_provider_options(device_id)
         try:
             session = ort.InferenceSession(
                 str(path),
