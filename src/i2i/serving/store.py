@@ -32,7 +32,7 @@ Work = tuple[np.ndarray, "np.ndarray | None"]  # (H, W, C) pixels, (k, S) style 
 
 # The image side of the minimal warm-up: big enough that every convolution runs on a
 # feature map of a few cells (a ResNet generator's is 1/4 of the side), small enough to
-# cost ~0.1 s with a ResNet-9 of 64 filters on one CPU core.
+# cost tens of milliseconds with a ResNet-9 of 64 filters on a 2-core CPU.
 MINIMAL_WARMUP_SIZE = 64
 # Backends whose runtime needs one small run before serving (its first run allocates and
 # starts its thread pool; its kernels do not depend on the image size). Every other
