@@ -10,6 +10,9 @@ from pathlib import Path
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cpu", "pytorch")
 PRECISIONS = ("auto", "fp32", "fp16")
+# auto: what the backend needs (store.warmup_plan); minimal: one small batch; full: every
+# batch size at --warmup-size.
+WARMUPS = ("auto", "minimal", "full")
 
 
 class ServerConfigError(ValueError):
@@ -58,7 +61,8 @@ class ServerConfig:
     max_message_mb: float = 32.0
     max_image_pixels: int = 2048 * 2048  # a batch of 4096² images would not fit most GPUs
     max_samples: int = 16
-    warmup_size: int = 256
+    warmup: str = "auto"  # one of WARMUPS
+    warmup_size: int = 256  # image side of the full warm-up
     grace_seconds: float = 30.0
     token: str | None = None
     tls_cert: Path | None = None
@@ -75,7 +79,10 @@ class ServerConfig:
             problems.append(
                 f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}"
             )
+        if self.warmup not in WARMUPS:
+            problems.append(f"--warmup {self.warmup!r}: choose one of {', '.join(WARMUPS)}")
         for flag, value in (
+            ("--warmup-size", self.warmup_size),
             ("--max-batch", self.max_batch),
             ("--max-queue", self.max_queue),
             ("--instances", self.instances),
@@ -186,10 +193,18 @@ def add_arguments(
     run.add_argument("--device-id", type=int, default=d.device_id, help="CUDA device index")
     run.add_argument("--threads", type=int, default=None, help="CPU threads per backend")
     run.add_argument(
+        "--warmup",
+        choices=WARMUPS,
+        default=d.warmup,
+        help="warm-up before SERVING: minimal is one batch of 1 at 64x64, full is every batch "
+        "size (1, 2, 4, ..., --max-batch) at --warmup-size; auto (default) is minimal for "
+        "backends on the CPU, full for GPU backends (kernel and algorithm choice per shape)",
+    )
+    run.add_argument(
         "--warmup-size",
         type=int,
         default=d.warmup_size,
-        help="image size the backends are warmed with before SERVING (default %(default)s)",
+        help="image size of the full warm-up (default %(default)s)",
     )
     batch = parser.add_argument_group("dynamic batching")
     batch.add_argument(
@@ -300,6 +315,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_message_mb=args.max_message_mb,
         max_image_pixels=args.max_image_pixels,
         max_samples=args.max_samples,
+        warmup=args.warmup,
         warmup_size=args.warmup_size,
         grace_seconds=args.grace_seconds,
         token=token,

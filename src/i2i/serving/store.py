@@ -1,8 +1,9 @@
 """The loaded models: a backend and a dynamic batcher per model version and direction.
 
-Loading reads each manifest, picks a backend (`backends.load_backend`), warms it at every
-batch size and builds the batcher whose `execute` runs that backend. A direction is found
-by (model, version, direction); anything not loaded is NotFound with what is.
+Loading reads each manifest, picks a backend (`backends.load_backend`), warms it as its
+runtime needs (`warmup_plan`) and builds the batcher whose `execute` runs that backend. A
+direction is found by (model, version, direction); anything not loaded is NotFound with
+what is.
 """
 
 from __future__ import annotations
@@ -22,14 +23,75 @@ from i2i.serving.backends import Backend, BackendError, Hardware, load_backend
 from i2i.serving.batcher import BatchObserver, DynamicBatcher
 from i2i.serving.config import ModelSelection, ServerConfig
 from i2i.serving.errors import NotFound
+from i2i.shapes import ShapeRule
 
 log = logging.getLogger(__name__)
 
 Work = tuple[np.ndarray, "np.ndarray | None"]  # (H, W, C) pixels, (k, S) style or None
 
 
+# The image side of the minimal warm-up: big enough that every convolution runs on a
+# feature map of a few cells (a ResNet generator's is 1/4 of the side), small enough to
+# cost tens of milliseconds with a ResNet-9 of 64 filters on a 2-core CPU.
+MINIMAL_WARMUP_SIZE = 64
+# Backends whose runtime needs one small run before serving (its first run allocates and
+# starts its thread pool; its kernels do not depend on the image size). Every other
+# backend, and any backend not named here, gets the full warm-up: TensorRT, CUDA and cuDNN
+# choose kernels and algorithms per input shape and initialise lazily.
+MINIMAL_WARMUP_BACKENDS = frozenset({"onnxruntime-cpu", "pytorch-cpu"})
+
+
 class LoadError(RuntimeError):
     """A model could not be loaded; the server does not start."""
+
+
+@dataclass(frozen=True)
+class Warmup:
+    """The warm-up one direction gets (or got): a plan, an image side and batch sizes."""
+
+    plan: str  # "minimal" or "full"
+    size: int  # images are size x size
+    batches: tuple[int, ...]
+
+    def describe(self) -> str:
+        """E.g. "minimal warm-up at 64x64, batch 1"."""
+        which = "batch" if len(self.batches) == 1 else "batches"
+        listed = ", ".join(map(str, self.batches))
+        return f"{self.plan} warm-up at {self.size}x{self.size}, {which} {listed}"
+
+
+def warmup_plan(backend_name: str, choice: str) -> str:
+    """The warm-up plan for a backend: `choice` ("minimal", "full"), or under "auto" what
+    the backend's runtime needs (minimal on the CPU, full on GPUs and anything unknown)."""
+    if choice in ("minimal", "full"):
+        return choice
+    if choice != "auto":
+        raise ValueError(f"warm-up {choice!r}: choose auto, minimal or full")
+    return "minimal" if backend_name in MINIMAL_WARMUP_BACKENDS else "full"
+
+
+def plan_warmup(
+    plan: str,
+    rule: ShapeRule,
+    *,
+    warmup_size: int,
+    max_batch: int,
+    size_range: tuple[tuple[int, int], tuple[int, int]] | None = None,
+) -> Warmup:
+    """What a plan runs for one direction: full warms every batch size dynamic batching
+    forms at `warmup_size`, minimal one batch of 1 at MINIMAL_WARMUP_SIZE; the side is
+    fitted to the shape rule (a fixed size wins, else rounded down to a multiple, at least
+    the smallest) and to an engine's profile (`size_range`)."""
+    wanted = MINIMAL_WARMUP_SIZE if plan == "minimal" else warmup_size
+    if rule.fixed_size is not None:
+        size = rule.fixed_size
+    else:
+        size = max(rule.smallest, wanted // rule.multiple_of * rule.multiple_of)
+    if size_range is not None:  # an engine's profile: warm inside it
+        (low, _), (high, _) = size_range
+        size = min(max(size, low), high)
+    batches = (1,) if plan == "minimal" else tuple(_warmup_batches(max_batch))
+    return Warmup(plan, size, batches)
 
 
 def batch_runner(backend: Backend) -> Callable[[Hashable, list[Any]], list[np.ndarray]]:
@@ -64,6 +126,8 @@ class LoadedDirection:
     max_batch: int
     batcher: DynamicBatcher | None = field(default=None, repr=False)
     preparing: int = 0  # requests admitted and being decoded, not yet in the batcher's queue
+    warmup: Warmup | None = None  # what warmed it (None: not warmed, e.g. LocalTranslator)
+    warmup_s: float = 0.0  # how long that took
 
     @property
     def label(self) -> str:
@@ -174,12 +238,14 @@ class ModelStore:
             loaded = self._load_direction(folder, manifest, direction, hardware)
             seconds = time.monotonic() - start
             log.info(
-                "loaded %s with %s (%s, %s) in %.2f s",
+                "loaded %s with %s (%s, %s) in %.2f s, of which %s: %.2f s",
                 loaded.label,
                 loaded.backend.name,
                 loaded.backend.artifact,
                 loaded.backend.precision,
                 seconds,
+                loaded.warmup.describe() if loaded.warmup else "no warm-up",
+                loaded.warmup_s,
             )
             if on_loaded is not None:
                 on_loaded(loaded, seconds)
@@ -204,21 +270,24 @@ class ModelStore:
             raise LoadError(
                 f"{manifest['name']}:{manifest['version']} {direction}: {exc}"
             ) from None
-        rule = manifest["directions"][direction]["shape_rule"]
-        fixed, multiple = rule["fixed_size"], rule["multiple_of"]
         max_batch = min(config.max_batch, backend.max_batch or config.max_batch)
-        size = fixed or max(multiple, config.warmup_size // multiple * multiple)
-        if backend.size_range is not None:  # an engine's profile: warm inside it
-            (low, _), (high, _) = backend.size_range
-            size = min(max(size, low), high)
+        warmup = plan_warmup(
+            warmup_plan(backend.name, config.warmup),
+            backend.shape_rule,
+            warmup_size=config.warmup_size,
+            max_batch=max_batch,
+            size_range=backend.size_range,
+        )
+        start = time.monotonic()
         try:
-            backend.warmup(size, size, _warmup_batches(max_batch))
+            backend.warmup(warmup.size, warmup.size, warmup.batches)
         except Exception as exc:
             backend.close()
             raise LoadError(
-                f"{manifest['name']}:{manifest['version']} {direction}: warm-up with "
-                f"{size}x{size} images failed on {backend.name}: {exc}"
+                f"{manifest['name']}:{manifest['version']} {direction}: {warmup.describe()} "
+                f"failed on {backend.name}: {exc}"
             ) from exc
+        warmup_s = time.monotonic() - start
         batcher = DynamicBatcher(
             batch_runner(backend),
             max_batch=max_batch,
@@ -236,6 +305,8 @@ class ModelStore:
             backend=backend,
             max_batch=max_batch,
             batcher=batcher,
+            warmup=warmup,
+            warmup_s=warmup_s,
         )
 
     def directions(self) -> list[LoadedDirection]:
