@@ -24,11 +24,12 @@ Configurations (--configs):
 - ``after``: the defaults (bound and shrinkage);
 - ``off``: the default bound, no arena at all (I2I_ORT_CPU_ARENA=off).
 
-Then (unless --throughput-requests is 0) the cost of the arena modes in speed: for keep,
-shrink and off and each of --throughput-sizes, a closed loop of --throughput-concurrency
-clients sends --throughput-requests images in all; images/s over the loop. (Shrink gives
-memory back only after runs above ``SHRINK_ABOVE_PIXELS``, 512x512: pick one size below
-and one above it.)
+Then (unless --throughput-requests is 0) the cost of the arena modes in speed: one server
+each for keep, shrink and off, all up at once; for each of --throughput-sizes,
+--throughput-rounds rounds in which each server in turn gets --throughput-requests images
+from a closed loop of --throughput-concurrency clients; images/s over its rounds. Shrink
+gives memory back only after runs above ``SHRINK_ABOVE_PIXELS`` (8 x 256²), so the default
+sizes are one on each side of it.
 
 Memory grows with the generator's width: the activations of a ResNet generator are about
 ``ngf`` channels of float32 per pixel at full resolution, so bytes per pixel scale roughly
@@ -50,7 +51,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,14 +211,12 @@ def burst(server: Server, args: argparse.Namespace, concurrency: int) -> dict[st
     }
 
 
-def throughput(server: Server, args: argparse.Namespace, size: int) -> dict[str, Any]:
-    """Images/s of a closed loop of --throughput-concurrency clients, after one warm-up each."""
+def closed_loop(server: Server, args: argparse.Namespace, size: int, requests: int) -> float:
+    """Seconds for --throughput-concurrency clients to get `requests` replies in all."""
     stub = stub_for(server.target)
     message = request(args, size, 0)
     clients = args.throughput_concurrency
-    for _ in range(clients):
-        stub.Translate(message, timeout=3600)
-    counter = iter(range(args.throughput_requests))
+    counter = iter(range(requests))
     lock = threading.Lock()
 
     def loop() -> None:
@@ -231,8 +230,42 @@ def throughput(server: Server, args: argparse.Namespace, size: int) -> dict[str,
     with ThreadPoolExecutor(clients) as pool:
         for future in [pool.submit(loop) for _ in range(clients)]:
             future.result()
-    seconds = time.monotonic() - start
-    return {"images_per_s": args.throughput_requests / seconds, "seconds": seconds}
+    return time.monotonic() - start
+
+
+def speed(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    """Images/s per arena mode and size: one server per mode, all up at once, and rounds
+    that take turns between them, so a shared machine's changing load hits each alike."""
+    modes = ("keep", "shrink", "off")
+    rounds = args.throughput_rounds
+    seconds = {(mode, size): 0.0 for mode in modes for size in args.throughput_sizes}
+    with ExitStack() as stack:
+        servers = {
+            mode: stack.enter_context(serving(args, True, mode, work / f"server-speed-{mode}.log"))
+            for mode in modes
+        }
+        for size in args.throughput_sizes:
+            for mode in modes:  # warm: the first run of a size allocates
+                closed_loop(servers[mode], args, size, args.throughput_concurrency)
+            for _ in range(rounds):
+                for mode in modes:
+                    seconds[mode, size] += closed_loop(
+                        servers[mode], args, size, args.throughput_requests
+                    )
+        time.sleep(args.settle)
+        settled = {mode: rss_mb(server.pid)[0] for mode, server in servers.items()}
+    points = [
+        {
+            "arena": mode,
+            "size": size,
+            "images_per_s": rounds * args.throughput_requests / seconds[mode, size],
+            "settled_mb": settled[mode],
+        }
+        for (mode, size) in seconds
+    ]
+    for point in points:
+        print(json.dumps(point), file=sys.stderr, flush=True)
+    return points
 
 
 def machine() -> dict[str, Any]:
@@ -298,9 +331,10 @@ def markdown(results: dict[str, Any]) -> str:
     if results["throughput"]:
         lines += [
             "",
-            f"Arena cost in speed: {s['throughput_requests']} raw requests per size from "
-            f"{s['throughput_concurrency']} closed-loop clients, default bound; RSS settled "
-            "after each size's loop.",
+            f"Arena cost in speed: {s['throughput_rounds']} rounds of "
+            f"{s['throughput_requests']} raw requests per mode and size from "
+            f"{s['throughput_concurrency']} closed-loop clients, the modes' servers taking "
+            "turns; default bound; settled RSS at the end.",
             "",
             "| arena | size | images/s | settled MB |",
             "|---|---:|---:|---:|",
@@ -336,14 +370,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--settle", type=float, default=3.0, help="seconds after a burst before 'settled'")
     add("--throughput-sizes", type=lambda t: [int(c) for c in t.split(",")],
         default=[256, 1024], help="image sizes of the speed loop (default 256,1024)")  # fmt: skip
-    add("--throughput-requests", type=int, default=16, help="requests of the speed loop "
-        "per arena mode and size (0: skip it)")  # fmt: skip
+    add("--throughput-requests", type=int, default=8, help="requests of each round of the "
+        "speed loop, per arena mode and size (0: skip the speed loop)")  # fmt: skip
+    add("--throughput-rounds", type=int, default=4, help="rounds of the speed loop")
     add("--throughput-concurrency", type=int, default=4, help="clients of the speed loop")
     add("--json", type=Path, help="also write the results here")
     add("--markdown", type=Path, help="also write the markdown table here")
     add("--keep", type=Path, help="write the exported model and the servers' logs here")
     args = p.parse_args(argv)
-    unknown = set(args.configs.split(",")) - set(CONFIGS)
+    args.configs = [name for name in args.configs.split(",") if name]  # "": speed only
+    unknown = set(args.configs) - set(CONFIGS)
     if unknown:
         p.error(f"--configs: unknown {', '.join(sorted(unknown))}; choose from {list(CONFIGS)}")
     return args
@@ -366,7 +402,7 @@ def main() -> None:
         description = f"{args.model} from {args.repository}"
     info = machine()
     memory, idle = [], {}
-    for name in args.configs.split(","):
+    for name in args.configs:
         bounded, arena = CONFIGS[name]
         bound = (args.max_batch_pixels or default_bound) if bounded else 0
         print(f"{name}: bound {bound or 'none'}, arena {arena}", file=sys.stderr, flush=True)
@@ -379,17 +415,7 @@ def main() -> None:
                           "idle_mb": idle[name], "batches": batches_of(point["batch_sizes"])}  # fmt: skip
                 print(json.dumps(point), file=sys.stderr, flush=True)
                 memory.append(point)
-    speed: list[dict[str, Any]] = []
-    if args.throughput_requests:
-        for arena in ("keep", "shrink", "off"):
-            print(f"speed: arena {arena}", file=sys.stderr, flush=True)
-            with serving(args, True, arena, work / f"server-speed-{arena}.log") as server:
-                for size in args.throughput_sizes:
-                    point = throughput(server, args, size)
-                    time.sleep(args.settle)
-                    point |= {"arena": arena, "size": size, "settled_mb": rss_mb(server.pid)[0]}
-                    print(json.dumps(point), file=sys.stderr, flush=True)
-                    speed.append(point)
+    speeds = speed(args, work) if args.throughput_requests else []
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     settings |= {"model_description": description, "default_max_batch_pixels": default_bound}
     results = {
@@ -397,7 +423,7 @@ def main() -> None:
         "settings": settings,
         "idle": idle,
         "memory": memory,
-        "throughput": speed,
+        "throughput": speeds,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
     text = markdown(results)

@@ -57,9 +57,9 @@ class ServerConfig:
     max_connection_age_s: float | None = None  # None: connections live as long as clients like
     max_message_mb: float = 32.0
     max_image_pixels: int = 2048 * 2048  # a batch of 4096² images would not fit most GPUs
-    # Pixels (height x width x samples) in one batch; 0: no limit. 1024² is ~1.7 GB of
-    # activations for a ResNet-9 (ngf 64) on the CPU: the arithmetic is in docs/serving.md.
-    max_batch_pixels: int = 1024 * 1024
+    # Pixels (height x width x samples) in one batch; 0: no limit. 8 x 256² is ~0.85 GB
+    # of activations for a ResNet-9 (ngf 64) on the CPU: the arithmetic is in docs/serving.md.
+    max_batch_pixels: int = 8 * 256 * 256
     max_samples: int = 16
     warmup_size: int = 256
     grace_seconds: float = 30.0
@@ -251,7 +251,7 @@ def add_arguments(
         default=d.max_batch_pixels,
         help="most pixels (height x width x samples) in one batch: a batch closes early "
         "rather than exceed it, and a larger request runs alone; bounds the memory a batch "
-        "of large images takes (default %(default)s: one 1024x1024 image, sixteen 256x256; "
+        "of large images takes (default %(default)s: eight 256x256 images, two 512x512; "
         "0: no limit)",
     )
     limits.add_argument(

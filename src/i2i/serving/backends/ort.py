@@ -53,10 +53,10 @@ def verify_artifact(path: Path, artifact: Mapping[str, Any]) -> None:
 # (RunOptions memory.enable_memory_arena_shrinkage) and keeps it after smaller ones, "keep"
 # always holds it for the next run (ONNX Runtime's default: the process keeps its largest
 # batch's peak for ever), "off" uses no arena. Giving memory back costs the next run its
-# allocation again (measured in benchmarks/serve_memory.py): small runs, the frequent ones,
-# keep theirs, bounded by SHRINK_ABOVE_PIXELS.
+# allocation again (measured in benchmarks/serve_memory.py), so runs up to a default batch
+# (--max-batch-pixels' default), the frequent ones, keep theirs for the next.
 CPU_ARENA_MODES = ("shrink", "keep", "off")
-SHRINK_ABOVE_PIXELS = 512 * 512  # batch x height x width
+SHRINK_ABOVE_PIXELS = 8 * 256 * 256  # batch x height x width
 
 
 def _cpu_arena() -> str:
