@@ -42,11 +42,6 @@ def test_empty_bytes_raise_translate_error(shared_server: RunningServer) -> None
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT and "empty" in error.details
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the server to send `grpc-retry-pushback-ms: -1` with a RESOURCE_EXHAUSTED "
-    "a retry cannot help (issue 9, server side); remove this mark when it does",
-)
 def test_an_image_too_large_is_not_retried(shared_server: RunningServer) -> None:
     before = answered(shared_server, "RESOURCE_EXHAUSTED")
     bomb = png_declaring(50_000, 50_000)  # refused from its header, before decoding

@@ -267,9 +267,13 @@ def test_drain_fits_in_the_termination_grace_period(
     spec = pod_spec(docs)
     pre_stop = server(docs)["lifecycle"]["preStop"]
     sleep = pre_stop["sleep"]["seconds"] if "sleep" in pre_stop else 0
-    grace = parse_server_config(server_environment(docs)).grace_seconds
+    config = parse_server_config(server_environment(docs))
     assert sleep > 0, "preStop should wait for endpoint removal to spread"
-    assert spec["terminationGracePeriodSeconds"] > sleep + grace
+    assert config.drain_delay_s > 0, "clients still sending after SIGTERM should hear UNAVAILABLE"
+    # The drain delay and the grace period run together from SIGTERM; the port closes
+    # after both.
+    drain = max(config.grace_seconds, config.drain_delay_s)
+    assert spec["terminationGracePeriodSeconds"] > sleep + drain
 
 
 @pytest.mark.parametrize("target", TARGETS)

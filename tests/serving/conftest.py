@@ -83,6 +83,7 @@ def server_config(repository: Path, **changes: Any) -> ServerConfig:
         "workers": 2,
         "threads": 1,
         "grace_seconds": 5.0,
+        "drain_delay_s": 0.0,  # the tests that need a drain delay set one
     }
     settings.update(changes)
     return ServerConfig(**settings)

@@ -91,6 +91,16 @@ CASES = [
         "format",
     ),
     ("policy-enum", pb.Image(encoded=GOOD), {"size_policy": 9}, INVALID, "size_policy"),
+    # Below what the ResNet generator takes (sides of 8): refused before the batch, by name.
+    ("tiny-pad", pb.Image(encoded=png_bytes(sample_image(4, 64))), {}, INVALID, "8x8"),
+    ("1x1-pad", raw(b"\0\0\0", 1, 1, 3), {}, INVALID, "smallest accepted size is 8x8"),
+    (
+        "tiny-reject",
+        pb.Image(encoded=png_bytes(sample_image(5, 64))),
+        {"size_policy": pb.SIZE_POLICY_REJECT},
+        INVALID,
+        "smallest accepted size: 8x8",
+    ),
 ]
 
 
@@ -114,8 +124,52 @@ def test_bad_input_gets_its_code(shared_server, image, fields, code, words):
         assert caught.value.code() == code, caught.value.details()
         assert words in caught.value.details()
         if code == EXHAUSTED:  # too large: a retry cannot help, and the client is told
-            assert dict(caught.value.trailing_metadata()).get("i2i-retryable") == "false"
+            trailers = dict(caught.value.trailing_metadata())
+            assert trailers.get("i2i-retryable") == "false"
+            assert trailers.get("grpc-retry-pushback-ms") == "-1"  # gRPC's "do not retry"
     assert shared_server.health() == "SERVING"
+
+
+@pytest.mark.parametrize("size", [(1, 1), (4, 64), (5, 64), (64, 7)])
+def test_resize_scales_too_small_images_up_and_back(shared_server, size):
+    pixels = sample_image(*size)
+    message = pb.TranslateRequest(
+        model=MODEL,
+        direction="A2B",
+        image=raw(pixels.tobytes(), *size, 3),
+        size_policy=pb.SIZE_POLICY_RESIZE,
+    )
+    reply = shared_server.stub().Translate(message, timeout=30)
+    out = reply.images[0].raw
+    assert (out.height, out.width, out.channels) == (*size, 3)
+
+
+def test_a_body_that_is_not_a_protobuf_is_invalid_argument(start_server):
+    server = start_server()
+    garbage = b"\xff\xff\xff\xff garbage, not a protobuf"
+    with server.channel() as channel:
+        for method in ("Translate", "GetModel", "ListModels"):
+            call = channel.unary_unary(f"/i2i.v1.Translator/{method}")  # bytes as they are
+            with pytest.raises(grpc.RpcError) as caught:
+                call(garbage, timeout=10)
+            assert caught.value.code() == INVALID, (method, caught.value.details())
+            assert "is not a valid i2i.v1." in caught.value.details()
+        stream = channel.stream_stream("/i2i.v1.Translator/TranslateStream")
+        good = pb.TranslateRequest(model=MODEL, direction="A2B", image=pb.Image(encoded=GOOD))
+        replies = stream(iter([good.SerializeToString(), garbage]), timeout=30)
+        assert pb.TranslateResponse.FromString(next(replies)).images  # the good frame first
+        with pytest.raises(grpc.RpcError) as caught:
+            next(replies)
+        assert caught.value.code() == INVALID
+        assert (
+            f"({len(garbage)} bytes) is not a valid i2i.v1.TranslateRequest"
+            in caught.value.details()
+        )
+    assert server.health() == "SERVING"
+    key = (
+        'i2i_inference_requests_total{code="INVALID_ARGUMENT",direction="unknown",model="unknown"}'
+    )
+    assert server.metrics()[key] == 2  # Translate and the stream's frame
 
 
 def test_oversized_message_is_refused(start_server):
@@ -149,6 +203,10 @@ def test_bad_inputs_are_counted_under_their_code(start_server):
                 ),
                 timeout=30,
             )
+    # An empty or missing image is counted under the model and direction the request names.
+    for image in (pb.Image(encoded=b""), None):
+        with pytest.raises(grpc.RpcError):
+            stub.Translate(pb.TranslateRequest(model=MODEL, direction="A2B", image=image))
     samples = server.metrics()
     # Unknown names are counted as "unknown": made-up model names cannot grow the series.
     assert (
@@ -161,5 +219,5 @@ def test_bad_inputs_are_counted_under_their_code(start_server):
         samples[
             'i2i_inference_requests_total{code="INVALID_ARGUMENT",direction="A2B",model="tiny"}'
         ]
-        == 1
+        == 3
     )

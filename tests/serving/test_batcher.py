@@ -336,6 +336,60 @@ def test_request_sizes_count_toward_max_batch() -> None:
     assert [timing.batch_size for _, timing in answers[1:]] == [3, 3, 4, 4, 4]
 
 
+def test_batch_closes_early_when_the_next_request_would_exceed_max_cost() -> None:
+    work = Work()
+
+    async def main() -> list[Any]:
+        batcher = make(work, max_batch=8, max_cost=100)
+        await batcher.start()
+        with pytest.raises(ValueError, match="cost must be >= 0"):
+            await batcher.submit("k", 1, cost=-1)
+        blocker = await hold(batcher, work)
+        costs = {10: 40, 11: 50, 12: 20, 13: 250, 14: 30, 15: 30}
+        tasks = [asyncio.create_task(batcher.submit("k", p, cost=c)) for p, c in costs.items()]
+        await settle()
+        work.gate.set()
+        answers = await asyncio.gather(blocker, *tasks)
+        await batcher.stop()
+        return answers
+
+    answers = run(main())
+    # Oldest first, total cost at most 100 (a request over it alone): [40+50], [20], [250], [30+30].
+    assert [batch for _, batch in work.batches[1:]] == [[10, 11], [12], [13], [14, 15]]
+    assert [result for result, _ in answers[1:]] == [20, 22, 24, 26, 28, 30]
+
+
+def test_a_batch_full_by_cost_goes_without_waiting_for_the_delay() -> None:
+    work = Work()
+
+    async def main() -> None:
+        batcher = make(work, max_batch=8, max_delay_s=GUARD_S * 2, max_cost=100)
+        await batcher.start()
+        # Far below max_batch in size, but at max_cost: it goes now, not after the delay.
+        await asyncio.gather(batcher.submit("k", 1, cost=60), batcher.submit("k", 2, cost=40))
+        await batcher.stop()
+
+    run(main())
+    assert work.batches == [("k", [1, 2])]
+
+
+def test_without_max_cost_costs_are_ignored() -> None:
+    work = Work()
+
+    async def main() -> None:
+        batcher = make(work, max_batch=4)
+        await batcher.start()
+        blocker = await hold(batcher, work)
+        tasks = [asyncio.create_task(batcher.submit("k", p, cost=1e12)) for p in range(4)]
+        await settle()
+        work.gate.set()
+        await asyncio.gather(blocker, *tasks)
+        await batcher.stop()
+
+    run(main())
+    assert [batch for _, batch in work.batches[1:]] == [[0, 1, 2, 3]]
+
+
 def test_two_instances_run_two_batches_at_once() -> None:
     first_in, second_in = threading.Event(), threading.Event()
 
@@ -426,6 +480,8 @@ def test_bad_settings_and_submit_before_start_are_refused() -> None:
         make(Work(), max_batch=0)
     with pytest.raises(ValueError, match="max_delay_s must be at least 0"):
         make(Work(), max_delay_s=-1)
+    with pytest.raises(ValueError, match="max_cost must be above 0 or None, got 0"):
+        make(Work(), max_cost=0)
 
     async def main() -> None:
         batcher = make(Work())

@@ -56,6 +56,27 @@ def test_environment_token(monkeypatch, tmp_path):
     )
 
 
+def test_metrics_bind_the_grpc_host_unless_told_otherwise():
+    assert parse(["--repository", "r", "--host", "127.0.0.1"]).metrics_address == "127.0.0.1"
+    assert parse(["--repository", "r"]).metrics_address == "0.0.0.0"  # the default --host
+    config = parse(["--repository", "r", "--host", "127.0.0.1", "--metrics-host", "0.0.0.0"])
+    assert config.metrics_address == "0.0.0.0"
+    environ = {"I2I_SERVE_REPOSITORY": "r", "I2I_SERVE_HOST": "::1"}
+    assert parse([], environ).metrics_address == "::1"
+
+
+def test_batch_pixels_and_drain_delay_flags():
+    config = parse(["--repository", "r", "--max-batch-pixels", "0", "--drain-delay-s", "1.5"])
+    assert (config.max_batch_pixels, config.drain_delay_s) == (0, 1.5)
+    environ = {
+        "I2I_SERVE_REPOSITORY": "r",
+        "I2I_SERVE_MAX_BATCH_PIXELS": "1048576",
+        "I2I_SERVE_DRAIN_DELAY_S": "2",
+    }
+    config = parse([], environ)
+    assert (config.max_batch_pixels, config.drain_delay_s) == (1 << 20, 2.0)
+
+
 def test_bad_values_are_refused_with_the_flag_named(capsys):
     with pytest.raises(SystemExit) as caught:
         parse([], {"I2I_SERVE_REPOSITORY": "r", "I2I_SERVE_MAX_BATCH": "lots"})
@@ -65,6 +86,8 @@ def test_bad_values_are_refused_with_the_flag_named(capsys):
         ("--tls-cert", __file__): "--tls-cert and --tls-key go together",
         ("--log-level", "LOUD"): "--log-level",
         ("--model", "m:zero"): "NAME:VERSION",
+        ("--max-batch-pixels", "-1"): "--max-batch-pixels must be >= 0",
+        ("--drain-delay-s", "-2"): "--drain-delay-s must be >= 0",
     }
     for flag, words in cases.items():
         with pytest.raises(ServerConfigError, match=words):

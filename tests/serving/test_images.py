@@ -20,6 +20,7 @@ from i2i.serving.images import (
     raw_image,
     rgb_to_gray,
 )
+from i2i.shapes import ShapeRule
 
 MAX_PIXELS = 1 << 20
 
@@ -244,6 +245,15 @@ def test_undecodable_bytes_are_invalid(data: bytes) -> None:
         _decode(data)
 
 
+def test_unknown_bytes_say_what_they_are_not_without_a_repr() -> None:
+    with pytest.raises(InvalidArgument) as info:
+        _decode(b"<html>not found</html>")
+    message = info.value.message
+    assert "0x" not in message and "BytesIO" not in message  # no repr of a Python object
+    assert "22 bytes (starting 3c 68 74 6d 6c 3e 6e 6f)" in message
+    assert "are not a PNG, JPEG or WebP file" in message
+
+
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
 def test_truncated_images_are_invalid(fmt: str) -> None:
     data = _save(Image.fromarray(_noise(48, 64)), fmt)
@@ -329,7 +339,7 @@ def test_accepted_size_is_left_alone(
     policy: str, multiple_of: int, fixed_size: int | None, size: int
 ) -> None:
     pixels = _noise(size, size)
-    fitted = fit_to_rule(pixels, multiple_of, fixed_size, policy)
+    fitted = fit_to_rule(pixels, ShapeRule(multiple_of, fixed_size), policy)
     assert fitted.pixels is pixels
     assert fitted.restore(pixels) is pixels
     with pytest.raises(ValueError, match="model output is"):  # a model that changed the size
@@ -338,7 +348,7 @@ def test_accepted_size_is_left_alone(
 
 def test_pad_to_multiple_and_crop_back() -> None:
     pixels = _noise(17, 22)
-    fitted = fit_to_rule(pixels, 4, None, "pad")
+    fitted = fit_to_rule(pixels, ShapeRule(4), "pad")
     assert fitted.pixels.shape == (20, 24, 3)
     np.testing.assert_array_equal(fitted.pixels[:17, :22], pixels)
     np.testing.assert_array_equal(fitted.pixels[17, :22], pixels[15])  # reflect, edge not repeated
@@ -350,28 +360,28 @@ def test_pad_to_multiple_and_crop_back() -> None:
 @pytest.mark.parametrize("size", [(1, 1), (2, 3), (1, 9)])
 def test_pad_tiny_images(size: tuple[int, int]) -> None:
     pixels = _noise(*size)
-    fitted = fit_to_rule(pixels, 8, None, "pad")
+    fitted = fit_to_rule(pixels, ShapeRule(8), "pad")
     assert fitted.pixels.shape[:2] == (8, 8 if size[1] < 8 else 16)
     np.testing.assert_array_equal(fitted.restore(fitted.pixels), pixels)
 
 
 def test_pad_to_fixed_size() -> None:
     pixels = _noise(20, 24)
-    fitted = fit_to_rule(pixels, 4, 32, "pad")
+    fitted = fit_to_rule(pixels, ShapeRule(4, 32), "pad")
     assert fitted.pixels.shape == (32, 32, 3)
     np.testing.assert_array_equal(fitted.restore(fitted.pixels), pixels)
     with pytest.raises(InvalidArgument, match="larger than this model's fixed size 32x32") as info:
-        fit_to_rule(_noise(40, 20), 4, 32, "pad")
+        fit_to_rule(_noise(40, 20), ShapeRule(4, 32), "pad")
     assert "size_policy RESIZE" in info.value.message
 
 
 def test_resize_to_nearest_multiple_and_back() -> None:
     pixels = np.full((17, 22, 3), 77, np.uint8)
-    fitted = fit_to_rule(pixels, 4, None, "resize")
+    fitted = fit_to_rule(pixels, ShapeRule(4), "resize")
     assert fitted.pixels.shape == (16, 24, 3)  # 17 -> 16, 22 -> 24
     np.testing.assert_array_equal(fitted.restore(fitted.pixels), pixels)
-    assert fit_to_rule(_noise(18, 1), 4, None, "resize").pixels.shape == (20, 4, 3)  # ties up
-    gray_output = fit_to_rule(_noise(18, 1), 4, None, "resize").restore(
+    assert fit_to_rule(_noise(18, 1), ShapeRule(4), "resize").pixels.shape == (20, 4, 3)  # ties up
+    gray_output = fit_to_rule(_noise(18, 1), ShapeRule(4), "resize").restore(
         np.zeros((20, 4, 1), np.uint8)
     )
     assert gray_output.shape == (18, 1, 1)
@@ -379,7 +389,7 @@ def test_resize_to_nearest_multiple_and_back() -> None:
 
 def test_resize_to_fixed_size_and_back() -> None:
     pixels = _gradient(40, 20)
-    fitted = fit_to_rule(pixels, 4, 32, "resize")
+    fitted = fit_to_rule(pixels, ShapeRule(4, 32), "resize")
     assert fitted.pixels.shape == (32, 32, 3)
     restored = fitted.restore(fitted.pixels)
     assert restored.shape == (40, 20, 3) and restored.dtype == np.uint8
@@ -388,7 +398,7 @@ def test_resize_to_fixed_size_and_back() -> None:
 
 def test_reject_names_the_nearest_size() -> None:
     with pytest.raises(InvalidArgument) as info:
-        fit_to_rule(_noise(17, 22), 4, None, "reject")
+        fit_to_rule(_noise(17, 22), ShapeRule(4), "reject")
     for part in (
         "image size 17x22 is not accepted",
         "multiples of 4",
@@ -397,13 +407,59 @@ def test_reject_names_the_nearest_size() -> None:
     ):
         assert part in info.value.message
     with pytest.raises(InvalidArgument, match="takes exactly 32x32"):
-        fit_to_rule(_noise(16, 16), 4, 32, "reject")
+        fit_to_rule(_noise(16, 16), ShapeRule(4, 32), "reject")
+
+
+# CycleGAN's ResNet generators: multiples of 4, no side below 8.
+RESNET = ShapeRule(multiple_of=4, min_size=8)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (4, 64), (64, 4), (3, 3)])
+def test_pad_refuses_what_padding_cannot_bring_to_the_smallest_size(size: tuple[int, int]) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        fit_to_rule(_noise(*size), RESNET, "pad")
+    message = info.value.message
+    assert f"image size {size[0]}x{size[1]} is too small" in message
+    assert "smallest accepted size is 8x8" in message
+    assert "sides need at least 5 pixels" in message and "size_policy RESIZE" in message
+
+
+def test_pad_takes_a_small_side_that_pads_up_to_the_smallest_size() -> None:
+    pixels = _noise(5, 62)
+    fitted = fit_to_rule(pixels, RESNET, "pad")
+    assert fitted.pixels.shape == (8, 64, 3)
+    RESNET.check(8, 64)
+    np.testing.assert_array_equal(fitted.restore(fitted.pixels), pixels)
+
+
+@pytest.mark.parametrize(
+    ("size", "scaled"), [((1, 1), (8, 8)), ((5, 64), (8, 64)), ((4, 30), (8, 32))]
+)
+def test_resize_scales_small_images_up_to_the_smallest_size(
+    size: tuple[int, int], scaled: tuple[int, int]
+) -> None:
+    pixels = np.full((*size, 3), 90, np.uint8)
+    fitted = fit_to_rule(pixels, RESNET, "resize")
+    assert fitted.pixels.shape[:2] == scaled
+    RESNET.check(*scaled)
+    np.testing.assert_array_equal(fitted.restore(fitted.pixels), pixels)  # back to the input
+
+
+def test_reject_names_the_smallest_size_and_only_a_policy_that_helps() -> None:
+    with pytest.raises(InvalidArgument) as info:
+        fit_to_rule(_noise(4, 64), RESNET, "reject")
+    message = info.value.message
+    assert "smallest accepted size: 8x8; nearest accepted size: 8x64" in message
+    assert message.endswith("send size_policy RESIZE")  # padding 4 rows reaches only 4
+    with pytest.raises(InvalidArgument) as info:
+        fit_to_rule(_noise(6, 64), RESNET, "reject")
+    assert info.value.message.endswith("size_policy PAD or RESIZE")
 
 
 def test_bad_policy_and_wrong_output_size_are_bugs() -> None:
     with pytest.raises(ValueError, match="unknown size policy 'crop'"):
-        fit_to_rule(_noise(16, 16), 4, None, "crop")
-    fitted = fit_to_rule(_noise(17, 22), 4, None, "pad")
+        fit_to_rule(_noise(16, 16), ShapeRule(4), "crop")
+    fitted = fit_to_rule(_noise(17, 22), ShapeRule(4), "pad")
     with pytest.raises(ValueError, match="model output is 16x16, expected 20x24"):
         fitted.restore(_noise(16, 16))
 

@@ -141,6 +141,63 @@ def test_sigterm_drains_accepted_requests_and_exits_0(tiny_repository):
             process.wait()
 
 
+@pytest.mark.slow
+def test_sigterm_under_load_answers_unavailable_for_the_drain_delay(tiny_repository):
+    # 32 clients keep calling through SIGTERM. For --drain-delay-s the server stays up,
+    # NOT_SERVING, and answers every new call UNAVAILABLE; no call is CANCELLED (as when
+    # the port closed while calls were arriving), and every accepted one is answered.
+    delay = 3.0
+    server = ServerProcess(
+        tiny_repository, "--metrics-port", "-1", "--warmup-size", "32", "--max-batch", "8",
+        "--max-delay-ms", "20", "--drain-delay-s", str(delay), "--grace-seconds", "20",
+    ).start()  # fmt: skip
+    process, target = server.process, server.target
+    assert process is not None
+    stop_calling = threading.Event()
+    calls: list[tuple[float, str, str]] = []  # (start, code, details)
+
+    def client(seed: int) -> None:
+        with grpc.insecure_channel(target) as channel:
+            stub = pb_grpc.TranslatorStub(channel)
+            message = translate_request(seed)
+            while not stop_calling.is_set():
+                start = time.monotonic()
+                try:
+                    stub.Translate(message, timeout=30)
+                    calls.append((start, "OK", ""))
+                except grpc.RpcError as exc:
+                    calls.append((start, exc.code().name, exc.details() or ""))
+                    time.sleep(0.01)
+
+    try:
+        with ThreadPoolExecutor(32) as pool:
+            clients = [pool.submit(client, seed) for seed in range(32)]
+            time.sleep(1.5)  # traffic flows
+            signalled = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            assert health(target) == "NOT_SERVING"
+            time.sleep(delay - 1.3)  # clients keep calling well into the delay...
+            assert process.poll() is None  # ...and the server is still there to answer
+            stop_calling.set()
+            for future in clients:
+                future.result(30)
+        assert process.wait(30) == 0
+        exited = time.monotonic()
+    finally:
+        stop_calling.set()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert exited - signalled >= delay
+    codes = {code for _, code, _ in calls}
+    assert codes <= {"OK", "UNAVAILABLE"}, [c for c in calls if c[1] not in ("OK", "UNAVAILABLE")]
+    before = [code for start, code, _ in calls if start < signalled - 0.5]
+    assert before and set(before) == {"OK"}
+    late = [details for start, code, details in calls if start > signalled + 0.5]
+    assert late and all("shutting down" in details for details in late)
+
+
 def test_sigterm_while_loading_stops_without_serving(tiny_repository, monkeypatch):
     loading, release = threading.Event(), threading.Event()
     real_load_direction = ModelStore._load_direction

@@ -83,6 +83,14 @@ def test_bearer_token(start_server):
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     good = (("authorization", "Bearer s3cret"),)
     assert stub.Translate(request(), timeout=30, metadata=good).images
+    # The scheme is case-insensitive (RFC 7235); the token is not.
+    for scheme in ("bearer", "BEARER", "bEaReR"):
+        metadata = (("authorization", f"{scheme} s3cret"),)
+        assert stub.ListModels(pb.ListModelsRequest(), timeout=10, metadata=metadata).models
+    wrong_case = (("authorization", "Bearer S3CRET"),)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.ListModels(pb.ListModelsRequest(), timeout=10, metadata=wrong_case)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert stub.ListModels(pb.ListModelsRequest(), timeout=10, metadata=good).models
     # Probes carry no token: health stays open.
     with server.channel() as channel:

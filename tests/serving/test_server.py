@@ -12,6 +12,8 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
+from google.protobuf import descriptor_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
@@ -139,6 +141,7 @@ def test_list_and_get_model(shared_server):
     a2b = next(d for d in info.directions if d.name == "A2B")
     assert (a2b.input_channels, a2b.output_channels, a2b.style_size) == (3, 3, 0)
     assert a2b.shape_rule.multiple_of == 4 and a2b.shape_rule.fixed_size == 0
+    assert a2b.shape_rule.min_size == 8  # a ResNet generator's padding needs 8
     assert a2b.backend == "onnxruntime-cpu" and a2b.artifact == "A2B.onnx"
     with pytest.raises(grpc.RpcError) as caught:
         stub.GetModel(pb.GetModelRequest(model=MODEL, version=7), timeout=10)
@@ -152,6 +155,35 @@ def test_health_and_reflection(shared_server):
     with shared_server.channel() as channel:
         services = ProtoReflectionDescriptorDatabase(channel).get_services()
     assert {"i2i.v1.Translator", "grpc.health.v1.Health"} <= set(services)
+    reflections = {
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+    }
+    assert reflections <= set(services)
+
+
+def test_reflection_v1_answers_beside_v1alpha(shared_server):
+    # v1 (what grpcurl asks first) has v1alpha's messages, field for field.
+    ask, answer = reflection_pb2.ServerReflectionRequest, reflection_pb2.ServerReflectionResponse
+    asks = [
+        ask(list_services=""),
+        ask(file_containing_symbol="i2i.v1.Translator"),
+        ask(file_containing_symbol="grpc.reflection.v1.ServerReflection"),
+    ]
+    with shared_server.channel() as channel:
+        call = channel.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=ask.SerializeToString,
+            response_deserializer=answer.FromString,
+        )
+        listed, translator, reflection = list(call(iter(asks), timeout=10))
+    names = {service.name for service in listed.list_services_response.service}
+    assert {"i2i.v1.Translator", "grpc.reflection.v1.ServerReflection"} <= names
+    for reply, package in ((translator, "i2i.v1"), (reflection, "grpc.reflection.v1")):
+        assert reply.WhichOneof("message_response") == "file_descriptor_response", reply
+        files = reply.file_descriptor_response.file_descriptor_proto
+        protos = [descriptor_pb2.FileDescriptorProto.FromString(f) for f in files]
+        assert package in {proto.package for proto in protos}
 
 
 def test_concurrent_calls_form_batches(start_server, tiny_repository):
@@ -171,6 +203,28 @@ def test_concurrent_calls_form_batches(start_server, tiny_repository):
     assert samples[f"i2i_inference_batch_size_sum{{{labels}}}"] == 8
     assert batches < 8  # fewer batches than requests: they were batched
     assert samples[f'i2i_inference_requests_total{{code="OK",{labels}}}'] == 8
+
+
+def test_batches_hold_at_most_max_batch_pixels(start_server):
+    # Room for two 32x32 images per batch although max_batch is 4.
+    server = start_server(max_batch=4, max_delay_ms=0.0, max_batch_pixels=2 * 32 * 32)
+    gate = Gate(server)
+    stub = server.stub()
+    with ThreadPoolExecutor(6) as pool:
+        first = pool.submit(stub.Translate, request(sample_image()), timeout=30)
+        gate.wait_entered()  # computing; five more wait for the slot
+        waiting = [pool.submit(stub.Translate, request(sample_image())) for _ in range(5)]
+        deadline = time.monotonic() + 10
+        while server.server.store.direction(MODEL, None, "A2B").batcher.queue_depth < 5:
+            assert time.monotonic() < deadline, "requests never queued"
+            time.sleep(0.01)
+        gate.release.set()
+        replies = [first.result(30)] + [w.result(30) for w in waiting]
+    assert gate.batches == [1, 2, 2, 1]  # not [1, 4, 1]: the pixel bound closes batches
+    assert sorted(r.batch_size for r in replies) == [1, 1, 2, 2, 2, 2]
+    # A request larger than the bound on its own still runs, alone.
+    big = stub.Translate(request(sample_image(48, 48)), timeout=30)
+    assert big.batch_size == 1 and decode(big.images[0]).shape == (48, 48, 3)
 
 
 class Gate:
@@ -196,7 +250,7 @@ class Gate:
 
 
 def test_full_queue_is_refused_at_once(start_server):
-    server = start_server(max_batch=1, max_queue=2, max_delay_ms=0.0)
+    server = start_server(max_batch=1, max_queue=2, max_delay_ms=40.0)
     gate = Gate(server)
     stub = server.stub()
     with ThreadPoolExecutor(4) as pool:
@@ -213,7 +267,10 @@ def test_full_queue_is_refused_at_once(start_server):
             stub.Translate(request(sample_image()), timeout=30)
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "queue" in caught.value.details()
-        assert dict(caught.value.trailing_metadata()).get("i2i-retryable") == "true"
+        trailers = dict(caught.value.trailing_metadata())
+        assert trailers.get("i2i-retryable") == "true"
+        # No pushback: each client waits its own jittered backoff (gRPC's retry policy).
+        assert "grpc-retry-pushback-ms" not in trailers
         samples = server.metrics()
         assert samples['i2i_inference_pending_requests{direction="A2B",model="tiny"}'] == 2
         assert samples["i2i_inference_in_flight_requests{}"] == 3  # 1 computing, 2 queued
@@ -260,7 +317,8 @@ def test_concurrency_limit_spares_health_checks(start_server):
             stub.Translate(request(sample_image()), timeout=30)
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "--max-concurrent-rpcs" in caught.value.details()
-        assert dict(caught.value.trailing_metadata()).get("i2i-retryable") == "true"
+        trailers = dict(caught.value.trailing_metadata())
+        assert trailers.get("i2i-retryable") == "true" and "grpc-retry-pushback-ms" not in trailers
         assert server.health() == "SERVING"  # probes are never limited
         gate.release.set()
         assert held.result(30).images
@@ -278,7 +336,9 @@ def test_raw_reply_too_large_is_refused_before_compute(start_server):
         server.stub().Translate(message, timeout=30)
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "PNG" in caught.value.details()
-    assert dict(caught.value.trailing_metadata()).get("i2i-retryable") == "false"
+    trailers = dict(caught.value.trailing_metadata())
+    assert trailers.get("i2i-retryable") == "false"
+    assert trailers.get("grpc-retry-pushback-ms") == "-1"
     assert gate.batches == []
 
 

@@ -5,9 +5,13 @@ and a key per request (direction, input shape, ...). Semantics:
 
 - Only requests with equal keys share a batch. A request contributes ``size`` images; a
   batch's total size never exceeds ``max_batch``.
-- A key's batch goes when its waiting requests reach ``max_batch`` in total size or its
-  oldest request has waited ``max_delay_s`` since submit, and only when one of the
-  ``instances`` execution slots is free. A freed slot goes to the ready key whose oldest
+- A request may also carry a ``cost`` (the server gives its pixels): with ``max_cost``
+  set, a batch takes no request that would bring its total cost above it, so it closes
+  early and the rest wait for the next batch. A request whose cost alone is above
+  ``max_cost`` still runs, in a batch of its own.
+- A key's batch goes when its waiting requests reach ``max_batch`` in total size (or
+  ``max_cost`` in total cost) or its oldest request has waited ``max_delay_s`` since
+  submit, and only when one of the ``instances`` execution slots is free. A freed slot goes to the ready key whose oldest
   request is oldest, which takes its requests oldest first. ``max_delay_s == 0``: whatever
   is queued goes as soon as a slot is free.
 - ``execute`` blocks (it runs a network), so it runs in a thread pool, never on the loop,
@@ -78,6 +82,7 @@ class _Request:
     key: Hashable
     payload: Any
     size: int
+    cost: float
     deadline: float | None
     submitted_at: float
     future: asyncio.Future[tuple[Any, Timing]]
@@ -93,6 +98,7 @@ class DynamicBatcher:
         max_batch: Largest total size of a batch.
         max_delay_s: Longest a request waits for companions before its batch goes.
         max_queue: Most requests waiting (not running) before submit raises QueueFull.
+        max_cost: Largest total cost of a batch (None: no limit); see the module docstring.
         instances: Most batches executing at the same time.
         executor: Where ``execute`` runs; default a thread pool of ``instances`` workers
             owned (and shut down in stop) by the batcher.
@@ -109,6 +115,7 @@ class DynamicBatcher:
         max_batch: int,
         max_delay_s: float,
         max_queue: int,
+        max_cost: float | None = None,
         instances: int = 1,
         executor: concurrent.futures.Executor | None = None,
         observer: BatchObserver | None = None,
@@ -133,8 +140,11 @@ class DynamicBatcher:
         self._observer = observer
         self._clock = clock
         self._name = name
+        self._max_cost: float | None = None
+        self.max_cost = max_cost  # checked by the setter
         self._queues: dict[Hashable, deque[_Request]] = {}  # key -> waiting, oldest first
         self._sizes: dict[Hashable, int] = {}  # key -> total size waiting
+        self._costs: dict[Hashable, float] = {}  # key -> total cost waiting
         self._waiting = 0  # requests waiting
         self._in_flight = 0  # requests in running batches
         self._running = 0  # batches running
@@ -146,6 +156,19 @@ class DynamicBatcher:
     @property
     def max_queue(self) -> int:
         return self._max_queue
+
+    @property
+    def max_cost(self) -> float | None:
+        """Largest total cost of a batch (None: no limit); batches formed after a change use it."""
+        return self._max_cost
+
+    @max_cost.setter
+    def max_cost(self, value: float | None) -> None:
+        if value is not None and value <= 0:
+            raise ValueError(
+                f"batcher {self._name!r}: max_cost must be above 0 or None, got {value}"
+            )
+        self._max_cost = value
 
     @property
     def queue_depth(self) -> int:
@@ -170,7 +193,13 @@ class DynamicBatcher:
         self._scheduler = asyncio.create_task(self._schedule(), name=f"{self._name}-scheduler")
 
     async def submit(
-        self, key: Hashable, payload: Any, *, size: int = 1, deadline: float | None = None
+        self,
+        key: Hashable,
+        payload: Any,
+        *,
+        size: int = 1,
+        cost: float = 0.0,
+        deadline: float | None = None,
     ) -> tuple[Any, Timing]:
         """Queue one request and wait for its result.
 
@@ -178,13 +207,14 @@ class DynamicBatcher:
             key: Requests share a batch only with requests of an equal key.
             payload: Handed to ``execute`` as is.
             size: How many images the request contributes to its batch's size.
+            cost: What it adds to its batch's cost (checked against max_cost), >= 0.
             deadline: Absolute time on the batcher's clock after which it is not computed.
 
         Returns:
             The request's result from ``execute`` and its Timing.
 
         Raises:
-            ValueError: size is below 1 or above max_batch.
+            ValueError: size is below 1 or above max_batch, or cost is negative.
             QueueFull: max_queue requests are already waiting.
             Closed: the batcher is stopping.
             Expired: the deadline passed before its batch started.
@@ -195,6 +225,8 @@ class DynamicBatcher:
                 f"batcher {self._name!r}: request size must be 1 to max_batch "
                 f"({self._max_batch}), got {size}; split the request"
             )
+        if cost < 0:
+            raise ValueError(f"batcher {self._name!r}: request cost must be >= 0, got {cost}")
         if self._closed:
             raise Closed(f"batcher {self._name!r} is stopping; it accepts no new requests")
         if self._scheduler is None:
@@ -205,9 +237,10 @@ class DynamicBatcher:
                 f"(max_queue {self._max_queue}); retry later"
             )
         future: asyncio.Future[tuple[Any, Timing]] = asyncio.get_running_loop().create_future()
-        request = _Request(key, payload, size, deadline, self._clock(), future)
+        request = _Request(key, payload, size, cost, deadline, self._clock(), future)
         self._queues.setdefault(key, deque()).append(request)
         self._sizes[key] = self._sizes.get(key, 0) + size
+        self._costs[key] = self._costs.get(key, 0.0) + cost
         self._waiting += 1
         self._wake.set()
         try:
@@ -241,8 +274,9 @@ class DynamicBatcher:
         request.waiting = False
         self._waiting -= 1
         self._sizes[request.key] -= request.size
+        self._costs[request.key] -= request.cost
         if not self._queues[request.key]:
-            del self._queues[request.key], self._sizes[request.key]
+            del self._queues[request.key], self._sizes[request.key], self._costs[request.key]
 
     def _pop_oldest(self, key: Hashable) -> _Request:
         request = self._queues[key].popleft()
@@ -264,12 +298,18 @@ class DynamicBatcher:
         for key, queue in self._queues.items():
             oldest = queue[0].submitted_at
             due = oldest + self._max_delay_s
-            if self._closed or self._sizes[key] >= self._max_batch or now >= due:
+            if self._closed or self._full(key) or now >= due:
                 if ready is None or oldest < ready_since:
                     ready, ready_since = key, oldest
             else:
                 wait = due - now if wait is None else min(wait, due - now)
         return ready, wait
+
+    def _full(self, key: Hashable) -> bool:
+        """Whether key's waiting requests fill a batch (by size, or by cost)."""
+        if self._sizes[key] >= self._max_batch:
+            return True
+        return self._max_cost is not None and self._costs[key] >= self._max_cost
 
     async def _schedule(self) -> None:
         loop = asyncio.get_running_loop()
@@ -300,11 +340,14 @@ class DynamicBatcher:
             raise
 
     def _dispatch(self, key: Hashable) -> None:
-        """Take up to max_batch of key's oldest live requests and start their batch."""
+        """Take key's oldest live requests, up to max_batch (and max_cost), and start them."""
         now = self._clock()
         batch: list[_Request] = []
         total = expired = 0
+        cost = 0.0
         while (queue := self._queues.get(key)) and total + queue[0].size <= self._max_batch:
+            if batch and self._max_cost is not None and cost + queue[0].cost > self._max_cost:
+                break  # the batch is full by cost; the first request always goes, alone if need be
             request = self._pop_oldest(key)
             if request.future.done():  # its caller has gone
                 continue
@@ -319,6 +362,7 @@ class DynamicBatcher:
                 continue
             batch.append(request)
             total += request.size
+            cost += request.cost
         if expired and self._observer is not None:
             self._observe(self._observer.on_expired, key, expired)
         if not batch:

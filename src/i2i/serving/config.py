@@ -46,7 +46,7 @@ class ServerConfig:
     host: str = "0.0.0.0"
     port: int = 8001
     metrics_port: int | None = 8002  # None: no metrics endpoint
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str | None = None  # None: the gRPC host
     backend: str = "auto"
     precision: str = "auto"
     device_id: int = 0
@@ -60,10 +60,14 @@ class ServerConfig:
     max_connection_age_s: float | None = None  # None: connections live as long as clients like
     max_message_mb: float = 32.0
     max_image_pixels: int = 2048 * 2048  # a batch of 4096² images would not fit most GPUs
+    # Pixels (height x width x samples) in one batch; 0: no limit. 8 x 256² is ~0.85 GB
+    # of activations for a ResNet-9 (ngf 64) on the CPU: the arithmetic is in docs/serving.md.
+    max_batch_pixels: int = 8 * 256 * 256
     max_samples: int = 16
     warmup: str = "auto"  # one of WARMUPS
     warmup_size: int = 256  # image side of the full warm-up
     grace_seconds: float = 30.0
+    drain_delay_s: float = 5.0  # after SIGTERM, keep answering UNAVAILABLE this long
     token: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -100,6 +104,12 @@ class ServerConfig:
             problems.append(f"--max-connection-age-s must be > 0, got {self.max_connection_age_s}")
         if self.grace_seconds < 0:
             problems.append(f"--grace-seconds must be >= 0, got {self.grace_seconds}")
+        if self.drain_delay_s < 0:
+            problems.append(f"--drain-delay-s must be >= 0, got {self.drain_delay_s}")
+        if self.max_batch_pixels < 0:
+            problems.append(
+                f"--max-batch-pixels must be >= 0 (0: no limit), got {self.max_batch_pixels}"
+            )
         if (self.tls_cert is None) != (self.tls_key is None):
             problems.append("--tls-cert and --tls-key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -116,6 +126,11 @@ class ServerConfig:
     @property
     def max_message_bytes(self) -> int:
         return int(self.max_message_mb * (1 << 20))
+
+    @property
+    def metrics_address(self) -> str:
+        """Where the metrics endpoint binds: --metrics-host, else the gRPC host."""
+        return self.host if self.metrics_host is None else self.metrics_host
 
 
 ENV_PREFIX = "I2I_SERVE_"
@@ -164,7 +179,11 @@ def add_arguments(
         default=d.metrics_port,
         help="Prometheus metrics port (default %(default)s; -1 turns metrics off)",
     )
-    net.add_argument("--metrics-host", default=d.metrics_host, help="metrics address to bind")
+    net.add_argument(
+        "--metrics-host",
+        default=None,
+        help="metrics address to bind (default: the --host address)",
+    )
     net.add_argument(
         "--max-message-mb",
         type=float,
@@ -242,6 +261,15 @@ def add_arguments(
         help="largest image (height x width) accepted (default %(default)s)",
     )
     limits.add_argument(
+        "--max-batch-pixels",
+        type=int,
+        default=d.max_batch_pixels,
+        help="most pixels (height x width x samples) in one batch: a batch closes early "
+        "rather than exceed it, and a larger request runs alone; bounds the memory a batch "
+        "of large images takes (default %(default)s: eight 256x256 images, two 512x512; "
+        "0: no limit)",
+    )
+    limits.add_argument(
         "--max-samples",
         type=int,
         default=d.max_samples,
@@ -269,6 +297,15 @@ def add_arguments(
         type=float,
         default=d.grace_seconds,
         help="on SIGTERM, how long accepted requests may take to finish (default %(default)s)",
+    )
+    life.add_argument(
+        "--drain-delay-s",
+        type=float,
+        default=d.drain_delay_s,
+        help="on SIGTERM, go NOT_SERVING and keep answering new calls with UNAVAILABLE this "
+        "long before the port closes, while load balancers and clients stop sending "
+        "(Kubernetes endpoint removal); accepted requests finish meanwhile "
+        "(default %(default)s)",
     )
     life.add_argument("--log-format", choices=("text", "json"), default=d.log_format)
     life.add_argument("--log-level", default=d.log_level, help="DEBUG, INFO, WARNING, ERROR")
@@ -316,8 +353,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_image_pixels=args.max_image_pixels,
         max_samples=args.max_samples,
         warmup=args.warmup,
+        max_batch_pixels=args.max_batch_pixels,
         warmup_size=args.warmup_size,
         grace_seconds=args.grace_seconds,
+        drain_delay_s=args.drain_delay_s,
         token=token,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,

@@ -17,9 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from i2i.serving.errors import InvalidArgument, ResourceExhausted
+from i2i.shapes import ShapeRule
 
 FORMATS = ("png", "jpeg", "webp")
 SIZE_POLICIES = ("pad", "resize", "reject")
@@ -79,6 +80,12 @@ def decode_image(data: bytes, *, channels: int, max_pixels: int) -> tuple[np.nda
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ResourceExhausted(_bomb_message(error, max_pixels)) from error
+    except UnidentifiedImageError as error:  # its message is a repr of our BytesIO: say more
+        raise InvalidArgument(
+            f"the image could not be decoded: its {len(data)} bytes (starting "
+            f"{data[:8].hex(' ')}) are not a PNG, JPEG or WebP file, nor any image format "
+            "Pillow knows. Send the file's bytes as they are (not base64 text or a path)."
+        ) from error
     except MemoryError:
         raise
     except Exception as error:  # Pillow raises many types (OSError, SyntaxError, ...) on bad data
@@ -224,54 +231,59 @@ class Fitted:
     restore: Callable[[np.ndarray], np.ndarray]
 
 
-def fit_to_rule(
-    pixels: np.ndarray, multiple_of: int, fixed_size: int | None, policy: str
-) -> Fitted:
+def fit_to_rule(pixels: np.ndarray, rule: ShapeRule, policy: str) -> Fitted:
     """Bring (H, W, C) pixels to a size the model accepts, following the size policy.
+
+    Run before the image joins a batch, so a size the network cannot take is the caller's
+    INVALID_ARGUMENT, never a failed batch.
 
     Args:
         pixels: the decoded image.
-        multiple_of: height and width must be multiples of this (the model's shape rule).
-        fixed_size: if set, the model takes exactly fixed_size x fixed_size.
-        policy: "pad" reflect-pads bottom and right up to the next accepted size and crops
-            the output back; "resize" resizes (bicubic) to the nearest accepted size and the
-            output back; "reject" refuses sizes the model does not accept.
+        rule: the sizes the model accepts (multiples, a fixed size, a smallest side).
+        policy: "pad" reflect-pads bottom and right up to the next multiple (or the fixed
+            size) and crops the output back; "resize" resizes (bicubic) to the nearest
+            accepted size, scaling small images up to the smallest, and the output back;
+            "reject" refuses sizes the model does not accept.
 
     Raises:
-        InvalidArgument: policy "reject" and a size the model does not accept, or policy
-            "pad" and an image larger than the model's fixed size.
+        InvalidArgument: policy "reject" and a size the model does not accept; policy
+            "pad" and an image larger than the model's fixed size, or one that padding to
+            the next multiple leaves below the smallest accepted size.
         ValueError: an unknown policy (a bug upstream).
     """
     if policy not in SIZE_POLICIES:
         raise ValueError(f"unknown size policy {policy!r}; expected one of {SIZE_POLICIES}")
     height, width = pixels.shape[:2]
-    if fixed_size is not None:
-        nearest = (fixed_size, fixed_size)
+    nearest = rule.nearest(height, width)
+    if rule.fixed_size is not None:
         ceiling = nearest
     else:
-        nearest = (_round_to(height, multiple_of), _round_to(width, multiple_of))
-        ceiling = (-(-height // multiple_of) * multiple_of, -(-width // multiple_of) * multiple_of)
-    if ceiling == (height, width):
+        m = rule.multiple_of
+        ceiling = (-(-height // m) * m, -(-width // m) * m)
+    too_small = min(ceiling) < rule.smallest  # padding alone cannot reach the smallest size
+    if ceiling == (height, width) and not too_small:
         return Fitted(pixels, functools.partial(_unchanged, size=(height, width)))
 
     if policy == "reject":
-        if fixed_size is not None:
-            rule = f"this model takes exactly {fixed_size}x{fixed_size}"
-        else:
-            rule = (
-                f"height and width must be multiples of {multiple_of} "
-                f"(nearest accepted size: {nearest[0]}x{nearest[1]})"
-            )
         raise InvalidArgument(
-            f"image size {height}x{width} is not accepted: {rule}; "
-            "resize it or send size_policy PAD or RESIZE"
+            f"image size {height}x{width} is not accepted: {_rule_words(rule, nearest)}; "
+            f"{_remedy(too_small, 'resize it')}"
         )
     if policy == "pad":
-        if fixed_size is not None and (height > fixed_size or width > fixed_size):
+        if rule.fixed_size is not None and (height > rule.fixed_size or width > rule.fixed_size):
             raise InvalidArgument(
                 f"image size {height}x{width} is larger than this model's fixed size "
-                f"{fixed_size}x{fixed_size}, so it cannot be padded; resize it or send "
+                f"{rule.fixed_size}x{rule.fixed_size}, so it cannot be padded; resize it or send "
                 "size_policy RESIZE"
+            )
+        if too_small:
+            side = rule.smallest
+            raise InvalidArgument(
+                f"image size {height}x{width} is too small for this model: its smallest "
+                f"accepted size is {side}x{side}, and padding (size_policy PAD) only rounds "
+                f"each side up to a multiple of {rule.multiple_of}, so sides need at least "
+                f"{side - rule.multiple_of + 1} pixels; send a larger image, or size_policy "
+                "RESIZE to scale it up"
             )
         return _pad(pixels, ceiling)
 
@@ -280,6 +292,24 @@ def fit_to_rule(
         return _resize(output, (height, width))
 
     return Fitted(_resize(pixels, nearest), restore)
+
+
+def _rule_words(rule: ShapeRule, nearest: tuple[int, int]) -> str:
+    """What the rule accepts, for an error message about an image it does not."""
+    if rule.fixed_size is not None:
+        return f"this model takes exactly {rule.fixed_size}x{rule.fixed_size}"
+    m, smallest, near = rule.multiple_of, rule.smallest, f"{nearest[0]}x{nearest[1]}"
+    if smallest > m:
+        return (
+            f"height and width must be multiples of {m} and at least {smallest} (smallest "
+            f"accepted size: {smallest}x{smallest}; nearest accepted size: {near})"
+        )
+    return f"height and width must be multiples of {m} (nearest accepted size: {near})"
+
+
+def _remedy(too_small: bool, own: str) -> str:
+    """The size policies that would take the image (padding cannot reach the smallest)."""
+    return f"{own} or send size_policy {'RESIZE' if too_small else 'PAD or RESIZE'}"
 
 
 def _pad(pixels: np.ndarray, size: tuple[int, int]) -> Fitted:
@@ -326,11 +356,6 @@ def _check_output(output: np.ndarray, size: tuple[int, int]) -> None:
 def _unchanged(output: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     _check_output(output, size)
     return output
-
-
-def _round_to(size: int, multiple_of: int) -> int:
-    """The nearest multiple (ties round up), at least one multiple; as ShapeRule.nearest."""
-    return max(multiple_of, (size + multiple_of // 2) // multiple_of * multiple_of)
 
 
 def _accepted_format(pillow_format: str | None) -> str:

@@ -165,9 +165,8 @@ def prepare(request: Request, direction: LoadedDirection, max_pixels: int) -> Pr
         )
         default_format = "png"
     size = (int(pixels.shape[0]), int(pixels.shape[1]))
-    fitted = images.fit_to_rule(
-        pixels, direction.multiple_of, direction.fixed_size, request.size_policy
-    )
+    # Before the batch: a size the network cannot take is this request's INVALID_ARGUMENT.
+    fitted = images.fit_to_rule(pixels, direction.backend.shape_rule, request.size_policy)
     return Prepared(
         pixels=fitted.pixels,
         restore=fitted.restore,
@@ -267,9 +266,11 @@ class Pipeline:
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlineExceeded("the deadline passed while the image was being decoded")
         work = (prepared.pixels, prepared.style)
+        # A batch's cost is its pixels, the measure of its memory (--max-batch-pixels).
+        pixels = height * width * request.num_samples
         try:
             outputs, timing = await batcher.submit(
-                (height, width), work, size=request.num_samples, deadline=deadline
+                (height, width), work, size=request.num_samples, cost=pixels, deadline=deadline
             )
         except QueueFull:
             raise self._queue_full(direction, batcher.max_queue) from None

@@ -2,8 +2,9 @@
 
 Start-up binds the port first and answers health checks with NOT_SERVING while models
 load and warm (in a thread, so the event loop keeps answering); then SERVING. SIGTERM or
-SIGINT: health NOT_SERVING, new calls UNAVAILABLE, accepted calls finish (at most
-``--grace-seconds``), batchers drain, exit 0.
+SIGINT: health NOT_SERVING, new calls UNAVAILABLE for at least ``--drain-delay-s`` (while
+load balancers stop sending), accepted calls finish (at most ``--grace-seconds``), the
+port closes, batchers drain, exit 0.
 """
 
 from __future__ import annotations
@@ -17,35 +18,44 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection_pb2 as reflection_pb
 
 from i2i.serving.batcher import BatchObserver
 from i2i.serving.config import ServerConfig, ServerConfigError
 from i2i.serving.metrics import MetricsServer, ServerMetrics
 from i2i.serving.pipeline import Pipeline
-from i2i.serving.servicer import TranslatorServicer
+from i2i.serving.servicer import TranslatorServicer, add_to_server
 from i2i.serving.store import LoadedDirection, LoadError, ModelStore
 from i2i.v1 import translator_pb2 as pb
-from i2i.v1 import translator_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Translator"].full_name  # "i2i.v1.Translator"
 # Probes (Kubernetes, grpcurl) need no token for these.
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# Server reflection v1 (what grpcurl and current tools ask first) is v1alpha under another
+# package name: the same messages, field for field.
+REFLECTION_V1 = "grpc.reflection.v1"
+REFLECTION_V1_SERVICE = f"{REFLECTION_V1}.ServerReflection"
 
 
 class TokenAuth(grpc.aio.ServerInterceptor):
-    """Requires ``authorization: Bearer <token>`` on every call but health and reflection."""
+    """Requires ``authorization: Bearer <token>`` on every call but health and reflection.
+
+    The scheme name is case-insensitive (RFC 7235: "bearer", "BEARER"); the token is not.
+    """
 
     def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
 
         async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
             await context.abort(
@@ -65,8 +75,11 @@ class TokenAuth(grpc.aio.ServerInterceptor):
         if method.startswith(OPEN_PREFIXES):
             return await continuation(details)
         given = dict(details.invocation_metadata or ()).get("authorization", "")
-        given_bytes = given.encode() if isinstance(given, str) else given
-        if hmac.compare_digest(given_bytes, self._expected):
+        text = given.decode(errors="replace") if isinstance(given, bytes) else given
+        scheme, _, credentials = text.strip().partition(" ")
+        # compare_digest: the time taken does not tell how much of a wrong token matched.
+        matches = hmac.compare_digest(credentials.strip().encode(), self._expected)
+        if scheme.lower() == "bearer" and matches:
             return await continuation(details)
         return self._refuse_stream if method.endswith("TranslateStream") else self._refuse_unary
 
@@ -100,7 +113,11 @@ class Server:
             max_reply_bytes=config.max_message_bytes,
         )
         self.servicer = TranslatorServicer(
-            self.pipeline, self.metrics, self.executor, max_calls=config.max_concurrent_rpcs
+            self.pipeline,
+            self.metrics,
+            self.executor,
+            max_calls=config.max_concurrent_rpcs,
+            # A full queue moves on within the batching delay: the time to wait for a retry.
         )
         self.metrics.watch_in_flight(lambda: self.servicer.in_flight)
         self.health = health.aio.HealthServicer()
@@ -124,6 +141,8 @@ class Server:
         )
         batcher = direction.batcher
         assert batcher is not None
+        # Set here rather than where the store builds the batcher: one flag, one place.
+        batcher.max_cost = self.config.max_batch_pixels or None
         self.metrics.watch_queue_depth(direction.model, direction.name, lambda: batcher.queue_depth)
 
     async def _set_health(self, status: int) -> None:
@@ -158,15 +177,10 @@ class Server:
         # --max-concurrent-rpcs is enforced by the servicer, not by gRPC, whose limit would
         # also refuse health checks under load (and fail Kubernetes probes).
         server = grpc.aio.server(interceptors=interceptors, options=options)
-        pb_grpc.add_TranslatorServicer_to_server(self.servicer, server)
+        add_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (
-                SERVICE,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
+        enable_reflection(
+            (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server
         )
         address = f"{config.host}:{config.port}"
         credentials = self._credentials()
@@ -186,7 +200,7 @@ class Server:
         if config.metrics_port is not None:
             try:
                 self.metrics_server = self.metrics.start_http_server(
-                    config.metrics_port, config.metrics_host
+                    config.metrics_port, config.metrics_address
                 )
             except RuntimeError as exc:
                 await server.stop(0)
@@ -221,11 +235,14 @@ class Server:
         names = ", ".join(d.label for d in self.store.directions())
         log.info("SERVING %s (ready in %.1f s)", names, time.monotonic() - start)
 
-    async def stop(self, grace: float | None = None) -> None:
+    async def stop(self, grace: float | None = None, drain_delay: float | None = None) -> None:
         """Drain: NOT_SERVING, refuse new calls, finish accepted ones, stop everything.
 
-        Returns within about `grace` seconds (the config's by default), whatever the
-        backends do: a batch still running then is abandoned with a log line.
+        New calls get UNAVAILABLE for at least `drain_delay` seconds (the config's by
+        default; none if the server was not yet serving) while accepted ones finish; the
+        port closes after both. Returns within about max(`grace`, `drain_delay`) seconds
+        (the config's by default), whatever the backends do: a batch still running at the
+        end of the grace period is abandoned with a log line.
         """
         if self._stopping:
             await self._stopped.wait()
@@ -233,15 +250,28 @@ class Server:
         self._stopping = True
         self.store.stop_loading.set()
         grace = self.config.grace_seconds if grace is None else grace
-        deadline = time.monotonic() + grace
-        log.info("draining: NOT_SERVING, finishing accepted requests (grace %.1f s)", grace)
+        delay = self.config.drain_delay_s if drain_delay is None else drain_delay
+        if not self.servicer.accepting:  # still loading: no client was ever sent here
+            delay = 0.0
+        now = time.monotonic()
+        deadline, delay_end = now + grace, now + delay
+        log.info(
+            "draining: NOT_SERVING, new calls UNAVAILABLE for %.1f s, finishing accepted "
+            "requests (grace %.1f s)",
+            delay,
+            grace,
+        )
         try:
             self.servicer.accepting = False
             await self.health.enter_graceful_shutdown()
             self.metrics.set_serving(False)
-            # The port stays open while accepted requests finish, so probes read NOT_SERVING
-            # and new calls get a clear UNAVAILABLE instead of a refused connection.
-            while self.servicer.in_flight and time.monotonic() < deadline:
+            # The port stays open while accepted requests finish and for the drain delay, so
+            # probes read NOT_SERVING and new calls get a clear UNAVAILABLE. Closing it
+            # sooner would cancel (CANCELLED) calls that are on their way as it closes: the
+            # delay lets load balancers and clients stop sending first.
+            while (now := time.monotonic()) < delay_end or (
+                self.servicer.in_flight and now < deadline
+            ):
                 await asyncio.sleep(0.02)
             if self.servicer.in_flight:
                 log.warning(
@@ -294,6 +324,48 @@ async def serve(config: ServerConfig) -> int:
         return 1
     await server.wait()
     return 0
+
+
+@cache
+def _reflection_v1_file() -> None:
+    """Add grpc/reflection/v1/reflection.proto (v1alpha's, renamed) to the default pool.
+
+    Reflection answers from that pool, so this lets clients describe the v1 service too.
+    """
+    proto = descriptor_pb2.FileDescriptorProto()
+    reflection_pb.DESCRIPTOR.CopyToProto(proto)
+    old = proto.package
+    proto.name = "grpc/reflection/v1/reflection.proto"
+    proto.package = REFLECTION_V1
+    for message in proto.message_type:  # v1alpha's messages have no nested types
+        for field in message.field:
+            if field.type_name:  # messages and enums only: setting it on others is an error
+                field.type_name = field.type_name.replace(f".{old}.", f".{REFLECTION_V1}.")
+    for method in proto.service[0].method:
+        method.input_type = method.input_type.replace(f".{old}.", f".{REFLECTION_V1}.")
+        method.output_type = method.output_type.replace(f".{old}.", f".{REFLECTION_V1}.")
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindFileByName(proto.name)  # grpcio-reflection's own v1, where it has one
+    except KeyError:
+        pool.AddSerializedFile(proto.SerializeToString())
+
+
+def enable_reflection(services: Sequence[str], server: grpc.aio.Server) -> None:
+    """Server reflection v1 and v1alpha (grpcio-reflection ships only v1alpha)."""
+    _reflection_v1_file()
+    names = (*services, reflection.SERVICE_NAME, REFLECTION_V1_SERVICE)
+    reflection.enable_server_reflection(names, server)
+    servicer = reflection.aio.ReflectionServicer(names)
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb.ServerReflectionResponse.SerializeToString,
+    )
+    handlers = {"ServerReflectionInfo": handler}
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1_SERVICE, handlers),)
+    )
 
 
 class JsonFormatter(logging.Formatter):

@@ -2,7 +2,8 @@
 
 It turns a TranslateRequest into a `pipeline.Request`, awaits the pipeline, and turns the
 result (or a `ServingError`) into the reply (or a status with a message); it counts and
-logs every call with its request id.
+logs every call with its request id. `add_to_server` registers it with request parsing
+that turns a body which is not the method's message into INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError, Message
 
 from i2i.serving.errors import Internal, InvalidArgument, QueueFull, ServingError, Unavailable
 from i2i.serving.metrics import ServerMetrics
@@ -27,6 +29,7 @@ from i2i.v1 import translator_pb2 as pb
 from i2i.v1 import translator_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", bound=Message)
 
 FORMAT_NAMES = {
     pb.IMAGE_FORMAT_UNSPECIFIED: None,
@@ -43,11 +46,80 @@ POLICY_NAMES = {
 }
 # Every RESOURCE_EXHAUSTED says whether a retry can help: a full queue yes, an image too
 # large no. Clients retry it only when told "true" (gRPC's own size errors carry neither).
-RETRYABLE = (("i2i-retryable", "true"),)
-NOT_RETRYABLE = (("i2i-retryable", "false"),)
+# gRPC's own retry policy reads grpc-retry-pushback-ms: negative means "do not retry". A full
+# queue sends none, so each client waits its own jittered backoff: a fixed pushback is used
+# as it is by every client at once (no jitter), and grpcio hangs on pushbacks under ~2 ms.
+RETRYABLE_KEY, PUSHBACK_KEY = "i2i-retryable", "grpc-retry-pushback-ms"
+RETRYABLE = ((RETRYABLE_KEY, "true"),)
+NOT_RETRYABLE = ((RETRYABLE_KEY, "false"), (PUSHBACK_KEY, "-1"))
 # Replies up to this size are built on the event loop; larger ones in the worker threads.
 INLINE_REPLY_BYTES = 256 << 10
 REQUEST_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._:/-]")
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """A request body that is not the method's message; the handler answers INVALID_ARGUMENT."""
+
+    message: str
+
+
+def lenient_parser(message_type: type[Message]) -> Callable[[bytes], Message | Malformed]:
+    """A request deserializer that returns `Malformed` instead of raising.
+
+    gRPC deserialises a request before the handler runs and answers UNKNOWN ("Unexpected
+    DecodeError") to whatever the deserializer raises; this way the handler sees the
+    failure and answers INVALID_ARGUMENT, counted and logged like any bad request.
+    """
+    name = message_type.DESCRIPTOR.full_name
+
+    def parse(data: bytes) -> Message | Malformed:
+        try:
+            return message_type.FromString(data)
+        except DecodeError as exc:
+            return Malformed(
+                f"the request body ({len(data)} bytes) is not a valid {name} protobuf "
+                f"message ({exc}); build it with code generated from the i2i.v1 protocol "
+                f"(protos/i2i/v1/translator.proto)"
+            )
+
+    return parse
+
+
+def add_to_server(servicer: pb_grpc.TranslatorServicer, server: grpc.aio.Server) -> None:
+    """Register `servicer` as i2i.v1.Translator, parsing requests with `lenient_parser`.
+
+    The same handlers as the generated ``add_TranslatorServicer_to_server``, built from the
+    service descriptor so they follow the protocol file.
+    """
+    kinds = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    service = pb.DESCRIPTOR.services_by_name["Translator"]
+    handlers = {}
+    for method in service.methods:
+        request_type = getattr(pb, method.input_type.name)
+        response_type = getattr(pb, method.output_type.name)
+        kind = kinds[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = kind(
+            getattr(servicer, method.name),
+            request_deserializer=lenient_parser(request_type),
+            response_serializer=response_type.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(service.full_name, handlers)
+
+
+def _parsed(message: M | Malformed) -> M:
+    """The request message, or InvalidArgument if its body could not be parsed."""
+    if isinstance(message, Malformed):
+        raise InvalidArgument(message.message)
+    return message
 
 
 def _image(message: pb.Image, what: str) -> bytes | RawPixels:
@@ -62,12 +134,17 @@ def _image(message: pb.Image, what: str) -> bytes | RawPixels:
     raise InvalidArgument(f"{what} is missing: set image.encoded or image.raw")
 
 
-def request_from_proto(message: pb.TranslateRequest) -> Request:
-    """The plain request; InvalidArgument for fields that cannot be read at all."""
+def check_names(message: pb.TranslateRequest) -> None:
+    """InvalidArgument unless the request names a model and a direction."""
     if not message.model:
         raise InvalidArgument("model is empty: name a model (ListModels shows them)")
     if not message.direction:
         raise InvalidArgument("direction is empty: name one, for example A2B (GetModel lists them)")
+
+
+def request_from_proto(message: pb.TranslateRequest) -> Request:
+    """The plain request; InvalidArgument for fields that cannot be read at all."""
+    check_names(message)
     if message.output.format not in FORMAT_NAMES:
         raise InvalidArgument(f"output format {message.output.format} is not a known ImageFormat")
     if message.size_policy not in POLICY_NAMES:
@@ -136,7 +213,11 @@ def model_info(model: LoadedModel) -> pb.ModelInfo:
                 name=d.name,
                 input_channels=d.in_channels,
                 output_channels=d.out_channels,
-                shape_rule=pb.ShapeRule(multiple_of=d.multiple_of, fixed_size=d.fixed_size or 0),
+                shape_rule=pb.ShapeRule(
+                    multiple_of=d.backend.shape_rule.multiple_of,
+                    fixed_size=d.backend.shape_rule.fixed_size or 0,
+                    min_size=d.backend.shape_rule.min_size,
+                ),
                 style_size=d.style_size,
                 backend=d.backend.name,
                 artifact=d.backend.artifact,
@@ -189,11 +270,12 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
             )
 
     async def _translate_one(
-        self, message: pb.TranslateRequest, context: grpc.aio.ServicerContext
+        self, message: pb.TranslateRequest | Malformed, context: grpc.aio.ServicerContext
     ) -> pb.TranslateResponse:
         """One request, counted and logged; raises ServingError for the caller to report."""
         start = time.monotonic()
-        request_id = clean_request_id(message.request_id) or new_request_id()
+        given_id = "" if isinstance(message, Malformed) else message.request_id
+        request_id = clean_request_id(given_id) or new_request_id()
         # Metric labels name only loaded models, so made-up names cannot grow the series.
         model, direction, images = "unknown", "unknown", 0
         code = grpc.StatusCode.OK
@@ -201,10 +283,16 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
         self.in_flight += 1
         try:
             self._admit()
-            request = replace(request_from_proto(message), request_id=request_id)
-            loaded = self.pipeline.lookup(request)
+            parsed: pb.TranslateRequest = _parsed(message)
+            # The named direction first, so that errors in the rest of the request are
+            # counted under the model and direction it names.
+            check_names(parsed)
+            loaded = self.pipeline.store.direction(
+                parsed.model, parsed.version or None, parsed.direction
+            )
             model, direction = loaded.model, loaded.name
             where.update(model=model, direction=direction)
+            request = replace(request_from_proto(parsed), request_id=request_id)
             remaining = context.time_remaining()
             deadline = None if remaining is None else start + remaining
             result = await self.pipeline.translate(request, loaded, deadline=deadline)
@@ -255,18 +343,24 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
                 extra=where,
             )
 
+    async def _abort(self, context: grpc.aio.ServicerContext, exc: ServingError) -> None:
+        """End the call with the error's code and message (and retry advice, if exhausted)."""
+        if exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # tell clients whether to retry
+            context.set_trailing_metadata(RETRYABLE if exc.retryable else NOT_RETRYABLE)
+        await context.abort(exc.code, exc.message)
+
     async def Translate(  # noqa: N802 - the protocol's name
-        self, request: pb.TranslateRequest, context: grpc.aio.ServicerContext
+        self, request: pb.TranslateRequest | Malformed, context: grpc.aio.ServicerContext
     ) -> pb.TranslateResponse:
         try:
             return await self._translate_one(request, context)
         except ServingError as exc:
-            await _abort(context, exc)
+            await self._abort(context, exc)
             raise AssertionError("unreachable") from None
 
     async def TranslateStream(  # noqa: N802
         self,
-        request_iterator: AsyncIterator[pb.TranslateRequest],
+        request_iterator: AsyncIterator[pb.TranslateRequest | Malformed],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.TranslateResponse]:
         # Frames are answered in order, one at a time: a video's frames share a shape, and
@@ -276,37 +370,33 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
             try:
                 yield await self._translate_one(message, context)
             except ServingError as exc:
-                await _abort(context, exc)
+                await self._abort(context, exc)
 
     async def ListModels(  # noqa: N802
-        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ListModelsRequest | Malformed, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         try:
             self._check_accepting()
+            _parsed(request)
         except ServingError as exc:
-            await _abort(context, exc)
+            await self._abort(context, exc)
         store = self.pipeline.store
         return pb.ListModelsResponse(
             models=[model_info(m) for _, m in sorted(store.models.items())]
         )
 
     async def GetModel(  # noqa: N802
-        self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GetModelRequest | Malformed, context: grpc.aio.ServicerContext
     ) -> pb.ModelInfo:
         try:
             self._check_accepting()
-            return model_info(self.pipeline.store.model(request.model, request.version or None))
+            parsed: pb.GetModelRequest = _parsed(request)
+            return model_info(self.pipeline.store.model(parsed.model, parsed.version or None))
         except ServingError as exc:
-            await _abort(context, exc)
+            await self._abort(context, exc)
             raise AssertionError("unreachable") from None
 
 
 def clean_request_id(text: str) -> str:
     """The caller's request id, kept to 64 safe characters (it goes into logs as is)."""
     return REQUEST_ID_UNSAFE.sub("_", text[:64])
-
-
-async def _abort(context: grpc.aio.ServicerContext, exc: ServingError) -> Any:
-    if exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # tell clients whether to retry
-        context.set_trailing_metadata(RETRYABLE if exc.retryable else NOT_RETRYABLE)
-    await context.abort(exc.code, exc.message)

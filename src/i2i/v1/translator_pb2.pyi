@@ -144,12 +144,14 @@ class GetModelRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class ShapeRule(_message.Message):
-    __slots__ = ("multiple_of", "fixed_size")
+    __slots__ = ("multiple_of", "fixed_size", "min_size")
     MULTIPLE_OF_FIELD_NUMBER: _ClassVar[int]
     FIXED_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MIN_SIZE_FIELD_NUMBER: _ClassVar[int]
     multiple_of: int
     fixed_size: int
-    def __init__(self, multiple_of: _Optional[int] = ..., fixed_size: _Optional[int] = ...) -> None: ...
+    min_size: int
+    def __init__(self, multiple_of: _Optional[int] = ..., fixed_size: _Optional[int] = ..., min_size: _Optional[int] = ...) -> None: ...
 
 class DirectionInfo(_message.Message):
     __slots__ = ("name", "input_channels", "output_channels", "shape_rule", "style_size", "backend", "artifact", "max_batch")

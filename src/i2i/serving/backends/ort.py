@@ -48,6 +48,27 @@ def verify_artifact(path: Path, artifact: Mapping[str, Any]) -> None:
         )
 
 
+# What ONNX Runtime's CPU memory arena does with the memory of a finished run
+# (I2I_ORT_CPU_ARENA): "shrink" returns it after a run of more than SHRINK_ABOVE_PIXELS
+# (RunOptions memory.enable_memory_arena_shrinkage) and keeps it after smaller ones, "keep"
+# always holds it for the next run (ONNX Runtime's default: the process keeps its largest
+# batch's peak for ever), "off" uses no arena. Giving memory back costs the next run its
+# allocation again (measured in benchmarks/serve_memory.py), so runs up to a default batch
+# (--max-batch-pixels' default), the frequent ones, keep theirs for the next.
+CPU_ARENA_MODES = ("shrink", "keep", "off")
+SHRINK_ABOVE_PIXELS = 8 * 256 * 256  # batch x height x width
+
+
+def _cpu_arena() -> str:
+    """The I2I_ORT_CPU_ARENA mode (default "shrink"), or BackendError naming the choices."""
+    mode = os.environ.get("I2I_ORT_CPU_ARENA", "shrink")
+    if mode not in CPU_ARENA_MODES:
+        raise BackendError(
+            f"I2I_ORT_CPU_ARENA={mode!r}: choose one of {', '.join(CPU_ARENA_MODES)}"
+        )
+    return mode
+
+
 def _trt_cache_dir() -> Path:
     """Where ONNX Runtime's TensorRT provider keeps its engines (I2I_ORT_TRT_CACHE or tmp)."""
     folder = Path(os.environ.get("I2I_ORT_TRT_CACHE", tempfile.gettempdir())) / "i2i-ort-trt"
@@ -99,6 +120,12 @@ class OnnxRuntimeBackend(Backend):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads is not None:
             options.intra_op_num_threads = threads
+        arena = _cpu_arena()
+        options.enable_cpu_mem_arena = arena != "off"
+        self._keep = ort.RunOptions()
+        self._shrink = ort.RunOptions()
+        if arena == "shrink":
+            self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         wanted = [*dict.fromkeys([*providers, CPU])]
         provider_options: dict[str, dict[str, Any]] = {CUDA: {"device_id": device_id}, CPU: {}}
         if TENSORRT in wanted:
@@ -143,7 +170,9 @@ class OnnxRuntimeBackend(Backend):
         feeds = {self._input: images}
         if style is not None and self._style is not None:
             feeds[self._style] = style.astype(self._style_dtype, copy=False)
-        (output,) = self._session.run([self._output], feeds)
+        batch, height, width = images.shape[:3]
+        large = batch * height * width > SHRINK_ABOVE_PIXELS
+        (output,) = self._session.run([self._output], feeds, self._shrink if large else self._keep)
         return np.asarray(output)
 
     def close(self) -> None:
