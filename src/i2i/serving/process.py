@@ -34,7 +34,9 @@ class ServerProcess:
     ) -> None:
         self.command: Sequence[str] = [
             sys.executable, "-m", "i2i.serving", "--repository", str(repository),
-            "--host", host, "--port", "0", *flags,
+            "--host", host, "--port", "0",
+            "--drain-delay-s", "0",  # no load balancer to wait for; *flags may override
+            *flags,
             "--log-level", "INFO",  # last, so it wins: start() reads the INFO lines
         ]  # fmt: skip
         self.start_timeout = start_timeout
