@@ -20,14 +20,12 @@ architecture and TensorRT version that built it: both are recorded in the manife
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from i2i._files import fsync_dir
+from i2i._files import atomic_write
 from i2i.export.errors import ExportError
 from i2i.models import ShapeRule
 from i2i.repository import gpu_slug
@@ -279,19 +277,8 @@ def _save_timing_cache(config: Any, path: Path) -> None:
 
 def write_atomically(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file beside it and a rename: a crash leaves
-    the old file or the new one, never a part of either, and no temporary file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(name, path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    the old file or the new one, never a part of either."""
+    atomic_write(path, lambda file: file.write(data))
 
 
 def plan_name(direction: str, gpu_name: str) -> str:
