@@ -140,8 +140,9 @@ class DynamicBatcher:
         self._observer = observer
         self._clock = clock
         self._name = name
-        self._max_cost: float | None = None
-        self.max_cost = max_cost  # checked by the setter
+        if max_cost is not None and max_cost <= 0:
+            raise ValueError(f"batcher {name!r}: max_cost must be above 0 or None, got {max_cost}")
+        self._max_cost = max_cost
         self._queues: dict[Hashable, deque[_Request]] = {}  # key -> waiting, oldest first
         self._sizes: dict[Hashable, int] = {}  # key -> total size waiting
         self._costs: dict[Hashable, float] = {}  # key -> total cost waiting
@@ -159,16 +160,8 @@ class DynamicBatcher:
 
     @property
     def max_cost(self) -> float | None:
-        """Largest total cost of a batch (None: no limit); batches formed after a change use it."""
+        """Largest total cost of a batch (None: no limit)."""
         return self._max_cost
-
-    @max_cost.setter
-    def max_cost(self, value: float | None) -> None:
-        if value is not None and value <= 0:
-            raise ValueError(
-                f"batcher {self._name!r}: max_cost must be above 0 or None, got {value}"
-            )
-        self._max_cost = value
 
     @property
     def queue_depth(self) -> int:

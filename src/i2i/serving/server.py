@@ -141,8 +141,6 @@ class Server:
         )
         batcher = direction.batcher
         assert batcher is not None
-        # Set here rather than where the store builds the batcher: one flag, one place.
-        batcher.max_cost = self.config.max_batch_pixels or None
         self.metrics.watch_queue_depth(direction.model, direction.name, lambda: batcher.queue_depth)
 
     async def _set_health(self, status: int) -> None:

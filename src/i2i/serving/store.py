@@ -293,6 +293,7 @@ class ModelStore:
             max_batch=max_batch,
             max_delay_s=config.max_delay_ms / 1000.0,
             max_queue=config.max_queue,
+            max_cost=config.max_batch_pixels or None,  # a request's cost is its pixels
             instances=config.instances,
             observer=self._observer_for(manifest["name"], direction),
             name=f"{manifest['name']}:{manifest['version']}:{direction}",
