@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import re
 import secrets
 import signal
@@ -45,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from machine import PYTRITON_PACKAGES, describe, identity, load_average
 
 TARGETS = ("i2i", "i2i-nobatch", "pytriton", "pytriton-nobatch")
 READY = re.compile(r"(?<![A-Z_])SERVING ")  # both servers log it when ready; not NOT_SERVING
@@ -360,17 +361,14 @@ def run_target(target: str, args: argparse.Namespace, onnx: Path, logs: Path) ->
     return [{"target": target, **point} for point in json.loads(done.stdout)]
 
 
-def machine() -> dict[str, Any]:
-    import onnxruntime
-
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if "model name" in line]
-    return {
-        "cpu": names[0] if names else platform.processor(),
-        "cores": len(os.sched_getaffinity(0)),
-        "python": platform.python_version(),
-        "onnxruntime": onnxruntime.__version__,
-    }
+def pytriton_versions(python: str) -> dict[str, str]:
+    """The package versions of the PyTriton venv, asked of its own interpreter."""
+    done = subprocess.run(
+        [python, str(Path(__file__).with_name("machine.py")), "--json", "--packages",
+         ",".join(PYTRITON_PACKAGES)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return dict(json.loads(done.stdout)["versions"])
 
 
 def summarise(raw: list[dict], load: list[dict], max_batch: int) -> dict[str, Any]:
@@ -406,13 +404,18 @@ def table(header: str, rows: list[str]) -> list[str]:
 
 def markdown(results: dict[str, Any]) -> str:
     m, s = results["machine"], results["settings"]
-    lines = [
-        f"{m['cpu']}, {m['cores']} cores; Python {m['python']}, onnxruntime {m['onnxruntime']}; "
+    lines = [describe(m), ""]
+    if "pytriton_venv" in m:
+        venv = ", ".join(f"{k} {v}" for k, v in m["pytriton_venv"].items())
+        lines += [f"PyTriton's venv (its servers and load generator): {venv}.", ""]
+    lines += [
         f"{s['model']} {s['direction']} ({s['onnx']}), {s['size']}x{s['size']} images, "
         f"{s['threads']} intra-op thread(s), max batch {s['max_batch']}, max delay "
         f"{s['max_delay_ms']} ms; {s['duration']} s per point after {s['warmup']} s warm-up; "
-        f"1-minute load average {m['load_average'][0]:.2f} before, "
-        f"{m['load_average'][1]:.2f} after."
+        f"1-minute load average {results['load_average'][0]:.2f} before, "
+        f"{results['load_average'][1]:.2f} after; per target at its start: "
+        + ", ".join(f"{t} {a:.2f}" for t, a in results["load_at_start"].items())
+        + ".",
     ]
     lines += table(
         "| raw ONNX Runtime session | batch | ms/batch | images/s |",
@@ -500,11 +503,16 @@ def main() -> None:
     if args.repository is None:
         args.repository, args.model = export_tiny(work / "export", args.ngf), "tiny"
     onnx = onnx_file(args.repository, args.model, args.direction)
-    started, load_before = time.monotonic(), os.getloadavg()[0]
+    ident = identity({"onnxruntime intra-op (raw session and servers)": args.threads})
+    print(describe(ident), file=sys.stderr, flush=True)
+    if any(t.startswith("pytriton") for t in targets):  # the other venv's own versions
+        ident["pytriton_venv"] = pytriton_versions(args.pytriton_python)
+    started, load_before = time.monotonic(), load_average()
     raw = raw_throughput(onnx, args)
-    load, failed = [], {}
+    load, failed, load_at_start = [], {}, {}
     for target in targets:
         print(f"running {target} ...", file=sys.stderr, flush=True)
+        load_at_start[target] = load_average()
         try:
             load += run_target(target, args, onnx, work)
         except RuntimeError as exc:  # a server that cannot start here: say why, go on
@@ -513,7 +521,9 @@ def main() -> None:
     hidden = ("target", "address", "server_pid", "json", "keep")
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     results = {
-        "machine": machine() | {"load_average": [load_before, os.getloadavg()[0]]},
+        "machine": ident,
+        "load_average": [load_before, load_average()],
+        "load_at_start": load_at_start,
         "settings": {k: v for k, v in settings.items() if k not in hidden}
         | {"onnx": onnx.name, "targets": targets},
         "raw": raw,
