@@ -33,7 +33,9 @@ import torch
 from i2i.export.onnx import export_onnx
 from i2i.models import ShapeRule, build_generator
 from i2i.models.translators import ImageTranslator
-from machine import describe, identity, load_average
+from machine import cpu_snapshot, describe, identity, load_average, others_cores
+
+QUIET = 0.25  # a repetition is quiet when other processes used fewer cores than this
 
 
 def gflop_per_image(translator: torch.nn.Module, size: int, device: torch.device) -> float:
@@ -123,11 +125,16 @@ def main() -> None:
         cells[name][2]()
     seconds: dict[str, list[float]] = {name: [] for name in names}
     loads = []  # the 1-minute load average at the start of each repetition
+    others = []  # cores other processes used during each repetition
     for r in range(args.repeats):
         loads.append(load_average())
+        before = cpu_snapshot()
         for name in names[r % len(names) :] + names[: r % len(names)]:
             seconds[name].append(timed_once(cells[name][2], sync))
+        others.append(others_cores(before, cpu_snapshot()))
     loads.append(load_average())
+    busy = [o["others_cores"] for o in others]
+    quiet = [r for r, b in enumerate(busy) if b < QUIET]
 
     def gflops(name: str, pick: Callable[[list[float]], float]) -> float:
         return cells[name][1] / pick(seconds[name])
@@ -141,8 +148,12 @@ def main() -> None:
         f"\n{args.size}x{args.size}, {gflop:.1f} GFLOP per image (FlopCounterMode); "
         f"{args.repeats} interleaved repetitions after 1 warm-up each; 1-minute load "
         f"average {min(loads):.2f}–{max(loads):.2f} over the timed loop "
-        f'({loads[0]:.2f} at its start, {loads[-1]:.2f} at its end). "best" is the fastest '
-        'repetition (closest to an idle machine), "median" what the shared machine gave.\n'
+        f"({loads[0]:.2f} at its start, {loads[-1]:.2f} at its end); other processes used "
+        f"{min(busy):.2f}–{max(busy):.2f} cores per repetition (median "
+        f"{statistics.median(busy):.2f}; steal at most "
+        f"{max(o['steal_cores'] for o in others):.2f}); {len(quiet)} of {args.repeats} "
+        f'repetitions were quiet (others < {QUIET} cores). "median" is over all '
+        'repetitions, "best" the fastest one (closest to an idle machine).\n'
     )
     print(
         "| cell | batch / n | median s | min–max s | images/s (median) | GFLOP/s median / best "
@@ -171,20 +182,22 @@ def main() -> None:
             batch = name.partition("|")[2]
             ours = seconds[f"PyTorch eager FP32|{batch}"]
             paired = [t / o for t, o in zip(ours, seconds[name], strict=True)]
+            calm = [paired[r] for r in quiet]
             ratios.append({"batch": int(batch), "median": statistics.median(paired),
                            "min": min(paired), "max": max(paired),
+                           "quiet": statistics.median(calm) if calm else float("nan"),
                            "best": min(ours) / min(seconds[name])})  # fmt: skip
     print(
         "\n| ONNX Runtime speed-up over PyTorch eager | batch | median of the repetitions' "
-        "ratios | their min–max | best / best |"
+        "ratios | their min–max | median, quiet repetitions | best / best |"
     )
-    print("|---|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|")
     for q in ratios:
         print(f"| same repetition | {q['batch']} | {q['median']:.2f}× | "
-              f"{q['min']:.2f}–{q['max']:.2f}× | {q['best']:.2f}× |")  # fmt: skip
+              f"{q['min']:.2f}–{q['max']:.2f}× | {q['quiet']:.2f}× | {q['best']:.2f}× |")  # fmt: skip
     if args.json:
         settings = vars(args) | {"gflop_per_image": gflop, "provider": provider}
-        record = {"machine": ident, "settings": settings, "load_average": loads,
+        record = {"machine": ident, "settings": settings, "load_average": loads, "others": others,
                   "peak_gflops": peak, "results": results, "ratios": ratios}  # fmt: skip
         Path(args.json).write_text(json.dumps(record, indent=2))
 

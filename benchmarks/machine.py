@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -77,8 +78,36 @@ def versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:
 
 
 def load_average() -> float:
-    """The 1-minute load average (runnable processes, all users) now."""
+    """The 1-minute load average now (runnable threads, the benchmark's own included)."""
     return os.getloadavg()[0]
+
+
+def cpu_snapshot() -> dict[str, float]:
+    """CPU seconds so far: the machine's busy and stolen time, and this process's own.
+
+    "own" counts this process and the children it has waited for (os.times), so between two
+    snapshots taken around finished child processes, busy - own is what everyone else ran.
+    """
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    tick = os.sysconf("SC_CLK_TCK")
+    t = os.times()
+    return {
+        "wall": time.monotonic(),
+        "busy": (user + nice + system + irq + softirq) / tick,
+        "steal": steal / tick,
+        "own": t.user + t.system + t.children_user + t.children_system,
+    }
+
+
+def others_cores(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Cores that other processes (and, as steal, other virtual machines) used in between."""
+    wall = after["wall"] - before["wall"]
+    busy, own = after["busy"] - before["busy"], after["own"] - before["own"]
+    return {
+        "others_cores": max(0.0, busy - own) / wall,
+        "steal_cores": (after["steal"] - before["steal"]) / wall,
+    }
 
 
 def identity(

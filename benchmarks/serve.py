@@ -45,7 +45,14 @@ from typing import Any
 
 import numpy as np
 
-from machine import PYTRITON_PACKAGES, describe, identity, load_average
+from machine import (
+    PYTRITON_PACKAGES,
+    cpu_snapshot,
+    describe,
+    identity,
+    load_average,
+    others_cores,
+)
 
 TARGETS = ("i2i", "i2i-nobatch", "pytriton", "pytriton-nobatch")
 READY = re.compile(r"(?<![A-Z_])SERVING ")  # both servers log it when ready; not NOT_SERVING
@@ -415,6 +422,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"1-minute load average {results['load_average'][0]:.2f} before, "
         f"{results['load_average'][1]:.2f} after; per target at its start: "
         + ", ".join(f"{t} {a:.2f}" for t, a in results["load_at_start"].items())
+        + "; cores other processes used meanwhile: "
+        + ", ".join(f"{t} {o['others_cores']:.2f}" for t, o in results["others"].items())
         + ".",
     ]
     lines += table(
@@ -507,23 +516,26 @@ def main() -> None:
     print(describe(ident), file=sys.stderr, flush=True)
     if any(t.startswith("pytriton") for t in targets):  # the other venv's own versions
         ident["pytriton_venv"] = pytriton_versions(args.pytriton_python)
-    started, load_before = time.monotonic(), load_average()
+    started, load_before, before = time.monotonic(), load_average(), cpu_snapshot()
     raw = raw_throughput(onnx, args)
+    others = {"raw": others_cores(before, cpu_snapshot())}
     load, failed, load_at_start = [], {}, {}
     for target in targets:
         print(f"running {target} ...", file=sys.stderr, flush=True)
-        load_at_start[target] = load_average()
+        load_at_start[target], before = load_average(), cpu_snapshot()
         try:
             load += run_target(target, args, onnx, work)
         except RuntimeError as exc:  # a server that cannot start here: say why, go on
             print(f"{target} failed: {exc}", file=sys.stderr)
             failed[target] = str(exc)
+        others[target] = others_cores(before, cpu_snapshot())
     hidden = ("target", "address", "server_pid", "json", "keep")
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     results = {
         "machine": ident,
         "load_average": [load_before, load_average()],
         "load_at_start": load_at_start,
+        "others": others,
         "settings": {k: v for k, v in settings.items() if k not in hidden}
         | {"onnx": onnx.name, "targets": targets},
         "raw": raw,

@@ -2,7 +2,8 @@
 
 Each (size, variant) runs in its own process so peak RSS is that configuration's alone,
 --rounds times, round-robin over the configurations so that load from other processes
-falls on every row alike; the table gives the median s/it and the range over the rounds.
+falls on every row alike; the table gives the median s/it and the range over the rounds,
+the load average at each process's start and the cores other processes used meanwhile.
 The step is i2i's real training step (both generators, both discriminators, pools,
 optimisers); data comes from memory so the numbers are the model's, not the disk's.
 The machine, versions, commit and load average are printed above the table.
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from machine import describe, identity, load_average
+from machine import cpu_snapshot, describe, identity, load_average, others_cores
 
 VARIANTS = ("eager", "channels_last", "compile", "amp_bf16")
 
@@ -79,12 +80,16 @@ def run_worker(size: int, variant: str, args: argparse.Namespace) -> dict:
            "--warmup", str(args.warmup), "--device", args.device]  # fmt: skip
     if args.steps:
         cmd += ["--steps", str(args.steps)]
-    load = load_average()
+    load, before = load_average(), cpu_snapshot()
     out = subprocess.run(cmd, capture_output=True, text=True)
+    seen = {"load_average": load} | others_cores(before, cpu_snapshot())
     if out.returncode != 0:
-        return {"size": size, "variant": variant, "load_average": load,
-                "failed": out.stderr.strip().splitlines()[-1]}  # fmt: skip
-    return json.loads(out.stdout.strip().splitlines()[-1]) | {"load_average": load}
+        return {
+            "size": size,
+            "variant": variant,
+            "failed": out.stderr.strip().splitlines()[-1],
+        } | seen
+    return json.loads(out.stdout.strip().splitlines()[-1]) | seen
 
 
 def main() -> None:
@@ -122,21 +127,25 @@ def main() -> None:
     for _ in range(args.rounds):  # round-robin: load from others falls on every row alike
         for size, variant in configs:
             runs[size, variant].append(run_worker(size, variant, args))
-    print("| size | variant | s/it (median) | min–max | it/s | peak RSS (MB) | load average |")
-    print("|---:|---|---:|---:|---:|---:|---:|")
+    print(
+        "| size | variant | s/it (median) | min–max | it/s | peak RSS (MB) | load average "
+        "at starts | others' cores |"
+    )
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
     results = []
     for (size, variant), done in runs.items():
         loads = [r["load_average"] for r in done]
+        busy = [r["others_cores"] for r in done]
         ok = [r for r in done if "failed" not in r]
         if not ok:
-            print(f"| {size} | {variant} | failed: {done[-1]['failed']} | | | | |")
+            print(f"| {size} | {variant} | failed: {done[-1]['failed']} | | | | | |")
         else:
             per = [r["s_per_it"] for r in ok]
             med = statistics.median(per)
             print(
                 f"| {size} | {variant} | {med:.3f} | {min(per):.3f}–{max(per):.3f} | "
                 f"{1 / med:.2f} | {max(r['peak_rss_mb'] for r in ok):.0f} | "
-                f"{min(loads):.2f}–{max(loads):.2f} |",
+                f"{min(loads):.2f}–{max(loads):.2f} | {min(busy):.2f}–{max(busy):.2f} |",
                 flush=True,
             )
         results.append({"size": size, "variant": variant, "runs": done})
