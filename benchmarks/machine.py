@@ -82,11 +82,34 @@ def load_average() -> float:
     return os.getloadavg()[0]
 
 
-def cpu_snapshot() -> dict[str, float]:
-    """CPU seconds so far: the machine's busy and stolen time, and this process's own.
+def process_tree_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system) of a process and its descendants, from /proc (Linux)."""
+    if pid is None or not Path("/proc").is_dir():
+        return float("nan")
+    tick = os.sysconf("SC_CLK_TCK")
+    parent, seconds = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:  # after "(comm)": state ppid ... utime (12th) stime (13th)
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        parent[int(entry.name)] = int(fields[1])
+        seconds[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, grew = {pid}, True
+    while grew:
+        children = {p for p, pp in parent.items() if pp in tree} - tree
+        tree, grew = tree | children, bool(children)
+    return sum(seconds.get(p, 0.0) for p in tree)
 
-    "own" counts this process and the children it has waited for (os.times), so between two
-    snapshots taken around finished child processes, busy - own is what everyone else ran.
+
+def cpu_snapshot(running: tuple[int, ...] = ()) -> dict[str, float]:
+    """CPU seconds so far: the machine's busy and stolen time, and the benchmark's own.
+
+    "own" counts this process, the children it has waited for (os.times) and the process
+    trees of the `running` pids (its servers), so between two snapshots busy - own is what
+    everyone else ran.
     """
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
     user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
@@ -96,7 +119,11 @@ def cpu_snapshot() -> dict[str, float]:
         "wall": time.monotonic(),
         "busy": (user + nice + system + irq + softirq) / tick,
         "steal": steal / tick,
-        "own": t.user + t.system + t.children_user + t.children_system,
+        "own": t.user
+        + t.system
+        + t.children_user
+        + t.children_system
+        + sum(process_tree_cpu(pid) for pid in running),
     }
 
 
