@@ -411,8 +411,10 @@ def markdown(results: dict[str, Any]) -> str:
         "All servers run for the whole sweep; each concurrency is one round: the raw session, "
         "then every target in turn. 1-minute load average "
         f"{results['load_average'][0]:.2f} before, {results['load_average'][1]:.2f} after "
-        '(it counts the benchmark\'s own threads); "others" are the cores that processes '
-        "other than the benchmark, its servers and its load generators used during a point.",
+        '(it counts the benchmark\'s own threads); "idle servers" are the cores the other '
+        'targets\' servers used while waiting for their turn, "others" the cores that '
+        "processes other than the benchmark, its servers and its load generators used "
+        "during a point.",
     ]
     lines += table(
         "| raw ONNX Runtime session, same settings | batch | ms/batch | images/s | others |",
@@ -421,11 +423,12 @@ def markdown(results: dict[str, Any]) -> str:
     )  # fmt: skip
     lines += table(
         "| target | C | images/s | p50 ms | p95 ms | p99 ms | mean batch | compute ms/batch "
-        "| server / client cores | others | errors |",
+        "| server / client cores | idle servers | others | errors |",
         [f"| {p['target']} | {p['concurrency']} | {p['images_per_s']:.0f} | {p['p50_ms']:.1f} "
          f"| {p['p95_ms']:.1f} | {p['p99_ms']:.1f} | {p['mean_batch']:.2f} "
          f"| {p['compute_ms_per_batch']:.2f} | {p['server_cores']:.2f} / {p['client_cores']:.2f} "
-         f"| {p['others_cores']:.2f} | {sum(p['errors'].values())} |"
+         f"| {p['idle_servers_cores']:.2f} | {p['others_cores']:.2f} "
+         f"| {sum(p['errors'].values())} |"
          for p in sorted(results["load"], key=lambda p: (p["target"], p["concurrency"]))],
     )  # fmt: skip
     if results["summary"]["overhead"]:
@@ -525,7 +528,9 @@ def main() -> None:
             others = others_cores(before, cpu_snapshot(pids))["others_cores"]
             raw += [{"round": c, **r, "others_cores": others} for r in points]
             for target, (server, port) in list(servers.items()):
+                idle = [s.pid for t, (s, _) in servers.items() if t != target]
                 point_load, before = load_average(), cpu_snapshot(pids)
+                idle_before, started_at = sum(map(process_tree_cpu, idle)), time.monotonic()
                 try:
                     point = run_point(target, server, port, c, args, work)
                 except RuntimeError as exc:
@@ -534,7 +539,11 @@ def main() -> None:
                     stop_server(servers.pop(target)[0])
                     continue
                 seen = others_cores(before, cpu_snapshot(pids))
-                load.append(point | {"load_average": point_load} | seen)
+                idle_cores = (sum(map(process_tree_cpu, idle)) - idle_before) / (
+                    time.monotonic() - started_at
+                )  # the servers waiting for their turn: they should cost ~0
+                load.append(point | {"load_average": point_load, "idle_servers_cores": idle_cores}
+                            | seen)  # fmt: skip
     finally:
         for server, _ in servers.values():
             stop_server(server)
