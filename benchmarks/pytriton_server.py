@@ -34,6 +34,8 @@ from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
+from machine import PYTRITON_PACKAGES, describe, identity
+
 log = logging.getLogger("pytriton_server")
 
 
@@ -87,6 +89,8 @@ def main() -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     add_libdir_to_library_path()
+    threads = {"onnxruntime intra-op": args.threads or "its default"}
+    log.info("%s", describe(identity(threads, packages=PYTRITON_PACKAGES)))
 
     session = make_session(args.onnx, args.threads)
     config = TritonConfig(

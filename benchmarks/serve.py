@@ -6,11 +6,13 @@
 
 By default a tiny CycleGAN (ResNet-6, ``--ngf 4``) is exported into a temporary repository:
 with a model this small the server's own work (gRPC, batching, the event loop) dominates,
-which is what this benchmark is for. Then:
+which is what this benchmark is for. Every target's server is started first and runs for
+the whole sweep; then each concurrency C is one round, so that load from other processes
+falls on every side of a comparison alike:
 
 1. raw backend: an ONNX Runtime session on the served ONNX file, built as i2i's CPU backend
    builds it, at batch 1 and --max-batch: the ceiling a server can approach;
-2. closed-loop load per target and concurrency C: C workers each send one image, await the
+2. closed-loop load on each target in turn: C workers each send one image, await the
    reply, send again, for --duration s after --warmup s; images/s, p50/p95/p99 latency, the
    mean batch the server formed, its measured compute per batch, and the CPU cores that the
    server (with its children) and the load generator used. Targets: ``i2i`` (dynamic
@@ -18,7 +20,9 @@ which is what this benchmark is for. Then:
    of an ONNX Runtime session in a PyTriton ``@batch`` infer function,
    benchmarks/pytriton_server.py) and ``pytriton-nobatch``.
 
-Each server is its own process. The load generator is this file run as a child process
+The machine (benchmarks/machine.py), the load average and, for every point, the cores that
+other processes used meanwhile are printed with the tables. Each server is its own process.
+The load generator is this file run as a child process
 (``--target i2i|pytriton --address ...``): with this interpreter against i2i, with the
 PyTriton venv's interpreter against PyTriton (tritonclient's asyncio gRPC client), so both
 sides are driven by the same ``closed_loop``. That mode needs only numpy and its client,
@@ -31,7 +35,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import re
 import secrets
 import signal
@@ -45,6 +48,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from machine import (
+    PYTRITON_PACKAGES,
+    cpu_snapshot,
+    describe,
+    identity,
+    load_average,
+    others_cores,
+    process_tree_cpu,
+)
 
 TARGETS = ("i2i", "i2i-nobatch", "pytriton", "pytriton-nobatch")
 READY = re.compile(r"(?<![A-Z_])SERVING ")  # both servers log it when ready; not NOT_SERVING
@@ -122,28 +135,6 @@ class TritonClient:
 
     async def close(self) -> None:
         await self.client.close()
-
-
-def process_tree_cpu(pid: int | None) -> float:
-    """CPU seconds (user + system) of a process and its descendants, from /proc (Linux)."""
-    if pid is None or not Path("/proc").is_dir():
-        return float("nan")
-    tick = os.sysconf("SC_CLK_TCK")
-    parent, seconds = {}, {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:  # after "(comm)": state ppid ... utime (12th) stime (13th)
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        parent[int(entry.name)] = int(fields[1])
-        seconds[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
-    tree, grew = {pid}, True
-    while grew:
-        children = {p for p, pp in parent.items() if pp in tree} - tree
-        tree, grew = tree | children, bool(children)
-    return sum(seconds.get(p, 0.0) for p in tree)
 
 
 async def closed_loop(
@@ -335,68 +326,71 @@ def stop_server(process: subprocess.Popen) -> None:
             process.wait()
 
 
-def run_target(target: str, args: argparse.Namespace, onnx: Path, logs: Path) -> list[dict]:
-    """Start the target's server, run the load generator against it, stop the server."""
+def start_target(target: str, args: argparse.Namespace, onnx: Path, logs: Path) -> tuple:
+    """Start the target's server; (its process, its port)."""
     port = free_port()
     os.environ.setdefault("PYTRITON_ACCESS_TOKEN", secrets.token_urlsafe(24))  # both children
-    server = start_server(server_command(target, args, onnx, port), logs / f"{target}.log")
+    return start_server(server_command(target, args, onnx, port), logs / f"{target}.log"), port
+
+
+def run_point(
+    target: str, server: subprocess.Popen, port: int, concurrency: int, args: argparse.Namespace,
+    logs: Path,
+) -> dict[str, Any]:  # fmt: skip
+    """One closed-loop point against a running server, by the load generator in its own process."""
     kind = "i2i" if target.startswith("i2i") else "pytriton"
     client = [
         sys.executable if kind == "i2i" else args.pytriton_python, str(Path(__file__).resolve()),
         "--target", kind, "--address", f"127.0.0.1:{port}", "--server-pid", str(server.pid),
         "--model", args.model, "--direction", args.direction, "--size", str(args.size),
-        "--concurrency", ",".join(map(str, args.concurrency)),
+        "--concurrency", str(concurrency),
         "--duration", str(args.duration), "--warmup", str(args.warmup),
     ]  # fmt: skip
     client_log = logs / f"{target}.client.log"
-    try:
-        with client_log.open("wb") as stderr:
-            done = subprocess.run(client, stdout=subprocess.PIPE, stderr=stderr, check=False)
-    finally:
-        stop_server(server)
+    with client_log.open("ab") as stderr:
+        done = subprocess.run(client, stdout=subprocess.PIPE, stderr=stderr, check=False)
     if done.returncode != 0:
         tail = client_log.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"the load generator against {target} failed:\n{tail}")
-    return [{"target": target, **point} for point in json.loads(done.stdout)]
+    return {"target": target, **json.loads(done.stdout)[0]}
 
 
-def machine() -> dict[str, Any]:
-    import onnxruntime
-
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if "model name" in line]
-    return {
-        "cpu": names[0] if names else platform.processor(),
-        "cores": len(os.sched_getaffinity(0)),
-        "python": platform.python_version(),
-        "onnxruntime": onnxruntime.__version__,
-    }
+def pytriton_versions(python: str) -> dict[str, str]:
+    """The package versions of the PyTriton venv, asked of its own interpreter."""
+    done = subprocess.run(
+        [python, str(Path(__file__).with_name("machine.py")), "--json", "--packages",
+         ",".join(PYTRITON_PACKAGES)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return dict(json.loads(done.stdout)["versions"])
 
 
 def summarise(raw: list[dict], load: list[dict], max_batch: int) -> dict[str, Any]:
-    """Best throughput against the raw ceiling; i2i against PyTriton at equal concurrency."""
-    ceiling = {r["batch"]: r["images_per_s"] for r in raw}
+    """Best throughput against the raw ceiling of the same round; ratios at equal concurrency."""
+    ceiling = {(r["round"], r["batch"]): r["images_per_s"] for r in raw}
     overhead = {}
     for target, batch in (("i2i", max_batch), ("i2i-nobatch", 1)):
         points = [p for p in load if p["target"] == target]
         if points:
             best = max(points, key=lambda p: p["images_per_s"])
+            raw_now = ceiling[best["concurrency"], batch]
             overhead[target] = {
                 "best_images_per_s": best["images_per_s"],
                 "at_concurrency": best["concurrency"],
                 "raw_batch": batch,
-                "raw_images_per_s": ceiling[batch],
-                "fraction_of_raw": best["images_per_s"] / ceiling[batch],
+                "raw_images_per_s": raw_now,
+                "fraction_of_raw": best["images_per_s"] / raw_now,
             }
     by_key = {(p["target"], p["concurrency"]): p for p in load}
+    pairs = (("i2i", "i2i-nobatch"), ("i2i", "pytriton"), ("i2i-nobatch", "pytriton-nobatch"))
     versus = [
-        {"i2i": ours, "pytriton": theirs, "concurrency": c,
+        {"a": ours, "b": theirs, "concurrency": c,
          "throughput_ratio": p["images_per_s"] / by_key[theirs, c]["images_per_s"],
          "p99_ratio": p["p99_ms"] / by_key[theirs, c]["p99_ms"]}
-        for ours, theirs in (("i2i", "pytriton"), ("i2i-nobatch", "pytriton-nobatch"))
+        for ours, theirs in pairs
         for (target, c), p in by_key.items() if target == ours and (theirs, c) in by_key
     ]  # fmt: skip
-    return {"overhead": overhead, "versus_pytriton": versus}
+    return {"overhead": overhead, "versus": versus}
 
 
 def table(header: str, rows: list[str]) -> list[str]:
@@ -406,40 +400,50 @@ def table(header: str, rows: list[str]) -> list[str]:
 
 def markdown(results: dict[str, Any]) -> str:
     m, s = results["machine"], results["settings"]
-    lines = [
-        f"{m['cpu']}, {m['cores']} cores; Python {m['python']}, onnxruntime {m['onnxruntime']}; "
+    lines = [describe(m), ""]
+    if "pytriton_venv" in m:
+        venv = ", ".join(f"{k} {v}" for k, v in m["pytriton_venv"].items())
+        lines += [f"PyTriton's venv (its servers and load generator): {venv}.", ""]
+    lines += [
         f"{s['model']} {s['direction']} ({s['onnx']}), {s['size']}x{s['size']} images, "
         f"{s['threads']} intra-op thread(s), max batch {s['max_batch']}, max delay "
-        f"{s['max_delay_ms']} ms; {s['duration']} s per point after {s['warmup']} s warm-up; "
-        f"1-minute load average {m['load_average'][0]:.2f} before, "
-        f"{m['load_average'][1]:.2f} after."
+        f"{s['max_delay_ms']} ms; {s['duration']} s per point after {s['warmup']} s warm-up. "
+        "All servers run for the whole sweep; each concurrency is one round: the raw session, "
+        "then every target in turn. 1-minute load average "
+        f"{results['load_average'][0]:.2f} before, {results['load_average'][1]:.2f} after "
+        '(it counts the benchmark\'s own threads); "idle servers" are the cores the other '
+        'targets\' servers used while waiting for their turn, "others" the cores that '
+        "processes other than the benchmark, its servers and its load generators used "
+        "during a point.",
     ]
     lines += table(
-        "| raw ONNX Runtime session | batch | ms/batch | images/s |",
-        [f"| same settings | {r['batch']} | {r['ms_per_batch']:.2f} | {r['images_per_s']:.0f} |"
-         for r in results["raw"]],
+        "| raw ONNX Runtime session, same settings | batch | ms/batch | images/s | others |",
+        [f"| round C={r['round']} | {r['batch']} | {r['ms_per_batch']:.2f} "
+         f"| {r['images_per_s']:.0f} | {r['others_cores']:.2f} |" for r in results["raw"]],
     )  # fmt: skip
     lines += table(
         "| target | C | images/s | p50 ms | p95 ms | p99 ms | mean batch | compute ms/batch "
-        "| server / client cores | errors |",
+        "| server / client cores | idle servers | others | errors |",
         [f"| {p['target']} | {p['concurrency']} | {p['images_per_s']:.0f} | {p['p50_ms']:.1f} "
          f"| {p['p95_ms']:.1f} | {p['p99_ms']:.1f} | {p['mean_batch']:.2f} "
          f"| {p['compute_ms_per_batch']:.2f} | {p['server_cores']:.2f} / {p['client_cores']:.2f} "
-         f"| {sum(p['errors'].values())} |" for p in results["load"]],
+         f"| {p['idle_servers_cores']:.2f} | {p['others_cores']:.2f} "
+         f"| {sum(p['errors'].values())} |"
+         for p in sorted(results["load"], key=lambda p: (p["target"], p["concurrency"]))],
     )  # fmt: skip
     if results["summary"]["overhead"]:
         lines += table(
-            "| server | best images/s (at C) | raw images/s (batch) | fraction of raw |",
+            "| server | best images/s (at C) | raw images/s (batch), same round | fraction of raw |",
             [f"| {t} | {o['best_images_per_s']:.0f} ({o['at_concurrency']}) "
              f"| {o['raw_images_per_s']:.0f} ({o['raw_batch']}) | {o['fraction_of_raw']:.1%} |"
              for t, o in results["summary"]["overhead"].items()],
         )  # fmt: skip
-    if results["summary"]["versus_pytriton"]:
+    if results["summary"]["versus"]:
         lines += table(
-            "| i2i / PyTriton | C | throughput ratio | p99 ratio |",
-            [f"| {v['i2i']} / {v['pytriton']} | {v['concurrency']} "
+            "| targets, same round | C | throughput ratio | p99 ratio |",
+            [f"| {v['a']} / {v['b']} | {v['concurrency']} "
              f"| {v['throughput_ratio']:.2f} | {v['p99_ratio']:.2f} |"
-             for v in results["summary"]["versus_pytriton"]],
+             for v in results["summary"]["versus"]],
         )  # fmt: skip
     for target, error in results["failed"].items():
         lines += ["", f"{target} failed: {error.splitlines()[0]} (the log's end is on stderr)"]
@@ -466,7 +470,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[1, 2, 4, 8, 16, 32, 64], help="workers per point (default 1,...,64)")  # fmt: skip
     add("--duration", type=float, default=5.0, help="timed seconds per point (default 5)")
     add("--warmup", type=float, default=1.0, help="untimed seconds before each point (default 1)")
-    add("--raw-seconds", type=float, default=3.0, help="seconds per raw batch size (default 3)")
+    add("--raw-seconds", type=float, default=2.0, help="seconds per raw batch size and round "
+        "(default 2)")  # fmt: skip
     add("--targets", default=",".join(TARGETS), help="comma-separated (default "
         "%(default)s); the PyTriton ones run only with --pytriton-python")  # fmt: skip
     add("--pytriton-python", default=os.environ.get("I2I_PYTRITON_PYTHON"), help="python "
@@ -500,20 +505,53 @@ def main() -> None:
     if args.repository is None:
         args.repository, args.model = export_tiny(work / "export", args.ngf), "tiny"
     onnx = onnx_file(args.repository, args.model, args.direction)
-    started, load_before = time.monotonic(), os.getloadavg()[0]
-    raw = raw_throughput(onnx, args)
-    load, failed = [], {}
-    for target in targets:
-        print(f"running {target} ...", file=sys.stderr, flush=True)
-        try:
-            load += run_target(target, args, onnx, work)
-        except RuntimeError as exc:  # a server that cannot start here: say why, go on
-            print(f"{target} failed: {exc}", file=sys.stderr)
-            failed[target] = str(exc)
+    ident = identity({"onnxruntime intra-op (raw session and servers)": args.threads})
+    print(describe(ident), file=sys.stderr, flush=True)
+    if any(t.startswith("pytriton") for t in targets):  # the other venv's own versions
+        ident["pytriton_venv"] = pytriton_versions(args.pytriton_python)
+    started, load_before = time.monotonic(), load_average()
+    servers: dict[str, tuple[subprocess.Popen, int]] = {}
+    raw, load, failed = [], [], {}
+    try:
+        for target in targets:
+            print(f"starting {target} ...", file=sys.stderr, flush=True)
+            try:
+                servers[target] = start_target(target, args, onnx, work)
+            except RuntimeError as exc:  # a server that cannot start here: say why, go on
+                print(f"{target} failed: {exc}", file=sys.stderr)
+                failed[target] = str(exc)
+        pids = tuple(server.pid for server, _ in servers.values())
+        for c in args.concurrency:  # one round: the raw ceiling, then every target
+            print(f"round C={c} ...", file=sys.stderr, flush=True)
+            before = cpu_snapshot(pids)
+            points = raw_throughput(onnx, args)
+            others = others_cores(before, cpu_snapshot(pids))["others_cores"]
+            raw += [{"round": c, **r, "others_cores": others} for r in points]
+            for target, (server, port) in list(servers.items()):
+                idle = [s.pid for t, (s, _) in servers.items() if t != target]
+                point_load, before = load_average(), cpu_snapshot(pids)
+                idle_before, started_at = sum(map(process_tree_cpu, idle)), time.monotonic()
+                try:
+                    point = run_point(target, server, port, c, args, work)
+                except RuntimeError as exc:
+                    print(f"{target} failed: {exc}", file=sys.stderr)
+                    failed[target] = str(exc)
+                    stop_server(servers.pop(target)[0])
+                    continue
+                seen = others_cores(before, cpu_snapshot(pids))
+                idle_cores = (sum(map(process_tree_cpu, idle)) - idle_before) / (
+                    time.monotonic() - started_at
+                )  # the servers waiting for their turn: they should cost ~0
+                load.append(point | {"load_average": point_load, "idle_servers_cores": idle_cores}
+                            | seen)  # fmt: skip
+    finally:
+        for server, _ in servers.values():
+            stop_server(server)
     hidden = ("target", "address", "server_pid", "json", "keep")
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     results = {
-        "machine": machine() | {"load_average": [load_before, os.getloadavg()[0]]},
+        "machine": ident,
+        "load_average": [load_before, load_average()],
         "settings": {k: v for k, v in settings.items() if k not in hidden}
         | {"onnx": onnx.name, "targets": targets},
         "raw": raw,

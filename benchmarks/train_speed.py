@@ -1,22 +1,28 @@
 """CycleGAN training speed and peak memory, reference architecture, batch 1.
 
-Each (size, variant) runs in its own process so peak RSS is that configuration's alone.
+Each (size, variant) runs in its own process so peak RSS is that configuration's alone,
+--rounds times, round-robin over the configurations so that load from other processes
+falls on every row alike; the table gives the median s/it and the range over the rounds,
+the load average at each process's start and the cores other processes used meanwhile.
 The step is i2i's real training step (both generators, both discriminators, pools,
 optimisers); data comes from memory so the numbers are the model's, not the disk's.
+The machine, versions, commit and load average are printed above the table.
 
-    python benchmarks/train_speed.py                       # 64, 128, 256 px; eager + channels-last
-    python benchmarks/train_speed.py --sizes 64 --variants eager,compile --steps 10
+    python benchmarks/train_speed.py                             # 64, 128 px; eager
+    python benchmarks/train_speed.py --sizes 64,128,256 --variants eager,channels_last,compile
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
+
+from machine import cpu_snapshot, describe, identity, load_average, others_cores
 
 VARIANTS = ("eager", "channels_last", "compile", "amp_bf16")
 
@@ -47,17 +53,20 @@ def worker(size: int, variant: str, steps: int, warmup: int, device: str) -> dic
         trainer.step(batch)
     if dev.type == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    step_seconds = []
     for _ in range(steps):
+        start = time.perf_counter()
         trainer.step(batch)
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / steps
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        step_seconds.append(time.perf_counter() - start)
+    seconds = sum(step_seconds) / steps
     return {
         "size": size,
         "variant": variant,
         "device": device,
         "s_per_it": seconds,
+        "step_seconds": step_seconds,
         "it_per_s": 1 / seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "threads": torch.get_num_threads(),
@@ -65,18 +74,39 @@ def worker(size: int, variant: str, steps: int, warmup: int, device: str) -> dic
     }
 
 
+def run_worker(size: int, variant: str, args: argparse.Namespace) -> dict:
+    """One configuration in a fresh process (its peak RSS is its own); its result or failure."""
+    cmd = [sys.executable, __file__, "--worker", str(size), variant,
+           "--warmup", str(args.warmup), "--device", args.device]  # fmt: skip
+    if args.steps:
+        cmd += ["--steps", str(args.steps)]
+    load, before = load_average(), cpu_snapshot()
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    seen = {"load_average": load} | others_cores(before, cpu_snapshot())
+    if out.returncode != 0:
+        return {
+            "size": size,
+            "variant": variant,
+            "failed": out.stderr.strip().splitlines()[-1],
+        } | seen
+    return json.loads(out.stdout.strip().splitlines()[-1]) | seen
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--sizes", default="64,128,256", help="image sides, comma-separated")
     p.add_argument(
-        "--variants", default="eager,channels_last", help=f"any of {', '.join(VARIANTS)}"
+        "--sizes", default="64,128", help="image sides, comma-separated (default 64,128)"
     )
+    p.add_argument(
+        "--variants", default="eager", help=f"comma-separated, any of {', '.join(VARIANTS)}"
+    )
+    p.add_argument("--rounds", type=int, default=3, help="processes per configuration, interleaved")
     p.add_argument("--steps", type=int, default=0, help="timed steps (default: 10 / 5 / 3 by size)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compile needs >= 1)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--json", help="also write the machine, settings and results to this file")
     p.add_argument("--worker", nargs=2, metavar=("SIZE", "VARIANT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -84,40 +114,46 @@ def main() -> None:
         steps = args.steps or {64: 10, 128: 5}.get(size, 3)
         print(json.dumps(worker(size, variant, steps, args.warmup, args.device)))
         return
-    results = []
+    import torch  # only for the thread count the workers will get
+
+    ident = identity({"torch": torch.get_num_threads()})
+    print(describe(ident))
     print(
-        f"# CycleGAN training, ResNet-9 + 70x70 PatchGAN, batch 1, {platform.processor() or platform.machine()}"
+        "\nCycleGAN training step, ResNet-9 ngf 64 + 70x70 PatchGAN ndf 64, batch 1, "
+        f"{args.device}; {args.rounds} processes per row, interleaved\n"
     )
-    print("| size | variant | s/it | it/s | peak RSS (MB) |")
-    print("|---:|---|---:|---:|---:|")
-    for size in (int(s) for s in args.sizes.split(",")):
-        for variant in args.variants.split(","):
-            cmd = [
-                sys.executable,
-                __file__,
-                "--worker",
-                str(size),
-                variant,
-                "--warmup",
-                str(args.warmup),
-                "--device",
-                args.device,
-            ]
-            if args.steps:
-                cmd += ["--steps", str(args.steps)]
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            if out.returncode != 0:
-                print(f"| {size} | {variant} | failed: {out.stderr.strip().splitlines()[-1]} | | |")
-                continue
-            r = json.loads(out.stdout.strip().splitlines()[-1])
-            results.append(r)
+    configs = [(int(s), v) for s in args.sizes.split(",") for v in args.variants.split(",")]
+    runs: dict[tuple[int, str], list[dict]] = {c: [] for c in configs}
+    for _ in range(args.rounds):  # round-robin: load from others falls on every row alike
+        for size, variant in configs:
+            runs[size, variant].append(run_worker(size, variant, args))
+    print(
+        "| size | variant | s/it (median) | min–max | it/s | peak RSS (MB) | load average "
+        "at starts | others' cores |"
+    )
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    results = []
+    for (size, variant), done in runs.items():
+        loads = [r["load_average"] for r in done]
+        busy = [r["others_cores"] for r in done]
+        ok = [r for r in done if "failed" not in r]
+        if not ok:
+            print(f"| {size} | {variant} | failed: {done[-1]['failed']} | | | | | |")
+        else:
+            per = [r["s_per_it"] for r in ok]
+            med = statistics.median(per)
             print(
-                f"| {size} | {variant} | {r['s_per_it']:.3f} | {r['it_per_s']:.2f} | {r['peak_rss_mb']:.0f} |",
+                f"| {size} | {variant} | {med:.3f} | {min(per):.3f}–{max(per):.3f} | "
+                f"{1 / med:.2f} | {max(r['peak_rss_mb'] for r in ok):.0f} | "
+                f"{min(loads):.2f}–{max(loads):.2f} | {min(busy):.2f}–{max(busy):.2f} |",
                 flush=True,
             )
+        results.append({"size": size, "variant": variant, "runs": done})
     if args.json:
+        settings = {k: v for k, v in vars(args).items() if k != "worker"}
+        record = {"machine": ident, "settings": settings, "results": results}
         with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+            json.dump(record, f, indent=2)
 
 
 if __name__ == "__main__":
