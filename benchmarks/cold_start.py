@@ -28,10 +28,8 @@ copy (``SessionOptions.optimized_model_filepath``), and single runs at 64² and 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import re
 import signal
 import socket
@@ -46,36 +44,15 @@ from typing import Any
 
 import numpy as np
 
+from exported import export_untrained
+from machine import describe, identity, load_average
+
 SETTINGS: dict[str, list[str]] = {
     "old default (--warmup full)": ["--warmup", "full"],
     "new default (auto: minimal on CPU)": [],
     "--warmup full --warmup-size 64": ["--warmup", "full", "--warmup-size", "64"],
 }
 LOADED = re.compile(r"loaded (\S+ \S+) with .* in ([\d.]+) s, of which (.*): ([\d.]+) s")
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def export_model(folder: Path, ngf: int, net: str, seed: int = 0) -> Path:
-    """A seeded, untrained CycleGAN exported to FP32 ONNX as model "cold"; its repository."""
-    import torch
-
-    from i2i.checkpoint import make_checkpoint, save_checkpoint
-    from i2i.export import export_checkpoint
-    from i2i.models import create_networks
-
-    options = {"ngf": ngf, "ndf": 8, "netG": net}
-    torch.manual_seed(seed)
-    nets = create_networks("cyclegan", options)
-    payload = make_checkpoint(
-        family="cyclegan",
-        config={"family": "cyclegan", "model": options},
-        domains=["A", "B"],
-        networks={n: m.state_dict() for n, m in nets.items()},
-        step=1,
-    )
-    checkpoint = save_checkpoint(payload, folder / "cold.pt")
-    export_checkpoint(checkpoint, folder / "repository", "cold", formats=["onnx"])
-    return folder / "repository"
 
 
 def free_port() -> int:
@@ -92,10 +69,6 @@ def memory_kb(pid: int) -> dict[str, int]:
         if key in ("VmRSS", "VmHWM"):
             found[key] = int(value.split()[0])
     return found
-
-
-def load_average() -> float:
-    return float(Path("/proc/loadavg").read_text().split()[0])
 
 
 def one_start(
@@ -271,30 +244,6 @@ def artifact_input(manifest: dict[str, Any]) -> str:
     return str(manifest["directions"]["A2B"]["input"]["name"])
 
 
-def machine() -> dict[str, Any]:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    fields = dict(
-        (k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in lscpu.splitlines())
-    )
-    commit = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    import onnxruntime
-
-    return {
-        "cpu": fields.get("Model name", platform.processor()),
-        "flags": fields.get("Flags", ""),
-        "cores": len(os.sched_getaffinity(0)),
-        "python": platform.python_version(),
-        "onnxruntime": onnxruntime.__version__,
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="minutes"),
-        "commit": commit,
-    }
-
-
 def spread(values: list[float], fmt: str) -> str:
     """Median (min-max)."""
     return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
@@ -303,8 +252,11 @@ def spread(values: list[float], fmt: str) -> str:
 def markdown(results: dict[str, Any]) -> str:
     m, s = results["machine"], results["settings"]
     lines = [
-        f"{m['cpu']}, {m['cores']} cores; Python {m['python']}, onnxruntime {m['onnxruntime']}; "
-        f"commit {m['commit']}, {m['date']}. CycleGAN {s['net']}, ngf {s['ngf']}, "
+        describe(m),
+        "",
+        f"Command: `{results['command']}`",
+        "",
+        f"CycleGAN {s['net']}, ngf {s['ngf']}, "
         f"2 directions (FP32 ONNX, {s['artifact_mb']:.1f} MB each), --backend onnxruntime-cpu, "
         f"--max-batch {s['max_batch']}; {s['runs']} runs per setting, interleaved; median "
         f"(min-max). First/second request: one {s['size']}x{s['size']} raw image after SERVING.",
@@ -359,7 +311,7 @@ def main() -> None:
         repository = args.repository
         if repository is None:
             print(f"exporting CycleGAN {args.net} ngf {args.ngf} ...", file=sys.stderr)
-            repository = export_model(Path(tmp), args.ngf, args.net)
+            repository = export_untrained(Path(tmp), "cold", ngf=args.ngf, ndf=8, net=args.net)
             args.model = "cold"
         from i2i.repository import read_manifest, version_folder
 
@@ -367,7 +319,8 @@ def main() -> None:
         folder = version_folder(repository, args.model, manifest["version"])
         artifact_mb = (folder / manifest["artifacts"][0]["file"]).stat().st_size / 2**20
         results: dict[str, Any] = {
-            "machine": machine(),
+            "machine": identity(),
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
             "settings": {
                 "net": args.net,
                 "ngf": args.ngf,

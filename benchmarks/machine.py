@@ -77,6 +77,11 @@ def versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:
     return found
 
 
+def memory_gib() -> float:
+    """The machine's total memory in GiB (physical pages; a container's limit may be lower)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
 def load_average() -> float:
     """The 1-minute load average now (runnable threads, the benchmark's own included)."""
     return os.getloadavg()[0]
@@ -153,6 +158,7 @@ def identity(
         "simd_flags": [f for f in SIMD_FLAGS if f in flags],
         "hypervisor": cpu.get("Hypervisor vendor", "none"),
         "cores": len(os.sched_getaffinity(0)),
+        "memory_gib": memory_gib(),
         "threads": dict(threads or {}) | env_threads,
         "versions": versions(packages),
         "commit": commit(),
@@ -167,8 +173,8 @@ def describe(ident: dict[str, Any]) -> str:
     threads = ", ".join(f"{k} {t}" for k, t in ident["threads"].items()) or "library defaults"
     software = ", ".join(f"{k} {version}" for k, version in v.items())
     return (
-        f"Machine: {ident['cpu']} ({ident['cpu_id']}; {ident['cores']} cores usable, hypervisor "
-        f"{ident['hypervisor']}; flags {' '.join(ident['simd_flags']) or 'none of interest'}). "
+        f"Machine: {ident['cpu']} ({ident['cpu_id']}; {ident['cores']} cores usable, "
+        f"{ident['memory_gib']:.0f} GiB memory, hypervisor {ident['hypervisor']}; flags {' '.join(ident['simd_flags']) or 'none of interest'}). "
         f"{software}; threads: {threads}. Commit {ident['commit']}, {ident['date']}, "
         f"1-minute load average {ident['load_average']:.2f} at the start."
     )

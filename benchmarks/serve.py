@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from exported import export_untrained
 from machine import (
     PYTRITON_PACKAGES,
     cpu_snapshot,
@@ -216,29 +217,6 @@ async def run_client(args: argparse.Namespace) -> list[dict[str, Any]]:
         return points
     finally:
         await client.close()
-
-
-def export_tiny(folder: Path, ngf: int, seed: int = 0) -> Path:
-    """A seeded, untrained CycleGAN (ResNet-6, `ngf` filters) exported to ONNX; its repository."""
-    import torch
-
-    from i2i.checkpoint import make_checkpoint, save_checkpoint
-    from i2i.export import export_checkpoint
-    from i2i.models import create_networks
-
-    options = {"ngf": ngf, "ndf": 4, "netG": "resnet_6blocks"}
-    torch.manual_seed(seed)
-    nets = create_networks("cyclegan", options)
-    payload = make_checkpoint(
-        family="cyclegan",
-        config={"family": "cyclegan", "model": options},
-        domains=["A", "B"],
-        networks={n: m.state_dict() for n, m in nets.items()},
-        step=1,
-    )
-    checkpoint = save_checkpoint(payload, folder / "tiny.pt")
-    export_checkpoint(checkpoint, folder / "repository", "tiny", formats=["onnx"])
-    return folder / "repository"
 
 
 def onnx_file(repository: Path, model: str, direction: str) -> Path:
@@ -503,7 +481,10 @@ def main() -> None:
     work = args.keep or Path(tempfile.mkdtemp(prefix="i2i-serve-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     if args.repository is None:
-        args.repository, args.model = export_tiny(work / "export", args.ngf), "tiny"
+        args.repository = export_untrained(
+            work / "export", "tiny", ngf=args.ngf, ndf=4, net="resnet_6blocks"
+        )
+        args.model = "tiny"
     onnx = onnx_file(args.repository, args.model, args.direction)
     ident = identity({"onnxruntime intra-op (raw session and servers)": args.threads})
     print(describe(ident), file=sys.stderr, flush=True)

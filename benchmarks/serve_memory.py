@@ -41,10 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -58,6 +55,9 @@ from typing import Any
 
 import numpy as np
 
+from exported import export_untrained
+from machine import describe, identity
+
 CONFIGS: dict[str, tuple[bool, str]] = {  # name: (bounded, arena)
     "before": (False, "keep"),
     "bound": (True, "keep"),
@@ -66,29 +66,6 @@ CONFIGS: dict[str, tuple[bool, str]] = {  # name: (bounded, arena)
     "off": (True, "off"),
 }
 MB = 1 << 20
-
-
-def export_model(folder: Path, ngf: int, generator: str, seed: int = 0) -> Path:
-    """A seeded, untrained CycleGAN with `generator` of width `ngf`, exported to ONNX."""
-    import torch
-
-    from i2i.checkpoint import make_checkpoint, save_checkpoint
-    from i2i.export import export_checkpoint
-    from i2i.models import create_networks
-
-    options = {"ngf": ngf, "ndf": 4, "netG": generator}
-    torch.manual_seed(seed)
-    nets = create_networks("cyclegan", options)
-    payload = make_checkpoint(
-        family="cyclegan",
-        config={"family": "cyclegan", "model": options},
-        domains=["A", "B"],
-        networks={n: m.state_dict() for n, m in nets.items()},
-        step=1,
-    )
-    checkpoint = save_checkpoint(payload, folder / "model.pt")
-    export_checkpoint(checkpoint, folder / "repository", "bench", formats=["onnx"])
-    return folder / "repository"
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
@@ -268,43 +245,13 @@ def speed(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     return points
 
 
-def machine() -> dict[str, Any]:
-    import onnxruntime
-
-    def lscpu(field: str) -> str:
-        try:
-            out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        except (OSError, subprocess.CalledProcessError):
-            return ""
-        found = re.search(rf"^{field}:\s*(.*)$", out, re.MULTILINE)
-        return found.group(1).strip() if found else ""
-
-    flags = lscpu("Flags").split()
-    simd = [f for f in flags if f.startswith(("avx", "fma", "sse4", "amx"))]
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    return {
-        "cpu": lscpu("Model name") or platform.processor(),
-        "simd_flags": simd,
-        "cores": len(os.sched_getaffinity(0)),
-        "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9,
-        "python": platform.python_version(),
-        "onnxruntime": onnxruntime.__version__,
-        "commit": commit,
-        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-        "load_average": os.getloadavg()[0],
-    }
-
-
 def markdown(results: dict[str, Any]) -> str:
     m, s = results["machine"], results["settings"]
     pixels = s["size"] * s["size"]
     lines = [
-        f"{m['cpu']} ({' '.join(m['simd_flags'])}), {m['cores']} cores, "
-        f"{m['memory_gb']:.0f} GB; Python {m['python']}, onnxruntime {m['onnxruntime']}; "
-        f"commit {m['commit']}, {m['date']}, 1-minute load average {m['load_average']:.1f} "
-        f"at the start.",
+        describe(m),
+        "",
+        f"Command: `{results['command']}`",
         "",
         f"Model: {s['model_description']}. Server: ONNX Runtime CPU, max batch "
         f"{s['max_batch']}, max delay {s['max_delay_ms']} ms, default --max-batch-pixels "
@@ -396,11 +343,15 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     if args.repository is None:
         print(f"exporting {args.generator} ngf {args.ngf} ...", file=sys.stderr, flush=True)
-        args.repository = export_model(work / "export", args.ngf, args.generator)
+        args.repository = export_untrained(
+            work / "export", "bench", ngf=args.ngf, ndf=4, net=args.generator
+        )
+        args.model = "bench"
         description = f"untrained CycleGAN {args.generator}, ngf {args.ngf}, FP32 ONNX"
     else:
         description = f"{args.model} from {args.repository}"
-    info = machine()
+    threads = {"onnxruntime intra-op (servers)": args.threads} if args.threads else None
+    info = identity(threads)
     memory, idle = [], {}
     for name in args.configs:
         bounded, arena = CONFIGS[name]
