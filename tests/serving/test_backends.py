@@ -275,16 +275,21 @@ def style_graph(path: Path, style_size: int) -> None:
     onnx.save(model, path)
 
 
+def style_spec(style_size: int) -> dict[str, Any]:
+    """A manifest direction of a multimodal model: uint8 image in and out, a float32 style."""
+    tensor = {"dtype": "uint8", "shape": ["batch", "height", "width", 3]}
+    return {
+        "input": {"name": "image", **tensor},
+        "output": {"name": "translated", **tensor},
+        "style": {"name": "style", "dtype": "float32", "shape": ["batch", style_size]},
+        "shape_rule": {"multiple_of": 4, "fixed_size": None},
+    }
+
+
 def test_multimodal_onnx_backend_feeds_and_checks_the_style(tmp_path: Path) -> None:
     path = tmp_path / "A2B.onnx"
     style_graph(path, style_size=2)
-    tensor = {"dtype": "uint8", "shape": ["batch", "height", "width", 3]}
-    spec = {
-        "input": {"name": "image", **tensor},
-        "output": {"name": "translated", **tensor},
-        "style": {"name": "style", "dtype": "float32", "shape": ["batch", 2]},
-        "shape_rule": {"multiple_of": 4, "fixed_size": None},
-    }
+    spec = style_spec(style_size=2)
     artifact = {
         "precision": "fp32",
         "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
@@ -639,13 +644,7 @@ def test_a_multimodal_engine_gets_its_style_in_the_engines_dtype(
     plan = write_plan(
         tmp_path / "A2B.plan", graph, {"image": [[1, 8, 8, 3], [2, 8, 8, 3], [2, 16, 16, 3]]}
     )
-    tensor = {"dtype": "uint8", "shape": ["batch", "height", "width", 3]}
-    spec = {
-        "input": {"name": "image", **tensor},
-        "output": {"name": "translated", **tensor},
-        "style": {"name": "style", "dtype": "float32", "shape": ["batch", 2]},
-        "shape_rule": {"multiple_of": 4, "fixed_size": None},
-    }
+    spec = style_spec(style_size=2)
     artifact = {
         "precision": "fp16",
         "sha256": hashlib.sha256(plan.read_bytes()).hexdigest(),
