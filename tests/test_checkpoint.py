@@ -129,11 +129,13 @@ def test_manager_falls_back_to_the_newest_intact_step_file(tmp_path, caplog):
     _truncate(manager.latest_path)
     _truncate(tmp_path / "step_00000030.pt")
     with caplog.at_level(logging.WARNING, logger="i2i.checkpoint"):
+        assert manager.load_latest(mmap=True, warn=False)[0].name == "step_00000020.pt"
+        assert not caplog.records  # a peek (the CLI's, before train) says nothing
         path, payload = manager.load_latest()
     assert path == tmp_path / "step_00000020.pt" and payload["step"] == 20
     assert manager.find_latest() == path
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1  # find_latest after load_latest does not repeat it
+    assert len(warnings) == 2  # load_latest, then find_latest (each a real use)
     assert "using step_00000020.pt (step 20)" in warnings[0]
     assert "latest.pt: not a readable checkpoint" in warnings[0]
     assert "step_00000030.pt: not a readable checkpoint" in warnings[0]

@@ -213,13 +213,14 @@ class CheckpointManager:
         return step_path
 
     def load_latest(
-        self, map_location: str = "cpu", mmap: bool = False
+        self, map_location: str = "cpu", mmap: bool = False, warn: bool = True
     ) -> tuple[Path, dict[str, Any]] | None:
         """The newest intact checkpoint and its payload: `latest.pt`, else the newest
         `step_<n>.pt` that loads and validates; None if the folder holds no checkpoint.
 
         Falling back past an unusable `latest.pt` (or step file) logs a warning naming the
-        file used and why the others were rejected.
+        file used and why the others were rejected, unless `warn` is False (a caller that
+        only peeks before the one that uses it).
 
         Raises:
             CheckpointError: checkpoint files exist but none of them is intact.
@@ -233,8 +234,8 @@ class CheckpointManager:
             except CheckpointError as exc:
                 rejected.append(f"{path.name}: {str(exc).removeprefix(f'{path}: ')}")
                 continue
-            if rejected:
-                _warn_once(
+            if rejected and warn:
+                log.warning(
                     f"{self.folder}: using {path.name} (step {payload['step']}), the newest "
                     f"intact checkpoint; rejected {'; '.join(rejected)}"
                 )
@@ -289,13 +290,3 @@ class CheckpointManager:
                 ", ".join(p.name for p, _ in removed),
             )
         return removed
-
-
-_warned: set[str] = set()  # the CLI looks for the latest checkpoint before train() does
-
-
-def _warn_once(message: str) -> None:
-    """Log a warning unless this process has already logged the same one."""
-    if message not in _warned:
-        _warned.add(message)
-        log.warning(message)

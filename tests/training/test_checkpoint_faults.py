@@ -133,7 +133,7 @@ def test_resume_falls_back_past_a_damaged_latest_checkpoint(tiny_dataset, tmp_pa
 
     result = i2i_train("--resume", str(run), "--max-steps", "4")
     assert result.returncode == 0, result.stderr
-    warning = next(ln for ln in result.stderr.splitlines() if "WARNING" in ln)
+    [warning] = [ln for ln in result.stderr.splitlines() if "newest intact" in ln]  # once
     assert f"{run}: using step_00000002.pt (step 2), the newest intact checkpoint" in warning
     assert "latest.pt: not a readable checkpoint" in warning
     assert "step_00000003.pt: not a readable checkpoint" in warning

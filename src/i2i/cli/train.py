@@ -45,7 +45,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from i2i.checkpoint import CheckpointManager, load_checkpoint
+    from i2i.checkpoint import CheckpointManager
     from i2i.training import apply_overrides, config_from_dict, load_config, train
 
     resume = args.resume is not None
@@ -55,10 +55,11 @@ def run_train(args: argparse.Namespace) -> int:
     if out is None:
         raise UsageError("--out RUN is required for a new run (or --resume RUN)")
     if resume and args.config is None:
-        latest = CheckpointManager(out).find_latest()
-        if latest is None:
+        # Only the config is read here; train() loads (and reports a fallback) itself.
+        found = CheckpointManager(out).load_latest(mmap=True, warn=False)
+        if found is None:
             raise UsageError(f"{out}: no checkpoint to resume from")
-        cfg = config_from_dict(load_checkpoint(latest, mmap=True)["config"])
+        cfg = config_from_dict(found[1]["config"])
     else:
         cfg = load_config(args.config)
     overrides = list(args.overrides)
