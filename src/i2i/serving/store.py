@@ -134,14 +134,6 @@ class LoadedDirection:
         return f"{self.model}:{self.version} {self.name}"
 
     @property
-    def multiple_of(self) -> int:
-        return self.backend.shape_rule.multiple_of
-
-    @property
-    def fixed_size(self) -> int | None:
-        return self.backend.shape_rule.fixed_size
-
-    @property
     def in_channels(self) -> int:
         return self.backend.in_channels
 
