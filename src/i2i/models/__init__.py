@@ -21,6 +21,7 @@ from i2i.models.networks import (
 from i2i.models.registry import (
     ModelFamily,
     ShapeRule,
+    StyleEncoderFactory,
     TranslatorFactory,
     create_networks,
     get_family,
@@ -37,6 +38,7 @@ __all__ = [
     "ImageTranslator",
     "ModelFamily",
     "ShapeRule",
+    "StyleEncoderFactory",
     "TranslatorFactory",
     "build_discriminator",
     "build_generator",

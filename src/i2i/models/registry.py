@@ -20,6 +20,8 @@ from i2i.shapes import ShapeRule
 
 # (networks, options) -> {direction: translator}
 TranslatorFactory = Callable[[Mapping[str, nn.Module], Any], dict[str, nn.Module]]
+# (networks, options) -> {direction: style encoder of that direction's target domain}
+StyleEncoderFactory = Callable[[Mapping[str, nn.Module], Any], dict[str, nn.Module]]
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,12 @@ class ModelFamily:
             :class:`~i2i.models.translators.ImageTranslator`.
         style_dim: the size S of the style code a multimodal family's translators take as
             a second input (float32 [N, S]); 0 for families without one.
+        style_encoders: multimodal families only: ``(networks, options) -> {direction:
+            module}``, for each direction the module that computes a style code from an
+            image of the direction's *target* domain, ``uint8 [N, H, W, C] -> float32 [N,
+            S]`` (its ``in_channels`` and ``style_dim`` attributes say C and S), in eval
+            mode. Exported beside the translators, so a reference image can set the style.
+            None for families without one.
     """
 
     name: str
@@ -55,6 +63,7 @@ class ModelFamily:
     # None is replaced in __post_init__, so readers always find a callable.
     translators: TranslatorFactory = None  # type: ignore[assignment]
     style_dim: int = 0
+    style_encoders: StyleEncoderFactory | None = None
 
     def __post_init__(self) -> None:
         if not dataclasses.is_dataclass(self.options_type):
@@ -69,6 +78,8 @@ class ModelFamily:
             )
         if self.style_dim < 0:
             raise ValueError(f"family {self.name!r}: style_dim must be >= 0, got {self.style_dim}")
+        if self.style_encoders is not None and self.style_dim == 0:
+            raise ValueError(f"family {self.name!r}: style_encoders needs a style_dim above 0")
         if self.translators is None:
             directions = dict(self.directions)
             # Frozen dataclass: __post_init__ is the one place a field may still be set.

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+
+T = TypeVar("T")
 
 GAN_MODES = ("lsgan", "vanilla", "wgangp")
 CYCLE_LOSSES = ("l1", "l2")
 AMP_MODES = ("off", "fp16", "bf16")
+LR_POLICIES = ("linear", "step")
 
 # Keys that may differ between a run and its resumption without changing what is computed.
 RESUME_MAY_CHANGE = frozenset(
@@ -49,10 +53,21 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Everything a training run needs; stored whole in every checkpoint."""
+    """Everything a training run needs; stored whole in every checkpoint.
+
+    The top-level loss keys (``lambda_a``, ``lambda_b``, ``lambda_identity``, ``cycle_loss``,
+    ``pool_size``) are CycleGAN's. Other families take their loss weights from ``loss``, a
+    mapping checked against the family trainer's own options (the reference's names, for
+    example ``lambda_l1`` for pix2pix or ``recon_kl_w`` for UNIT).
+
+    ``lr_policy``: ``linear`` keeps ``lr`` for ``n_epochs`` epochs and decays it linearly to
+    zero over ``n_epochs_decay`` more (CycleGAN, pix2pix); ``step`` multiplies it by
+    ``lr_gamma`` every ``lr_step_size`` steps (UNIT, MUNIT).
+    """
 
     family: str = "cyclegan"
     model: dict[str, Any] = field(default_factory=dict)
+    loss: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
     batch_size: int = 1
     n_epochs: int = 100
@@ -60,6 +75,10 @@ class TrainConfig:
     lr: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
+    weight_decay: float = 0.0
+    lr_policy: str = "linear"
+    lr_step_size: int = 100_000
+    lr_gamma: float = 0.5
     gan_mode: str = "lsgan"
     lambda_a: float = 10.0
     lambda_b: float = 10.0
@@ -85,13 +104,23 @@ class TrainConfig:
         _choice("gan_mode", self.gan_mode, GAN_MODES)
         _choice("cycle_loss", self.cycle_loss, CYCLE_LOSSES)
         _choice("amp", self.amp, AMP_MODES)
-        for name in ("batch_size", "log_every", "sample_every", "save_every", "keep_last"):
+        _choice("lr_policy", self.lr_policy, LR_POLICIES)
+        for name in (
+            "batch_size",
+            "log_every",
+            "sample_every",
+            "save_every",
+            "keep_last",
+            "lr_step_size",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.n_epochs < 0 or self.n_epochs_decay < 0 or self.n_epochs + self.n_epochs_decay < 1:
             raise ConfigError("n_epochs + n_epochs_decay must be at least 1 (both >= 0)")
         if self.pool_size < 0 or self.max_steps < 0:
             raise ConfigError("pool_size and max_steps must be >= 0")
+        if self.weight_decay < 0 or not 0 < self.lr_gamma <= 1:
+            raise ConfigError("weight_decay must be >= 0 and lr_gamma in (0, 1]")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,6 +143,7 @@ def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
     data_raw = {k: _typed(DataConfig, k, v, "data.") for k, v in data_raw.items()}
     cfg = TrainConfig(**raw, data=DataConfig(**data_raw))
     cfg.model = dict(cfg.model or {})
+    cfg.loss = dict(cfg.loss or {})
     cfg.validate()
     return cfg
 
@@ -220,6 +250,34 @@ def resume_differences(
     return {
         k: (a.get(k), b.get(k)) for k in keys if k not in RESUME_MAY_CHANGE and a.get(k) != b.get(k)
     }
+
+
+def loss_options(cfg: TrainConfig, options_type: type[T]) -> T:
+    """``cfg.loss`` as a family trainer's loss-options dataclass (defaults for keys left out).
+
+    Unknown keys and values of the wrong type are a ConfigError naming the valid keys.
+    """
+    valid = {f.name: f for f in fields(options_type)}  # type: ignore[arg-type]
+    unknown = sorted(set(cfg.loss) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"unknown loss key(s) {', '.join('loss.' + k for k in unknown)} for family "
+            f"{cfg.family!r}; valid: {', '.join(sorted('loss.' + k for k in valid)) or 'none'}"
+        )
+    defaults = options_type()
+    values: dict[str, Any] = {}
+    for key, value in cfg.loss.items():
+        expected = type(getattr(defaults, key))
+        if expected is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+            raise ConfigError(f"loss.{key} must be {expected.__name__}, got {value!r}")
+        values[key] = value
+    try:
+        return options_type(**values)
+    except ValueError as exc:
+        raise ConfigError(f"loss: {exc}") from exc
 
 
 def replace(cfg: TrainConfig, **changes: Any) -> TrainConfig:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .losses import gan_loss, gradient_penalty, reconstruction_loss
 from .pool import ImagePool
 
@@ -51,6 +51,11 @@ class CycleGANTrainer:
         device: torch.device,
         wrap: Callable[[nn.Module], nn.Module] | None = None,
     ) -> None:
+        if cfg.loss:
+            raise ConfigError(
+                f"loss: CycleGAN takes its loss weights from the top-level keys (lambda_a, "
+                f"lambda_b, lambda_identity, cycle_loss), not loss.{', loss.'.join(cfg.loss)}"
+            )
         self.cfg = cfg
         self.device = device
         self.networks = networks

@@ -8,6 +8,7 @@ saved RNG states, optimisers, schedulers and image pools, resuming is exact.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 import os
@@ -28,13 +29,51 @@ from i2i.models import get_family, options_from_dict
 
 from . import distributed
 from .config import ConfigError, TrainConfig, resume_differences
-from .cyclegan import CycleGANTrainer
 from .monitor import TrainingMonitor, visuals_grid
 from .state import GracefulStop, rng_state, set_rng_state, truncate_loss_log
 
 log = logging.getLogger(__name__)
 
-TRAINERS: dict[str, Callable[..., Any]] = {"cyclegan": CycleGANTrainer}
+# family -> "module:class" of its trainer, imported when a run of that family starts.
+TRAINERS: dict[str, str] = {
+    "cyclegan": "i2i.training.cyclegan:CycleGANTrainer",
+    "pix2pix": "i2i.training.pix2pix:Pix2PixTrainer",
+    "unit": "i2i.training.unit:UNITTrainer",
+    "munit": "i2i.training.munit:MUNITTrainer",
+}
+
+
+def trainer_class(family: str) -> Any:
+    """The trainer class of ``family``; ConfigError if the family has none.
+
+    A trainer class takes ``(cfg, networks, device, wrap=None)`` and has ``optimizers``
+    (name -> optimiser; one scheduler each), ``step(batch) -> losses``, ``last_visuals``,
+    ``visual_rows()``, ``state_dict()`` and ``load_state_dict()``. It may define
+    ``build_dataset(cfg, options, transform)`` (a static method); the default reads
+    unaligned ``trainA``/``trainB`` folders.
+    """
+    try:
+        target = TRAINERS[family]
+    except KeyError:
+        raise ConfigError(
+            f"family {family!r} has no trainer; trainable: {', '.join(sorted(TRAINERS))}"
+        ) from None
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def unaligned_dataset(cfg: TrainConfig, options: Any, transform: TransformOptions) -> Any:
+    """The default training data: unaligned trainA/ and trainB/ folders."""
+    return UnalignedDataset(
+        cfg.data.root,
+        phase="train",
+        transform=transform,
+        channels_a=options.input_nc,
+        channels_b=options.output_nc,
+        serial=cfg.data.serial,
+        seed=cfg.seed,
+        skip_bad_images=cfg.data.skip_bad_images,
+    )
 
 
 class ResumeError(ValueError):
@@ -63,6 +102,15 @@ def linear_decay(n_epochs: int, n_epochs_decay: int) -> Callable[[int], float]:
 
     def rule(e: int) -> float:
         return 1.0 - max(0, e + 1 - n_epochs) / float(n_epochs_decay + 1)
+
+    return rule
+
+
+def step_decay(step_size: int, gamma: float) -> Callable[[int], float]:
+    """The UNIT/MUNIT 'step' policy: ``gamma ** (steps // step_size)``, stepped every step."""
+
+    def rule(steps: int) -> float:
+        return float(gamma ** (steps // step_size))
 
     return rule
 
@@ -127,8 +175,14 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
         module = distributed.wrap(module, dist)
         return torch.compile(module) if cfg.compile else module  # type: ignore[return-value]
 
-    trainer = TRAINERS[cfg.family](cfg, networks, device, wrap=wrap)
-    rule = linear_decay(cfg.n_epochs, cfg.n_epochs_decay)
+    trainer_type = trainer_class(cfg.family)
+    trainer = trainer_type(cfg, networks, device, wrap=wrap)
+    per_step = cfg.lr_policy == "step"
+    rule = (
+        step_decay(cfg.lr_step_size, cfg.lr_gamma)
+        if per_step
+        else linear_decay(cfg.n_epochs, cfg.n_epochs_decay)
+    )
     schedulers = {
         name: torch.optim.lr_scheduler.LambdaLR(opt, rule)
         for name, opt in trainer.optimizers.items()
@@ -143,16 +197,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
         )
     except ValueError as exc:
         raise ConfigError(f"data: {exc}") from exc
-    dataset = UnalignedDataset(
-        cfg.data.root,
-        phase="train",
-        transform=transform,
-        channels_a=options.input_nc,
-        channels_b=options.output_nc,
-        serial=cfg.data.serial,
-        seed=cfg.seed,
-        skip_bad_images=cfg.data.skip_bad_images,
-    )
+    dataset = getattr(trainer_type, "build_dataset", unaligned_dataset)(cfg, options, transform)
     dataset[0]  # fail now, not in a worker mid-epoch, if the settings don't fit the images
     n_epochs_total = cfg.n_epochs + cfg.n_epochs_decay
     steps_per_epoch = len(
@@ -249,6 +294,9 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
                     losses = trainer.step(batch)
                     step += 1
                     batch_index += 1
+                    if per_step:
+                        for sched in schedulers.values():
+                            sched.step()
                     if monitor is not None:
                         if step % cfg.log_every == 0 or step == total_steps:
                             lrs = {
@@ -267,8 +315,9 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
                     if step % cfg.save_every == 0:
                         last_saved = save()
                 else:  # the epoch is complete
-                    for sched in schedulers.values():
-                        sched.step()
+                    if not per_step:
+                        for sched in schedulers.values():
+                            sched.step()
                     epoch, batch_index = epoch + 1, 0
                     continue
                 break
