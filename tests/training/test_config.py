@@ -92,3 +92,39 @@ def test_bad_model_options_are_config_errors(tmp_path):
     cfg = tiny_config(tmp_path / "d", family="nope")
     with pytest.raises(ConfigError, match="cyclegan"):
         train(cfg, tmp_path / "run")
+
+
+def test_loss_options_are_checked_against_the_trainers_dataclass():
+    from dataclasses import dataclass
+
+    from i2i.training.config import loss_options
+
+    @dataclass
+    class Weights:
+        lambda_l1: float = 100.0
+        sharp: bool = False
+
+    cfg = apply_overrides(load_config(None), ["family=pix2pix", "loss.lambda_l1=50"])
+    assert cfg.loss == {"lambda_l1": 50}
+    assert loss_options(cfg, Weights) == Weights(lambda_l1=50.0)
+    cfg.loss = {"lambda_l1": "2e1"}  # YAML reads 2e1 as a string
+    assert loss_options(cfg, Weights).lambda_l1 == 20.0
+    cfg.loss = {"lamda_l1": 1}
+    with pytest.raises(ConfigError, match=r"loss\.lamda_l1.*valid: loss\.lambda_l1, loss\.sharp"):
+        loss_options(cfg, Weights)
+    cfg.loss = {"sharp": 1}
+    with pytest.raises(ConfigError, match="loss.sharp must be bool"):
+        loss_options(cfg, Weights)
+
+
+def test_lr_policy_and_weight_decay_are_validated():
+    cfg = apply_overrides(load_config(None), ["lr_policy=step", "lr_step_size=10"])
+    assert (cfg.lr_policy, cfg.lr_step_size, cfg.lr_gamma) == ("step", 10, 0.5)
+    with pytest.raises(ConfigError, match="lr_policy"):
+        apply_overrides(cfg, ["lr_policy=cosine"])
+    with pytest.raises(ConfigError, match="lr_step_size must be at least 1"):
+        apply_overrides(cfg, ["lr_step_size=0"])
+    with pytest.raises(ConfigError, match="lr_gamma"):
+        apply_overrides(cfg, ["lr_gamma=0"])
+    with pytest.raises(ConfigError, match="weight_decay"):
+        apply_overrides(cfg, ["weight_decay=-1"])

@@ -119,3 +119,32 @@ def test_resume_checks_the_checkpoint_against_the_runs_config_json(tiny_dataset,
         assert train(tiny_config(tiny_dataset, max_steps=3), run, resume=True).step == 3
     assert "config.json is missing: cannot check that" in caplog.text
     assert (run / "config.json").is_file()
+
+
+def test_step_lr_policy_decays_every_lr_step_size_steps_and_resumes_exactly(tiny_dataset, tmp_path):
+    changes = {"lr_policy": "step", "lr_step_size": 3, "lr_gamma": 0.5, "weight_decay": 1e-4}
+    train(tiny_config(tiny_dataset, max_steps=8, **changes), tmp_path / "full")
+    lrs = [r["lr_g"] for r in _losses(tmp_path / "full")]
+    # The rate each step used: 3 steps at lr, 3 at lr/2, then lr/4 (epochs do not matter).
+    assert lrs == pytest.approx([2e-4] * 3 + [1e-4] * 3 + [5e-5] * 2)
+
+    train(tiny_config(tiny_dataset, max_steps=4, **changes), tmp_path / "part")
+    train(tiny_config(tiny_dataset, max_steps=8, **changes), tmp_path / "part", resume=True)
+    assert _losses(tmp_path / "part") == _losses(tmp_path / "full")
+    _assert_same_state(
+        load_checkpoint(tmp_path / "full" / "latest.pt"),
+        load_checkpoint(tmp_path / "part" / "latest.pt"),
+    )
+
+
+def test_a_family_without_a_trainer_and_a_loss_section_for_cyclegan_are_config_errors(
+    tiny_dataset, tmp_path
+):
+    from i2i.training import ConfigError
+    from i2i.training.loop import trainer_class
+
+    with pytest.raises(ConfigError, match="has no trainer; trainable: cyclegan"):
+        trainer_class("no-such-family")
+    cfg = tiny_config(tiny_dataset, max_steps=1, loss={"lambda_l1": 1.0})
+    with pytest.raises(ConfigError, match=r"top-level keys .* not loss\.lambda_l1"):
+        train(cfg, tmp_path / "run")

@@ -294,9 +294,6 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
                     losses = trainer.step(batch)
                     step += 1
                     batch_index += 1
-                    if per_step:
-                        for sched in schedulers.values():
-                            sched.step()
                     if monitor is not None:
                         if step % cfg.log_every == 0 or step == total_steps:
                             lrs = {
@@ -310,6 +307,9 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
                         progress.set_postfix(
                             {k: f"{v:.3f}" for k, v in losses.items()}, refresh=False
                         )
+                    if per_step:  # after logging, so the log shows the rate this step used
+                        for sched in schedulers.values():
+                            sched.step()
                     if step >= total_steps or stop.agreed(dist):
                         break
                     if step % cfg.save_every == 0:
