@@ -1,14 +1,17 @@
-"""CycleGAN training speed and peak memory, reference architecture, batch 1.
+"""Training speed and peak memory per model family, reference architecture, batch 1.
 
 Each (size, variant) runs in its own process so peak RSS is that configuration's alone,
 --rounds times, round-robin over the configurations so that load from other processes
 falls on every row alike; the table gives the median s/it and the range over the rounds,
 the load average at each process's start and the cores other processes used meanwhile.
-The step is i2i's real training step (both generators, both discriminators, pools,
-optimisers); data comes from memory so the numbers are the model's, not the disk's.
+The step is i2i's real training step of the family (its trainer, with every network,
+loss and optimiser of the family's reference preset, configs/<family>.yaml); data comes
+from memory so the numbers are the model's, not the disk's. pix2pix's reference U-Net
+takes one size only: unet_256 runs at 256, unet_128 at 128, and no U-Net at other sizes.
 The machine, versions, commit and load average are printed above the table.
 
-    python benchmarks/train_speed.py                             # 64, 128 px; eager
+    python benchmarks/train_speed.py                             # cyclegan, 64 and 128 px
+    python benchmarks/train_speed.py --families cyclegan,pix2pix,unit,munit
     python benchmarks/train_speed.py --sizes 64,128,256 --variants eager,channels_last,compile
 """
 
@@ -21,34 +24,52 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
 from machine import cpu_snapshot, describe, identity, load_average, others_cores
 
 VARIANTS = ("eager", "channels_last", "compile", "amp_bf16")
+UNET_SIZES = (128, 256)
 
 
-def worker(size: int, variant: str, steps: int, warmup: int, device: str) -> dict:
+def family_config(family: str, size: int, variant: str) -> Any:
+    """The family's reference preset, at batch 1, with the variant's settings."""
+    from i2i.training.config import apply_overrides, load_config
+
+    overrides = [
+        "batch_size=1",
+        f"channels_last={variant == 'channels_last'}",
+        "amp=" + {"amp_bf16": "bf16", "amp_fp16": "fp16"}.get(variant, "off"),
+    ]
+    cfg = load_config(family)
+    if family == "pix2pix":
+        if size not in UNET_SIZES:
+            raise ValueError(f"pix2pix's U-Nets take {' or '.join(map(str, UNET_SIZES))} px only")
+        overrides.append(f"model.netG=unet_{size}")
+    return apply_overrides(cfg, overrides)
+
+
+def worker(family: str, size: int, variant: str, steps: int, warmup: int, device: str) -> dict:
     import torch
 
     from i2i.models import get_family, options_from_dict
-    from i2i.training.config import TrainConfig
-    from i2i.training.cyclegan import CycleGANTrainer
+    from i2i.training.loop import trainer_class
 
-    cfg = TrainConfig(
-        channels_last=variant == "channels_last",
-        amp="bf16" if variant == "amp_bf16" else ("fp16" if variant == "amp_fp16" else "off"),
-    )
+    cfg = family_config(family, size, variant)
     torch.manual_seed(0)
     dev = torch.device(device)
-    networks = {
-        n: m.to(dev)
-        for n, m in get_family("cyclegan").build(options_from_dict("cyclegan", {})).items()
-    }
+    options = options_from_dict(family, cfg.model)
+    networks = {n: m.to(dev) for n, m in get_family(family).build(options).items()}
     if cfg.channels_last:
         networks = {n: m.to(memory_format=torch.channels_last) for n, m in networks.items()}
+    for net in networks.values():
+        net.train()
     wrap = torch.compile if variant == "compile" else None
-    trainer = CycleGANTrainer(cfg, networks, dev, wrap=wrap)
-    batch = {"A": torch.rand(1, 3, size, size) * 2 - 1, "B": torch.rand(1, 3, size, size) * 2 - 1}
+    trainer = trainer_class(family)(cfg, networks, dev, wrap=wrap)
+    batch = {
+        "A": torch.rand(1, options.input_nc, size, size) * 2 - 1,
+        "B": torch.rand(1, options.output_nc, size, size) * 2 - 1,
+    }
     for _ in range(warmup):
         trainer.step(batch)
     if dev.type == "cuda":
@@ -62,6 +83,7 @@ def worker(size: int, variant: str, steps: int, warmup: int, device: str) -> dic
         step_seconds.append(time.perf_counter() - start)
     seconds = sum(step_seconds) / steps
     return {
+        "family": family,
         "size": size,
         "variant": variant,
         "device": device,
@@ -74,9 +96,9 @@ def worker(size: int, variant: str, steps: int, warmup: int, device: str) -> dic
     }
 
 
-def run_worker(size: int, variant: str, args: argparse.Namespace) -> dict:
+def run_worker(family: str, size: int, variant: str, args: argparse.Namespace) -> dict:
     """One configuration in a fresh process (its peak RSS is its own); its result or failure."""
-    cmd = [sys.executable, __file__, "--worker", str(size), variant,
+    cmd = [sys.executable, __file__, "--worker", family, str(size), variant,
            "--warmup", str(args.warmup), "--device", args.device]  # fmt: skip
     if args.steps:
         cmd += ["--steps", str(args.steps)]
@@ -85,6 +107,7 @@ def run_worker(size: int, variant: str, args: argparse.Namespace) -> dict:
     seen = {"load_average": load} | others_cores(before, cpu_snapshot())
     if out.returncode != 0:
         return {
+            "family": family,
             "size": size,
             "variant": variant,
             "failed": out.stderr.strip().splitlines()[-1],
@@ -97,6 +120,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
+        "--families", default="cyclegan", help="comma-separated model families (default cyclegan)"
+    )
+    p.add_argument(
         "--sizes", default="64,128", help="image sides, comma-separated (default 64,128)"
     )
     p.add_argument(
@@ -107,48 +133,56 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compile needs >= 1)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", help="also write the machine, settings and results to this file")
-    p.add_argument("--worker", nargs=2, metavar=("SIZE", "VARIANT"), help=argparse.SUPPRESS)
+    p.add_argument(
+        "--worker", nargs=3, metavar=("FAMILY", "SIZE", "VARIANT"), help=argparse.SUPPRESS
+    )
     args = p.parse_args()
     if args.worker:
-        size, variant = int(args.worker[0]), args.worker[1]
+        family, size, variant = args.worker[0], int(args.worker[1]), args.worker[2]
         steps = args.steps or {64: 10, 128: 5}.get(size, 3)
-        print(json.dumps(worker(size, variant, steps, args.warmup, args.device)))
+        print(json.dumps(worker(family, size, variant, steps, args.warmup, args.device)))
         return
     import torch  # only for the thread count the workers will get
 
     ident = identity({"torch": torch.get_num_threads()})
     print(describe(ident))
     print(
-        "\nCycleGAN training step, ResNet-9 ngf 64 + 70x70 PatchGAN ndf 64, batch 1, "
-        f"{args.device}; {args.rounds} processes per row, interleaved\n"
+        "\nOne training step of each family's reference preset (configs/<family>.yaml), "
+        f"batch 1, {args.device}; {args.rounds} processes per row, interleaved\n"
     )
-    configs = [(int(s), v) for s in args.sizes.split(",") for v in args.variants.split(",")]
-    runs: dict[tuple[int, str], list[dict]] = {c: [] for c in configs}
+    configs = [
+        (f, int(s), v)
+        for f in args.families.split(",")
+        for s in args.sizes.split(",")
+        for v in args.variants.split(",")
+        if f != "pix2pix" or int(s) in UNET_SIZES
+    ]
+    runs: dict[tuple[str, int, str], list[dict]] = {c: [] for c in configs}
     for _ in range(args.rounds):  # round-robin: load from others falls on every row alike
-        for size, variant in configs:
-            runs[size, variant].append(run_worker(size, variant, args))
+        for family, size, variant in configs:
+            runs[family, size, variant].append(run_worker(family, size, variant, args))
     print(
-        "| size | variant | s/it (median) | min–max | it/s | peak RSS (MB) | load average "
-        "at starts | others' cores |"
+        "| family | size | variant | s/it (median) | min–max | it/s | peak RSS (MB) | "
+        "load average at starts | others' cores |"
     )
-    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
     results = []
-    for (size, variant), done in runs.items():
+    for (family, size, variant), done in runs.items():
         loads = [r["load_average"] for r in done]
         busy = [r["others_cores"] for r in done]
         ok = [r for r in done if "failed" not in r]
         if not ok:
-            print(f"| {size} | {variant} | failed: {done[-1]['failed']} | | | | | |")
+            print(f"| {family} | {size} | {variant} | failed: {done[-1]['failed']} | | | | | |")
         else:
             per = [r["s_per_it"] for r in ok]
             med = statistics.median(per)
             print(
-                f"| {size} | {variant} | {med:.3f} | {min(per):.3f}–{max(per):.3f} | "
+                f"| {family} | {size} | {variant} | {med:.3f} | {min(per):.3f}–{max(per):.3f} | "
                 f"{1 / med:.2f} | {max(r['peak_rss_mb'] for r in ok):.0f} | "
                 f"{min(loads):.2f}–{max(loads):.2f} | {min(busy):.2f}–{max(busy):.2f} |",
                 flush=True,
             )
-        results.append({"size": size, "variant": variant, "runs": done})
+        results.append({"family": family, "size": size, "variant": variant, "runs": done})
     if args.json:
         settings = {k: v for k, v in vars(args).items() if k != "worker"}
         record = {"machine": ident, "settings": settings, "results": results}

@@ -128,3 +128,13 @@ def test_lr_policy_and_weight_decay_are_validated():
         apply_overrides(cfg, ["lr_gamma=0"])
     with pytest.raises(ConfigError, match="weight_decay"):
         apply_overrides(cfg, ["weight_decay=-1"])
+
+
+def test_string_keys_keep_their_text_in_overrides():
+    # YAML alone would read these as False and 1.0.
+    cfg = apply_overrides(load_config(None), ["amp=off", "model.netG=resnet_9blocks"])
+    assert cfg.amp == "off"
+    cfg = apply_overrides(load_config(None), ["data.preprocess=none"])
+    assert cfg.data.preprocess == "none"
+    with pytest.raises(ConfigError, match="amp='on'"):
+        apply_overrides(load_config(None), ["amp=on"])

@@ -227,6 +227,8 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
             target = target[part]
         if (len(parts) == 1 or parts[0] == "data") and parts[-1] not in target:
             raise ConfigError(f"override {key!r}: unknown key")
+        if isinstance(target.get(parts[-1]), str) and not isinstance(value, str):
+            value = text  # a string key keeps its text: YAML would read amp=off as False
         target[parts[-1]] = value
     return config_from_dict(raw)
 
