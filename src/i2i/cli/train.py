@@ -102,10 +102,19 @@ def run_data_sample(args: argparse.Namespace) -> int:
     if args.task is None or args.out is None:
         raise UsageError("--task and --out are required (see --list for the tasks)")
     info = make_sample_dataset(
-        args.task, args.out, seed=args.seed, size=args.size, n_train=args.train, n_test=args.test
+        args.task,
+        args.out,
+        seed=args.seed,
+        size=args.size,
+        n_train=args.train,
+        n_test=args.test,
+        aligned=args.aligned,
     )
     counts = info.get("counts", {})
-    print(f"wrote the {args.task!r} sample dataset to {args.out}: {json.dumps(counts)}")
+    print(
+        f"wrote the {args.task!r} sample dataset ({info['layout']} layout) to {args.out}: "
+        f"{json.dumps(counts)}"
+    )
     return 0
 
 
@@ -167,9 +176,14 @@ def add_commands(sub: Any) -> None:
         "sample",
         help="write a built-in sample dataset (no download; deterministic for a seed)",
         description="Write a built-in dataset in the unaligned layout (trainA/ trainB/ testA/ "
-        "testB/), with the true translations of the test images in truth/A2B and truth/B2A.",
+        "testB/) or, with --aligned, the paired layout pix2pix reads (train/ test/, each image "
+        "[A | B] side by side, plus the test halves in testA/ testB/), with the true "
+        "translations of the test images in truth/A2B and truth/B2A. day2dusk-range is "
+        "multimodal: any dusk strength in a range is a correct answer.",
     )
-    p.add_argument("--task", help="which translation, e.g. day2dusk or gray2color (see --list)")
+    p.add_argument(
+        "--task", help="which translation, e.g. day2dusk, gray2color, day2dusk-range (see --list)"
+    )
     p.add_argument("--out", type=Path, help="folder to write (created)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
@@ -177,6 +191,11 @@ def add_commands(sub: Any) -> None:
         "--train", type=int, default=200, help="training images per domain (default 200)"
     )
     p.add_argument("--test", type=int, default=24, help="test images per domain (default 24)")
+    p.add_argument(
+        "--aligned",
+        action="store_true",
+        help="paired layout: train/ and test/ hold [A | B] images of width 2 x size (pix2pix)",
+    )
     p.add_argument("--list", action="store_true", help="list the tasks and exit")
     p.set_defaults(func=run_data_sample, extras=EXTRAS)
 
