@@ -132,10 +132,18 @@ def _checkpoint_of(run_or_checkpoint: Path) -> Path:
 def run_eval(args: argparse.Namespace) -> int:
     from i2i.training.evaluate import evaluate, format_report
 
+    if args.num_samples < 1:
+        raise UsageError(f"--num-samples must be at least 1, got {args.num_samples}")
     checkpoint = _checkpoint_of(args.run)
     out = args.out or (args.run if args.run.is_dir() else args.run.parent)
     report = evaluate(
-        checkpoint, args.data, out_dir=out, device=args.device, max_images=args.max_images
+        checkpoint,
+        args.data,
+        out_dir=out,
+        device=args.device,
+        max_images=args.max_images,
+        num_samples=args.num_samples,
+        seed=args.seed,
     )
     print(format_report(report))
     print(f"report: {out / 'eval.json'}\ngrid: {out / 'eval_grid.png'}")
@@ -202,9 +210,13 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser(
         "eval",
         help="translate the test split and report PSNR/SSIM against the true translation",
-        description="Translates testA/ and testB/ with a run's generators; reports PSNR and SSIM "
-        "against truth/A2B and truth/B2A, the identity baseline (input vs truth), and the cycle "
-        "reconstruction PSNR; writes eval.json and eval_grid.png.",
+        description="Translates testA/ and testB/ with a run's translators; reports PSNR and "
+        "SSIM against truth/A2B and truth/B2A, the identity baseline (input vs truth), and the "
+        "cycle reconstruction PSNR; writes eval.json and eval_grid.png. A multimodal model "
+        "(MUNIT) gets --num-samples outputs per image from seeded style codes; on a task "
+        "whose correct answers form a known family (day2dusk-range) eval also reports "
+        "fidelity (PSNR to the nearest correct answer) and diversity (coverage of the range, "
+        "pairwise L1). See README, Evaluate.",
     )
     p.add_argument("run", type=Path, help="run folder (uses its latest.pt) or a checkpoint file")
     p.add_argument(
@@ -216,6 +228,19 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument(
         "--max-images", type=int, default=0, help="evaluate only the first N per direction"
+    )
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        default=8,
+        metavar="K",
+        help="multimodal models: outputs per test image, one per style code (default 8)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="multimodal models: seed of the style codes (default 0; same seed, same codes)",
     )
     p.set_defaults(func=run_eval, extras=EXTRAS)
 
