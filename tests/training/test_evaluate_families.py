@@ -278,3 +278,16 @@ def test_cli_eval_num_samples_and_seed(toy_family, range_data, tmp_path, capsys)
     assert len(saved["directions"]["A2B"]["per_image"][0]["best_t"]) == 5
     assert main([*args, "--num-samples", "0"]) == 2
     assert "--num-samples" in capsys.readouterr().err
+
+
+def test_evaluate_on_the_aligned_layout(tmp_path):
+    """The aligned layout's test halves and truth are read like the unaligned ones."""
+    data = tmp_path / "pairs"
+    make_sample_dataset("gray2color", data, seed=0, size=SIZE, n_train=1, n_test=2, aligned=True)
+    report = evaluate(untrained_checkpoint(tmp_path / "cyclegan.pt"), data)
+    for direction in ("A2B", "B2A"):
+        rep = report["directions"][direction]
+        assert rep["images"] == 2 and math.isfinite(rep["cycle_psnr"])
+    for item in report["directions"]["A2B"]["per_image"]:
+        pair = np.asarray(load_rgb(data / "test" / item["file"]))
+        assert item["identity_psnr"] == psnr(pair[:, :SIZE], pair[:, SIZE:])
