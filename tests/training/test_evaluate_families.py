@@ -41,6 +41,7 @@ class ToyOptions:
     fixed_t: float = 0.9
     low: float = 0.2
     high: float = 1.0
+    style_dim: int = STYLE_DIM
 
 
 class ToyNet(nn.Module):
@@ -61,15 +62,15 @@ class ToyGrade(nn.Module):
     """A2B: the dusk grade at the strength the style code sets (contract 2, with a style)."""
 
     in_channels = out_channels = 3
-    style_dim = STYLE_DIM
 
     def __init__(self, net: ToyNet, options: ToyOptions) -> None:
         super().__init__()
-        self.net, self.options = net, options
+        self.net, self.options, self.style_dim = net, options, options.style_dim
 
     def forward(self, image: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         assert image.dtype == torch.uint8 and image.dim() == 4
-        assert style.dtype == torch.float32 and tuple(style.shape) == (image.shape[0], STYLE_DIM)
+        assert style.dtype == torch.float32
+        assert tuple(style.shape) == (image.shape[0], self.style_dim)
         low, high = self.net.t_range.tolist()
         if self.options.respect_style:
             ts = style_to_t(style.cpu().numpy(), low, high)
@@ -85,10 +86,14 @@ class ToyUndo(nn.Module):
     """B2A: returns its input, whatever the style."""
 
     in_channels = out_channels = 3
-    style_dim = STYLE_DIM
+
+    def __init__(self, style_dim: int) -> None:
+        super().__init__()
+        self.style_dim = style_dim
 
     def forward(self, image: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        assert style.dtype == torch.float32 and tuple(style.shape) == (image.shape[0], STYLE_DIM)
+        assert style.dtype == torch.float32
+        assert tuple(style.shape) == (image.shape[0], self.style_dim)
         return image.clone()
 
 
@@ -97,7 +102,7 @@ def _toy_translators(networks, options):
     if "g_ab" in networks:
         found["A2B"] = ToyGrade(networks["g_ab"], options).eval()
     if "g_ba" in networks:
-        found["B2A"] = ToyUndo().eval()
+        found["B2A"] = ToyUndo(options.style_dim).eval()
     return found
 
 
@@ -200,6 +205,16 @@ def test_styles_are_seeded_and_extend_with_more_samples(toy_family, range_data, 
     np.testing.assert_array_equal(style_codes(1, 0, 0, 6, 2)[:4], style_codes(1, 0, 0, 4, 2))
     with pytest.raises(ValueError, match="num_samples"):
         evaluate(ckpt, range_data, num_samples=0)
+
+
+def test_style_size_is_the_models_own(toy_family, range_data, tmp_path):
+    """A model built with another style size than the family's default gets codes of its S."""
+    ckpt = toy_checkpoint(tmp_path / "toy.pt", style_dim=5)
+    report = evaluate(ckpt, range_data, num_samples=3, seed=4)
+    assert report["style_dim"] == 5
+    ts = report["directions"]["A2B"]["per_image"][1]["best_t"]
+    asked = style_to_t(style_codes(4, 0, 1, 3, 5), 0.2, 1.0)
+    assert np.abs(np.array(ts) - asked).max() < 0.01
 
 
 def test_unimodal_model_on_a_multimodal_task(range_data, tmp_path):

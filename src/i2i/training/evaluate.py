@@ -75,6 +75,19 @@ def style_codes(seed: int, stream: int, index: int, count: int, style_dim: int) 
     return rng.standard_normal((count, style_dim)).astype(np.float32)
 
 
+def translator_style_dim(translator: nn.Module, family_style_dim: int) -> int:
+    """S of a translator: its ``style_dim`` attribute for a multimodal family, else 0."""
+    if family_style_dim == 0:
+        return 0
+    found = getattr(translator, "style_dim", family_style_dim)
+    if isinstance(found, bool) or not isinstance(found, int) or found < 1:
+        raise ValueError(
+            f"{type(translator).__name__}: a multimodal translator's style_dim must be a "
+            f"positive integer, got {found!r}"
+        )
+    return found
+
+
 def _resize(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize of a uint8 [N, H, W, C] batch, rounded back to uint8."""
     x = batch.permute(0, 3, 1, 2).to(torch.float32)
@@ -188,7 +201,9 @@ def evaluate(
     translators = {
         d: t.to(torch_device).eval() for d, t in family.translators(networks, options).items()
     }
-    style_dim = family.style_dim
+    # S of this model: its translators say (a family's style_dim is that of its defaults).
+    style_dims = {d: translator_style_dim(t, family.style_dim) for d, t in translators.items()}
+    style_dim = max(style_dims.values(), default=0)
     count = num_samples if style_dim else 1
     ranges = translation_ranges(data_root)
     report: dict[str, Any] = {
@@ -202,8 +217,9 @@ def evaluate(
         "directions": {},
     }
 
-    def styles(stream: int, index: int, k: int) -> np.ndarray | None:
-        return style_codes(seed, stream, index, k, style_dim) if style_dim else None
+    def styles(direction: str, stream: int, index: int, k: int) -> np.ndarray | None:
+        dim = style_dims[direction]
+        return style_codes(seed, stream, index, k, dim) if dim else None
 
     grid_rows: list[list[np.ndarray]] = []
     for direction, (folder, back) in _DIRECTIONS.items():
@@ -223,11 +239,11 @@ def evaluate(
                 real,
                 rule,
                 torch_device,
-                styles(_STYLE_STREAMS[direction], i, count),
+                styles(direction, _STYLE_STREAMS[direction], i, count),
             )  # (K, H, W, C)
             item: dict[str, Any] = {"file": path.name}
             if back in translators:
-                back_style = styles(_CYCLE_STREAMS[direction], i, 1)
+                back_style = styles(back, _CYCLE_STREAMS[direction], i, 1)
                 cycled = translate_image(
                     translators[back], fakes[0], rule, torch_device, back_style
                 )
