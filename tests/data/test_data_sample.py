@@ -12,11 +12,14 @@ from PIL import Image
 
 from i2i.data import (
     SAMPLE_TASKS,
+    DataError,
     UnalignedDataset,
     dusk_grade,
+    dusk_grade_strength,
     gray3,
     make_sample_dataset,
     sample_task_names,
+    translation_ranges,
 )
 from i2i.data import sample as sample_module
 
@@ -46,12 +49,12 @@ def _files(root: Path) -> dict[str, bytes]:
     }
 
 
-def test_registry_has_the_two_known_tasks():
-    assert {"day2dusk", "gray2color"} <= set(sample_task_names())
+def test_registry_has_the_known_tasks():
+    assert {"day2dusk", "gray2color", "day2dusk-range"} <= set(sample_task_names())
     assert set(SAMPLE_TASKS) == set(sample_task_names())
 
 
-@pytest.mark.parametrize("task", ["day2dusk", "gray2color"])
+@pytest.mark.parametrize("task", ["day2dusk", "gray2color", "day2dusk-range"])
 def test_layout_counts_sizes_and_json(datasets, task):
     root = datasets[task]
     info = json.loads((root / "dataset.json").read_text())
@@ -64,6 +67,7 @@ def test_layout_counts_sizes_and_json(datasets, task):
     assert sorted(os.listdir(root / "truth/A2B")) == sorted(os.listdir(root / "testA"))
     assert sorted(os.listdir(root / "truth/B2A")) == sorted(os.listdir(root / "testB"))
     assert info["task"] == task and info["seed"] == 0 and info["size"] == 16
+    assert info["layout"] == "unaligned"
     assert info["counts"] == {"trainA": 6, "trainB": 6, "testA": 3, "testB": 3}
     assert set(info["domains"]) == {"A", "B"} and set(info["directions"]) == {"A2B", "B2A"}
     assert info["description"]
@@ -176,3 +180,156 @@ def test_data_package_imports_neither_skimage_nor_torchvision(tmp_path):
     )
     env = dict(os.environ, PYTHONPATH=str(Path(sample_module.__file__).parents[2]))
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
+
+
+# ---- the aligned (paired) layout
+
+
+@pytest.fixture(scope="module")
+def aligned(tmp_path_factory) -> dict[str, Path]:
+    made = {}
+    for task in ("day2dusk", "gray2color", "day2dusk-range"):
+        out = tmp_path_factory.mktemp(f"aligned-{task}")
+        make_sample_dataset(task, out, seed=0, aligned=True, **SMALL)
+        made[task] = out
+    return made
+
+
+@pytest.mark.parametrize("task", ["day2dusk", "gray2color"])
+def test_aligned_layout_pairs_halves_and_truth(aligned, task):
+    root = aligned[task]
+    info = json.loads((root / "dataset.json").read_text())
+    assert info["layout"] == "aligned" and info["counts"] == {"train": 6, "test": 3}
+    assert sorted(os.listdir(root)) == sorted(
+        ["train", "test", "testA", "testB", "truth", "dataset.json"]
+    )
+    assert len(os.listdir(root / "train")) == 6
+    names = sorted(os.listdir(root / "test"))
+    assert len(names) == 3
+    for folder in ("testA", "testB", "truth/A2B", "truth/B2A"):
+        assert sorted(os.listdir(root / folder)) == names
+    render_b = SAMPLE_TASKS[task].render_b
+    for folder in ("train", "test"):
+        for path in (root / folder).iterdir():
+            pair = _pixels(path)
+            assert pair.shape == (16, 32, 3)
+            a, b = pair[:, :16], pair[:, 16:]  # split at w // 2, as the pix2pix reader does
+            # B is the true translation of A: the same crop rendered into domain B.
+            if task == "day2dusk":
+                np.testing.assert_array_equal(b, dusk_grade(a))
+            else:
+                np.testing.assert_array_equal(a, gray3(b))
+            if folder == "test":
+                np.testing.assert_array_equal(_pixels(root / "testA" / path.name), a)
+                np.testing.assert_array_equal(_pixels(root / "testB" / path.name), b)
+                np.testing.assert_array_equal(_pixels(root / "truth/A2B" / path.name), b)
+                np.testing.assert_array_equal(_pixels(root / "truth/B2A" / path.name), a)
+                assert render_b(a).shape == b.shape
+
+
+def test_aligned_sources_disjoint_and_test_crops_shared_with_unaligned(aligned, datasets):
+    info = json.loads((aligned["day2dusk"] / "dataset.json").read_text())
+    train, test = set(info["sources"]["train"]), set(info["sources"]["test"])
+    assert not train & test
+    assert set(info["files"]["train"].values()) <= train
+    assert set(info["files"]["test"].values()) <= test
+    unaligned = json.loads((datasets["day2dusk"] / "dataset.json").read_text())
+    assert test == set(unaligned["sources"]["test"])
+    assert train == set(unaligned["sources"]["trainA"]) | set(unaligned["sources"]["trainB"])
+    # The test pairs are the unaligned testA crops: both layouts score the same images.
+    testa = sorted((datasets["day2dusk"] / "testA").iterdir())
+    for path, name in zip(testa, sorted(info["files"]["test"]), strict=True):
+        left = _pixels(aligned["day2dusk"] / "test" / name)[:, :16]
+        np.testing.assert_array_equal(left, _pixels(path))
+
+
+def test_aligned_is_deterministic(aligned, tmp_path):
+    again = tmp_path / "again"
+    make_sample_dataset("day2dusk-range", again, seed=0, aligned=True, **SMALL)
+    assert _files(again) == _files(aligned["day2dusk-range"])
+    other = tmp_path / "other"
+    make_sample_dataset("day2dusk-range", other, seed=3, aligned=True, **SMALL)
+    assert _files(other)["train/pair_0000.png"] != _files(again)["train/pair_0000.png"]
+
+
+def test_aligned_and_unaligned_do_not_mix(tmp_path):
+    make_sample_dataset("day2dusk", tmp_path, size=8, n_train=2, n_test=1, aligned=True)
+    with pytest.raises(FileExistsError, match="train, test"):
+        make_sample_dataset("day2dusk", tmp_path, size=8, n_train=2, n_test=1)
+    make_sample_dataset("day2dusk", tmp_path, size=8, n_train=2, n_test=1, overwrite=True)
+    assert not (tmp_path / "train").exists() and (tmp_path / "trainA").is_dir()
+
+
+# ---- the multimodal task: a known family of valid translations
+
+
+def test_dusk_grade_strength_family():
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(dusk_grade_strength(rgb, 1.0), dusk_grade(rgb))
+    np.testing.assert_array_equal(dusk_grade_strength(rgb, 0.0), rgb)
+    levels = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+    weak, strong = dusk_grade_strength(levels, 0.3), dusk_grade_strength(levels, 0.9)
+    assert (np.diff(weak.astype(int), axis=0) >= 0).all()
+    assert strong.astype(int).sum() < weak.astype(int).sum()  # stronger is darker
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        dusk_grade_strength(rgb, 1.5)
+
+
+@pytest.mark.parametrize("layout", ["unaligned", "aligned"])
+def test_multimodal_task_records_strengths_and_renders_them(datasets, aligned, layout):
+    root = datasets["day2dusk-range"] if layout == "unaligned" else aligned["day2dusk-range"]
+    info = json.loads((root / "dataset.json").read_text())
+    family = info["valid_translations"]["A2B"]
+    low, high, mid = family["low"], family["high"], family["truth"]
+    assert family["function"] == "i2i.data.sample.dusk_grade_strength"
+    assert 0 <= low < mid < high <= 1
+    strengths = info["strengths"]
+    assert set(strengths) == ({"trainB", "testB"} if layout == "unaligned" else {"train", "test"})
+    every_t = [t for folder in strengths.values() for t in folder.values()]
+    assert all(low <= t <= high for t in every_t) and len(set(every_t)) == len(every_t)
+    for folder, by_name in strengths.items():
+        assert sorted(by_name) == sorted(os.listdir(root / folder))
+        for name, t in by_name.items():
+            if layout == "aligned":
+                pair = _pixels(root / folder / name)
+                source, b = pair[:, :16], pair[:, 16:]
+            else:  # day's rendering is the source crop itself, which truth/B2A holds
+                source = _pixels(root / "truth/B2A" / name) if folder == "testB" else None
+                b = _pixels(root / folder / name)
+            if source is not None:
+                np.testing.assert_array_equal(b, dusk_grade_strength(source, t))
+    # truth/A2B is the mid-range member of the family.
+    for name in os.listdir(root / "testA"):
+        a = _pixels(root / "testA" / name)
+        np.testing.assert_array_equal(
+            _pixels(root / "truth/A2B" / name), dusk_grade_strength(a, mid)
+        )
+    ranges = translation_ranges(root)
+    assert set(ranges) == {"A2B"} and (ranges["A2B"].low, ranges["A2B"].high) == (low, high)
+
+
+def test_translation_ranges_of_plain_and_foreign_datasets(datasets, tmp_path):
+    assert translation_ranges(datasets["day2dusk"]) == {}
+    assert translation_ranges(tmp_path) == {}  # no dataset.json: any user dataset
+    info = json.loads((datasets["day2dusk-range"] / "dataset.json").read_text())
+    info["valid_translations"]["A2B"]["function"] = "os.system"
+    (tmp_path / "dataset.json").write_text(json.dumps(info))
+    with pytest.raises(DataError, match="not a family this i2i knows"):
+        translation_ranges(tmp_path)
+
+
+def test_cli_data_sample_aligned(tmp_path):
+    out = tmp_path / "pairs"
+    env = dict(os.environ, PYTHONPATH=str(Path(sample_module.__file__).parents[2]))
+    args = ["--task", "gray2color", "--out", str(out), "--size", "8", "--train", "3"]
+    result = subprocess.run(
+        [sys.executable, "-m", "i2i.cli", "data", "sample", *args, "--test", "2", "--aligned"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "aligned layout" in result.stdout
+    assert json.loads((out / "dataset.json").read_text())["layout"] == "aligned"
+    assert len(os.listdir(out / "train")) == 3 and len(os.listdir(out / "testB")) == 2
+    with Image.open(out / "train" / "pair_0000.png") as img:
+        assert img.size == (16, 8)

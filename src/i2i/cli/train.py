@@ -102,10 +102,19 @@ def run_data_sample(args: argparse.Namespace) -> int:
     if args.task is None or args.out is None:
         raise UsageError("--task and --out are required (see --list for the tasks)")
     info = make_sample_dataset(
-        args.task, args.out, seed=args.seed, size=args.size, n_train=args.train, n_test=args.test
+        args.task,
+        args.out,
+        seed=args.seed,
+        size=args.size,
+        n_train=args.train,
+        n_test=args.test,
+        aligned=args.aligned,
     )
     counts = info.get("counts", {})
-    print(f"wrote the {args.task!r} sample dataset to {args.out}: {json.dumps(counts)}")
+    print(
+        f"wrote the {args.task!r} sample dataset ({info['layout']} layout) to {args.out}: "
+        f"{json.dumps(counts)}"
+    )
     return 0
 
 
@@ -123,10 +132,18 @@ def _checkpoint_of(run_or_checkpoint: Path) -> Path:
 def run_eval(args: argparse.Namespace) -> int:
     from i2i.training.evaluate import evaluate, format_report
 
+    if args.num_samples < 1:
+        raise UsageError(f"--num-samples must be at least 1, got {args.num_samples}")
     checkpoint = _checkpoint_of(args.run)
     out = args.out or (args.run if args.run.is_dir() else args.run.parent)
     report = evaluate(
-        checkpoint, args.data, out_dir=out, device=args.device, max_images=args.max_images
+        checkpoint,
+        args.data,
+        out_dir=out,
+        device=args.device,
+        max_images=args.max_images,
+        num_samples=args.num_samples,
+        seed=args.seed,
     )
     print(format_report(report))
     print(f"report: {out / 'eval.json'}\ngrid: {out / 'eval_grid.png'}")
@@ -167,9 +184,14 @@ def add_commands(sub: Any) -> None:
         "sample",
         help="write a built-in sample dataset (no download; deterministic for a seed)",
         description="Write a built-in dataset in the unaligned layout (trainA/ trainB/ testA/ "
-        "testB/), with the true translations of the test images in truth/A2B and truth/B2A.",
+        "testB/) or, with --aligned, the paired layout pix2pix reads (train/ test/, each image "
+        "[A | B] side by side, plus the test halves in testA/ testB/), with the true "
+        "translations of the test images in truth/A2B and truth/B2A. day2dusk-range is "
+        "multimodal: any dusk strength in a range is a correct answer.",
     )
-    p.add_argument("--task", help="which translation, e.g. day2dusk or gray2color (see --list)")
+    p.add_argument(
+        "--task", help="which translation, e.g. day2dusk, gray2color, day2dusk-range (see --list)"
+    )
     p.add_argument("--out", type=Path, help="folder to write (created)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
@@ -177,15 +199,24 @@ def add_commands(sub: Any) -> None:
         "--train", type=int, default=200, help="training images per domain (default 200)"
     )
     p.add_argument("--test", type=int, default=24, help="test images per domain (default 24)")
+    p.add_argument(
+        "--aligned",
+        action="store_true",
+        help="paired layout: train/ and test/ hold [A | B] images of width 2 x size (pix2pix)",
+    )
     p.add_argument("--list", action="store_true", help="list the tasks and exit")
     p.set_defaults(func=run_data_sample, extras=EXTRAS)
 
     p = sub.add_parser(
         "eval",
         help="translate the test split and report PSNR/SSIM against the true translation",
-        description="Translates testA/ and testB/ with a run's generators; reports PSNR and SSIM "
-        "against truth/A2B and truth/B2A, the identity baseline (input vs truth), and the cycle "
-        "reconstruction PSNR; writes eval.json and eval_grid.png.",
+        description="Translates testA/ and testB/ with a run's translators; reports PSNR and "
+        "SSIM against truth/A2B and truth/B2A, the identity baseline (input vs truth), and the "
+        "cycle reconstruction PSNR; writes eval.json and eval_grid.png. A multimodal model "
+        "(MUNIT) gets --num-samples outputs per image from seeded style codes; on a task "
+        "whose correct answers form a known family (day2dusk-range) eval also reports "
+        "fidelity (PSNR to the nearest correct answer) and diversity (coverage of the range, "
+        "pairwise L1). See README, Evaluate.",
     )
     p.add_argument("run", type=Path, help="run folder (uses its latest.pt) or a checkpoint file")
     p.add_argument(
@@ -197,6 +228,19 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument(
         "--max-images", type=int, default=0, help="evaluate only the first N per direction"
+    )
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        default=8,
+        metavar="K",
+        help="multimodal models: outputs per test image, one per style code (default 8)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="multimodal models: seed of the style codes (default 0; same seed, same codes)",
     )
     p.set_defaults(func=run_eval, extras=EXTRAS)
 

@@ -4,10 +4,13 @@ from i2i.data.folders import IMG_EXTENSIONS, DataError, is_image_file, list_imag
 from i2i.data.sample import (
     SAMPLE_TASKS,
     SampleTask,
+    TranslationRange,
     dusk_grade,
+    dusk_grade_strength,
     gray3,
     make_sample_dataset,
     sample_task_names,
+    translation_ranges,
 )
 from i2i.data.transforms import (
     PREPROCESS_MODES,
@@ -25,9 +28,11 @@ __all__ = [
     "DataError",
     "SampleTask",
     "TransformOptions",
+    "TranslationRange",
     "UnalignedDataset",
     "apply_transform",
     "dusk_grade",
+    "dusk_grade_strength",
     "gray3",
     "is_image_file",
     "list_images",
@@ -36,4 +41,5 @@ __all__ = [
     "sample_task_names",
     "to_tensor",
     "to_uint8",
+    "translation_ranges",
 ]

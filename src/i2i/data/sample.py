@@ -10,10 +10,34 @@ The source photos (and procedural seeds) are partitioned between trainA, trainB 
 test split: the two training domains never show the same scene, as in a real unpaired
 dataset, and the test images come from scenes seen in neither.
 
+The unaligned layout (the default; dataset.json "layout": "unaligned")::
+
     <out>/trainA/  trainB/  testA/  testB/       the unaligned layout UnalignedDataset reads
     <out>/truth/A2B/<name of a testA file>       the true domain-B rendering of that image
     <out>/truth/B2A/<name of a testB file>       the true domain-A rendering of that image
     <out>/dataset.json                           task, seed, counts, sources (see below)
+
+The aligned layout (``aligned=True``, ``i2i data sample --aligned``; "layout": "aligned"),
+the paired format of the reference pix2pix code: one source crop is rendered into both
+domains and the two renderings are stored side by side, A on the left::
+
+    <out>/train/pair_0000.png ...   [A | B], width 2 * size: columns [0, size) are A,
+    <out>/test/pair_0000.png ...    [size, 2 * size) are B; B is the true translation of A
+    <out>/testA/<name>, testB/<name>             the two halves of test/<name>
+    <out>/truth/A2B/<name>, truth/B2A/<name>     the true translations, as above
+    <out>/dataset.json
+
+Training pairs come from the scenes of both unaligned training splits (trainA and trainB);
+test pairs from the test scenes only. The test crops are the unaligned layout's testA
+crops for the same seed, size and count, so both layouts score a model on the same images.
+Both halves of a pair are the same crop (and flip): nothing is cropped or flipped apart.
+
+A multimodal task (``day2dusk-range``) has many correct answers: its domain-B images are
+`TranslationRange.function(A, t)` with a strength t drawn uniformly from [low, high] per
+image (recorded in dataset.json "strengths"), so every member of that family is a valid
+translation of a domain-A image. truth/A2B holds the member at ``truth`` (mid-range) for
+single-output metrics; "valid_translations" in dataset.json names the family, which
+`i2i eval` reads through :func:`translation_ranges` to score fidelity and diversity.
 """
 
 from __future__ import annotations
@@ -23,8 +47,9 @@ import importlib.util
 import json
 import os
 import shutil
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -57,8 +82,10 @@ PROCEDURAL_SIDE = 256
 CROP_SCALE = (0.15, 0.6)  # crop side as a fraction of the source's short side
 
 # Independent random streams: default_rng([seed, stream, ...]).
-_PARTITION_STREAM, _PROCEDURAL_STREAM, _CROP_STREAM = 0, 1, 2
+_PARTITION_STREAM, _PROCEDURAL_STREAM, _CROP_STREAM, _STRENGTH_STREAM = 0, 1, 2, 3
 _FOLDERS = ("trainA", "trainB", "testA", "testB")
+_ALIGNED_FOLDERS = ("train", "test")
+LAYOUTS = ("unaligned", "aligned")
 
 # The dusk grade: y = lift + (gain - lift) * x**gamma per channel (x, y in [0, 1]); strictly
 # increasing in x, so it is invertible. Darker, warmer highlights, bluish lifted shadows.
@@ -68,12 +95,30 @@ _DUSK_GAMMA = np.array([1.3, 1.7, 2.1])
 _LUMA_601 = np.array([0.299, 0.587, 0.114])
 
 
-def dusk_grade(rgb: np.ndarray) -> np.ndarray:
-    """The day2dusk colour grading of uint8 RGB pixels (..., 3): a per-channel tone curve."""
-    levels = np.arange(256, dtype=np.float64)[:, None] / 255.0  # (256, 1)
-    curve = _DUSK_LIFT + (_DUSK_GAIN - _DUSK_LIFT) * levels**_DUSK_GAMMA  # (256, 3)
+_LEVELS = np.arange(256, dtype=np.float64)[:, None] / 255.0  # (256, 1)
+_DUSK_CURVE = _DUSK_LIFT + (_DUSK_GAIN - _DUSK_LIFT) * _LEVELS**_DUSK_GAMMA  # (256, 3)
+
+
+def _apply_curve(rgb: np.ndarray, curve: np.ndarray) -> np.ndarray:
+    """Map uint8 RGB pixels (..., 3) through a (256, 3) curve in [0, 1], rounded once."""
     lut = np.rint(curve * 255.0).astype(np.uint8)
     return np.stack([lut[rgb[..., c], c] for c in range(3)], axis=-1)
+
+
+def dusk_grade(rgb: np.ndarray) -> np.ndarray:
+    """The day2dusk colour grading of uint8 RGB pixels (..., 3): a per-channel tone curve."""
+    return _apply_curve(rgb, _DUSK_CURVE)
+
+
+def dusk_grade_strength(rgb: np.ndarray, t: float) -> np.ndarray:
+    """The dusk grade at strength t in [0, 1]: per channel y = (1 - t) x + t dusk(x), rounded.
+
+    t = 0 is the identity, t = 1 is :func:`dusk_grade` exactly; every strength is strictly
+    increasing in x, and for a pixel the output moves monotonically with t.
+    """
+    if not 0.0 <= t <= 1.0:
+        raise ValueError(f"the dusk strength t must be in [0, 1], got {t!r}")
+    return _apply_curve(rgb, (1.0 - t) * _LEVELS + t * _DUSK_CURVE)
 
 
 def gray3(rgb: np.ndarray) -> np.ndarray:
@@ -87,8 +132,49 @@ def _identity(rgb: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class TranslationRange:
+    """A one-parameter family of valid translations: ``function(image, t)``, t in [low, high].
+
+    ``image`` is the input of the direction (uint8 HWC); ``truth`` is the t whose member
+    is stored in truth/<direction>/ for the single-output metrics (PSNR/SSIM).
+    """
+
+    function: Callable[[np.ndarray, float], np.ndarray]
+    low: float
+    high: float
+    truth: float
+    parameter: str = "t"
+
+    def __post_init__(self) -> None:
+        if not self.low < self.high or not self.low <= self.truth <= self.high:
+            raise ValueError(
+                f"a translation range needs low < high and truth within them, got "
+                f"[{self.low}, {self.high}] with truth {self.truth}"
+            )
+
+    def __call__(self, image: np.ndarray, t: float) -> np.ndarray:
+        """The member of the family at parameter ``t``."""
+        return self.function(image, t)
+
+    def to_json(self) -> dict[str, Any]:
+        """How dataset.json records the family."""
+        return {
+            "function": f"{self.function.__module__}.{self.function.__qualname__}",
+            "parameter": self.parameter,
+            "low": self.low,
+            "high": self.high,
+            "truth": self.truth,
+        }
+
+
+@dataclass(frozen=True)
 class SampleTask:
-    """A translation with a known answer: how a source crop looks in domain A and in B."""
+    """A translation with a known answer: how a source crop looks in domain A and in B.
+
+    With ``a2b_range`` the task is multimodal: a domain-B image is
+    ``a2b_range(render_a(crop), t)`` for a t drawn uniformly from the range per image, and
+    ``render_b`` (the truth/A2B rendering) is the member at ``a2b_range.truth``.
+    """
 
     name: str
     domains: tuple[str, str]
@@ -96,6 +182,10 @@ class SampleTask:
     directions: Mapping[str, str]
     render_a: Callable[[np.ndarray], np.ndarray]
     render_b: Callable[[np.ndarray], np.ndarray]
+    a2b_range: TranslationRange | None = field(default=None)
+
+
+_DUSK_RANGE = TranslationRange(function=dusk_grade_strength, low=0.2, high=1.0, truth=0.6)
 
 
 SAMPLE_TASKS: Mapping[str, SampleTask] = MappingProxyType(
@@ -128,6 +218,25 @@ SAMPLE_TASKS: Mapping[str, SampleTask] = MappingProxyType(
             render_a=gray3,
             render_b=_identity,
         ),
+        "day2dusk-range": SampleTask(
+            name="day2dusk-range",
+            domains=("day", "dusk"),
+            description=(
+                "Multimodal: photos (A) and photos graded toward dusk (B) at a random strength "
+                "t ~ U(0.2, 1.0) per image (t = 1 is the day2dusk grade); every strength in "
+                "the range is a correct translation of a day photo."
+            ),
+            directions={
+                "A2B": (
+                    "apply the dusk grade at any strength t in [0.2, 1.0] "
+                    "(i2i.data.sample.dusk_grade_strength); truth/A2B holds t = 0.6"
+                ),
+                "B2A": "undo the grade (truth: the ungraded source crop)",
+            },
+            render_a=_identity,
+            render_b=partial(dusk_grade_strength, t=_DUSK_RANGE.truth),
+            a2b_range=_DUSK_RANGE,
+        ),
     }
 )
 
@@ -145,6 +254,7 @@ def make_sample_dataset(
     n_train: int = 200,
     n_test: int = 24,
     overwrite: bool = False,
+    aligned: bool = False,
 ) -> dict[str, Any]:
     """Write the sample dataset `task` to `out` and return its description (dataset.json).
 
@@ -154,10 +264,13 @@ def make_sample_dataset(
         task: one of `sample_task_names()`.
         out: the dataset folder (created if needed).
         seed: chooses the partition of sources, the crops and the procedural images.
-        size: the side of the square images, in pixels.
-        n_train: images in each of trainA and trainB.
-        n_test: images in each of testA and testB (and so in truth/A2B and truth/B2A).
+        size: the side of the square images, in pixels (of each half, when aligned).
+        n_train: images in each of trainA and trainB (aligned: pairs in train/).
+        n_test: images in each of testA and testB (and so in truth/A2B and truth/B2A;
+            aligned: pairs in test/, whose halves are testA and testB).
         overwrite: replace a dataset already in `out` (otherwise that is an error).
+        aligned: write the aligned layout (see the module docstring) instead of the
+            unaligned one.
 
     Raises:
         ValueError: unknown task or bad sizes or counts.
@@ -177,31 +290,28 @@ def make_sample_dataset(
     photo_dir = photo_folder()
     partition = _partition_sources(seed)
     images = _load_sources(photo_dir, partition, seed)
-    counts = {"trainA": n_train, "trainB": n_train, "testA": n_test, "testB": n_test}
-    files: dict[str, dict[str, str]] = {}
-    for index, folder in enumerate(_FOLDERS):
-        split = folder if folder.startswith("train") else "test"
-        domain = 0 if folder.endswith("A") else 1
-        own, other = (
-            (spec.render_a, spec.render_b) if domain == 0 else (spec.render_b, spec.render_a)
-        )
-        truth_dir = out / "truth" / ("A2B" if domain == 0 else "B2A")
-        rng = np.random.default_rng([seed, _CROP_STREAM, index])
-        width = max(4, len(str(counts[folder] - 1)))
-        files[folder] = {}
-        for i in range(counts[folder]):
-            source = _pick_source(partition[split], rng)
-            crop = _random_crop(images[source], size, rng)
-            name = f"{spec.domains[domain]}_{i:0{width}d}.png"
-            _save_png(own(crop), out / folder / name)
-            if split == "test":
-                _save_png(other(crop), truth_dir / name)
-            files[folder][name] = source
+    writer = _Writer(spec, out, images, seed, size)
+    if aligned:
+        counts = {"train": n_train, "test": n_test}
+        sources = {
+            "train": sorted(partition["trainA"] + partition["trainB"]),
+            "test": partition["test"],
+        }
+        # The test pairs use testA's crop stream, so they are the unaligned testA crops.
+        for split, stream in (("train", 0), ("test", 2)):
+            writer.write_pairs(split, sources[split], counts[split], stream)
+    else:
+        counts = {"trainA": n_train, "trainB": n_train, "testA": n_test, "testB": n_test}
+        sources = partition
+        for index, folder in enumerate(_FOLDERS):
+            split = folder if folder.startswith("train") else "test"
+            writer.write_domain(folder, sources[split], counts[folder], index)
 
     info: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "task": task,
+        "layout": "aligned" if aligned else "unaligned",
         "description": spec.description,
         "domains": {"A": spec.domains[0], "B": spec.domains[1]},
         "directions": dict(spec.directions),
@@ -210,11 +320,139 @@ def make_sample_dataset(
         "counts": counts,
         "truth": {"A2B": "truth/A2B", "B2A": "truth/B2A"},
         "photos_from": f"scikit-image {_skimage_version()} (skimage/data)",
-        "sources": partition,
-        "files": files,
+        "sources": sources,
+        "files": writer.files,
     }
+    if aligned:
+        info["aligned"] = {
+            "folders": ["train", "test"],
+            "pair": f"[A | B] side by side, {2 * size}x{size} (width x height): columns "
+            f"0-{size - 1} are domain A, {size}-{2 * size - 1} domain B, the same crop",
+            "halves": "testA/<name> and testB/<name> are the halves of test/<name>",
+        }
+    if spec.a2b_range is not None:
+        info["valid_translations"] = {"A2B": spec.a2b_range.to_json()}
+        info["strengths"] = writer.strengths
     (out / "dataset.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info
+
+
+def translation_ranges(data_root: str | os.PathLike[str]) -> dict[str, TranslationRange]:
+    """The families of valid translations a sample dataset records, by direction.
+
+    Empty when the folder has no dataset.json (any user dataset) or its task has a single
+    correct answer per image. The function comes from this module (looked up by task, never
+    imported by name from the file); the range and truth from dataset.json.
+
+    Raises:
+        DataError: dataset.json is unreadable, or names a task or family this i2i lacks.
+    """
+    path = Path(data_root) / "dataset.json"
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable dataset description ({exc})") from exc
+    recorded = info.get("valid_translations") if isinstance(info, dict) else None
+    if not recorded:
+        return {}
+    spec = SAMPLE_TASKS.get(info.get("task", ""))
+    ranges: dict[str, TranslationRange] = {}
+    for direction, entry in recorded.items():
+        known = spec.a2b_range if spec is not None and direction == "A2B" else None
+        if known is None or entry.get("function") != known.to_json()["function"]:
+            raise DataError(
+                f"{path}: the valid translations of {direction} ({entry.get('function')!r} of "
+                f"task {info.get('task')!r}) are not a family this i2i knows; remake the "
+                "dataset with `i2i data sample`"
+            )
+        try:
+            ranges[direction] = TranslationRange(
+                function=known.function,
+                low=float(entry["low"]),
+                high=float(entry["high"]),
+                truth=float(entry["truth"]),
+                parameter=str(entry.get("parameter", known.parameter)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{path}: bad valid_translations for {direction}: {exc}") from exc
+    return ranges
+
+
+class _Writer:
+    """Renders crops of the sources into the files of one dataset, recording what it wrote."""
+
+    def __init__(
+        self, spec: SampleTask, out: Path, images: Mapping[str, Image.Image], seed: int, size: int
+    ) -> None:
+        self.spec, self.out, self.images, self.seed, self.size = spec, out, images, seed, size
+        self.files: dict[str, dict[str, str]] = {}
+        self.strengths: dict[str, dict[str, float]] = {}
+
+    def _crops(
+        self, sources: list[str], count: int, stream: int
+    ) -> Iterator[tuple[int, str, np.ndarray, float | None]]:
+        """(index, source, crop, strength or None) for `count` crops of `sources`."""
+        rng = np.random.default_rng([self.seed, _CROP_STREAM, stream])
+        strength_rng = np.random.default_rng([self.seed, _STRENGTH_STREAM, stream])
+        for i in range(count):
+            source = _pick_source(sources, rng)
+            crop = _random_crop(self.images[source], self.size, rng)
+            family = self.spec.a2b_range
+            if family is None:
+                yield i, source, crop, None
+            else:
+                t = round(float(strength_rng.uniform(family.low, family.high)), 6)
+                yield i, source, crop, t
+
+    def _render_b(self, crop: np.ndarray, t: float | None) -> np.ndarray:
+        """The domain-B image of a crop: at strength t for a multimodal task."""
+        family = self.spec.a2b_range
+        if family is None or t is None:
+            return self.spec.render_b(crop)
+        return family(self.spec.render_a(crop), t)
+
+    def _truth_b(self, crop: np.ndarray) -> np.ndarray:
+        """truth/A2B of a crop: the mid-range member for a multimodal task."""
+        family = self.spec.a2b_range
+        return self._render_b(crop, None if family is None else family.truth)
+
+    def write_domain(self, folder: str, sources: list[str], count: int, stream: int) -> None:
+        """One folder of the unaligned layout (and the truth of a test folder)."""
+        domain = 0 if folder.endswith("A") else 1
+        truth_dir = self.out / "truth" / ("A2B" if domain == 0 else "B2A")
+        width = max(4, len(str(count - 1)))
+        self.files[folder] = {}
+        for i, source, crop, t in self._crops(sources, count, stream):
+            name = f"{self.spec.domains[domain]}_{i:0{width}d}.png"
+            a = self.spec.render_a(crop)
+            b = self._render_b(crop, t)
+            own, truth = (a, self._truth_b(crop)) if domain == 0 else (b, a)
+            _save_png(own, self.out / folder / name)
+            if folder.startswith("test"):
+                _save_png(truth, truth_dir / name)
+            self.files[folder][name] = source
+            if domain == 1 and t is not None:
+                self.strengths.setdefault(folder, {})[name] = t
+
+    def write_pairs(self, split: str, sources: list[str], count: int, stream: int) -> None:
+        """One folder of the aligned layout; a test folder also gets its halves and truth."""
+        width = max(4, len(str(count - 1)))
+        self.files[split] = {}
+        for i, source, crop, t in self._crops(sources, count, stream):
+            name = f"pair_{i:0{width}d}.png"
+            a = self.spec.render_a(crop)
+            b = self._render_b(crop, t)
+            _save_png(np.concatenate([a, b], axis=1), self.out / split / name)
+            if split == "test":
+                _save_png(a, self.out / "testA" / name)
+                _save_png(b, self.out / "testB" / name)
+                _save_png(self._truth_b(crop), self.out / "truth" / "A2B" / name)
+                _save_png(a, self.out / "truth" / "B2A" / name)
+            self.files[split][name] = source
+            if t is not None:
+                self.strengths.setdefault(split, {})[name] = t
 
 
 def photo_folder() -> Path:
@@ -320,7 +558,7 @@ def _save_png(rgb: np.ndarray, path: Path) -> None:
 
 def _prepare_folder(out: Path, overwrite: bool) -> None:
     """Refuse to mix with an existing dataset, or remove exactly what this module writes."""
-    ours = [out / name for name in (*_FOLDERS, "truth", "dataset.json")]
+    ours = [out / name for name in (*_FOLDERS, *_ALIGNED_FOLDERS, "truth", "dataset.json")]
     present = [p for p in ours if p.exists()]
     if present and not overwrite:
         raise FileExistsError(

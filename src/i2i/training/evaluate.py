@@ -1,4 +1,15 @@
-"""`i2i eval`: translate the test split and measure it against the true translation."""
+"""`i2i eval`: translate the test split and measure it against the true translation.
+
+Every family is evaluated the same way, through its translators (contract 2: uint8
+[N, H, W, C] in and out, the modules that export and serving use), never by reaching into
+its generators. A multimodal family's translators take a style code as a second input
+(float32 [N, S]); eval draws K codes per test image from a seeded standard normal and
+scores the K outputs. On a dataset whose correct answers form a known family (a sample
+task such as ``day2dusk-range``, see :func:`i2i.data.sample.translation_ranges`), it also
+reports fidelity (how close each output is to the nearest correct answer) and diversity
+(how much of the range of correct answers the K outputs cover). README "Evaluate" says
+precisely what each number means.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +17,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,49 +28,116 @@ from PIL import Image
 from torch import nn
 
 from i2i.checkpoint import load_trained_networks
-from i2i.data import DataError, list_images, load_rgb, to_tensor, to_uint8
+from i2i.data import DataError, TranslationRange, list_images, load_rgb, translation_ranges
 from i2i.models import ShapeRule, get_family, options_from_dict
 
-from .metrics import psnr, ssim
+from .metrics import mean_pairwise_l1, nearest_members, psnr, psnr_of_mse, ssim
 from .monitor import image_grid
 
-# Which test folder feeds which direction, and which generator undoes it (for the cycle).
+# Which test folder feeds which direction, and which direction undoes it (for the cycle).
 _DIRECTIONS = {"A2B": ("testA", "B2A"), "B2A": ("testB", "A2B")}
+# Style streams: default_rng([seed, stream, image index]) per direction, and for the style
+# the cycle's back translation uses.
+_STYLE_STREAMS = {"A2B": 0, "B2A": 1}
+_CYCLE_STREAMS = {"A2B": 2, "B2A": 3}
+GRID_SAMPLES = 4  # samples per row of eval_grid.png for a multimodal model
 
 
 @dataclass
 class DirectionReport:
+    """One direction's numbers; the multimodal ones stay None where they do not apply."""
+
     images: int = 0
     psnr: float | None = None
     ssim: float | None = None
     identity_psnr: float | None = None
     identity_ssim: float | None = None
     cycle_psnr: float | None = None
+    samples: int = 1
+    fidelity_psnr: float | None = None
+    fidelity_exact: float | None = None
+    coverage: float | None = None
+    best_t_mean: float | None = None
+    best_t_std: float | None = None
+    pairwise_l1: float | None = None
+    valid_range: list[float] | None = None
+    valid_range_l1: float | None = None
     per_image: list[dict[str, Any]] = field(default_factory=list)
+
+
+def style_codes(seed: int, stream: int, index: int, count: int, style_dim: int) -> np.ndarray:
+    """``count`` style codes float32 [count, S] from a standard normal, reproducible.
+
+    Drawn from ``numpy.random.default_rng([seed, stream, index])``: the first K codes are
+    the same whatever the count, so more samples only add codes.
+    """
+    rng = np.random.default_rng([seed, stream, index])
+    return rng.standard_normal((count, style_dim)).astype(np.float32)
+
+
+def translator_style_dim(translator: nn.Module, family_style_dim: int) -> int:
+    """S of a translator: its ``style_dim`` attribute for a multimodal family, else 0."""
+    if family_style_dim == 0:
+        return 0
+    found = getattr(translator, "style_dim", family_style_dim)
+    if isinstance(found, bool) or not isinstance(found, int) or found < 1:
+        raise ValueError(
+            f"{type(translator).__name__}: a multimodal translator's style_dim must be a "
+            f"positive integer, got {found!r}"
+        )
+    return found
+
+
+def _resize(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of a uint8 [N, H, W, C] batch, rounded back to uint8."""
+    x = batch.permute(0, 3, 1, 2).to(torch.float32)
+    y = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
 @torch.no_grad()
 def translate_image(
-    net: nn.Module, image: np.ndarray, rule: ShapeRule, device: torch.device
+    translator: nn.Module,
+    image: np.ndarray,
+    rule: ShapeRule,
+    device: torch.device,
+    styles: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Translate one uint8 HWC image, padding (reflect) or resizing it to a size `rule` accepts."""
+    """Translate one uint8 HWC image with a translator; uint8 [K, H, W, C] back.
+
+    K is the number of rows of ``styles`` (float32 [K, S], for a multimodal translator,
+    which gets the image K times with one code each), else 1. An image size the shape
+    rule does not accept is reflect-padded to the next multiple (and the padding cropped
+    off the output) or, for a fixed-size rule, resized to it and back (bilinear).
+    """
     h, w = image.shape[:2]
-    x = to_tensor(image).unsqueeze(0).to(device)  # (1, C, H, W) in [-1, 1]
+    count = 1 if styles is None else styles.shape[0]
     th, tw = rule.nearest(h, w)
-    if rule.fixed_size is not None:
-        x = F.interpolate(x, size=(th, tw), mode="bilinear", align_corners=False)
-        y = F.interpolate(net(x), size=(h, w), mode="bilinear", align_corners=False)
-    else:
+    if rule.fixed_size is None:
         ph, pw = (-h) % rule.multiple_of, (-w) % rule.multiple_of
         if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph), mode="reflect")
-        y = net(x)[:, :, :h, :w]
-    return to_uint8(y[0].float().cpu())
+            image = np.pad(image, ((0, ph), (0, pw), (0, 0)), mode="reflect")
+    batch = torch.from_numpy(np.array(image)).unsqueeze(0).to(device)  # a writable copy
+    batch = batch.expand(count, *batch.shape[1:]).contiguous()  # (K, H', W', C)
+    if rule.fixed_size is not None and (th, tw) != (h, w):
+        batch = _resize(batch, (th, tw))
+    if styles is None:
+        out = translator(batch)
+    else:
+        out = translator(batch, torch.from_numpy(styles).to(device))
+    out = out[:, :h, :w] if rule.fixed_size is None else out
+    if rule.fixed_size is not None and (th, tw) != (h, w):
+        out = _resize(out, (h, w))
+    return out.cpu().numpy()
 
 
 def _mean_of(items: list[dict[str, Any]], key: str) -> float | None:
     """Mean of the finite values of `key` (identical images have infinite PSNR); None if absent."""
-    values = [item[key] for item in items if key in item]
+    return _finite_mean([item[key] for item in items if key in item])
+
+
+def _finite_mean(values: list[float]) -> float | None:
+    """Mean of the finite values; inf when all are infinite (identical images); None if none."""
     finite = [v for v in values if math.isfinite(v)]
     if not values:
         return None
@@ -76,6 +155,21 @@ def _strict_json(value: Any) -> Any:
     return value
 
 
+def _score_range(
+    item: dict[str, Any], fakes: np.ndarray, real: np.ndarray, family: TranslationRange
+) -> list[tuple[float, float]]:
+    """Fit each output to the family of valid translations of `real`; fill `item`."""
+    member = partial(family.function, real)
+    fits = nearest_members(fakes, member, family.low, family.high)
+    ts = [t for t, _ in fits]
+    item["best_t"] = ts
+    item["fidelity_psnr"] = _finite_mean([psnr_of_mse(e) for _, e in fits])
+    item["coverage"] = (max(ts) - min(ts)) / (family.high - family.low)
+    ends = np.stack([member(family.low), member(family.high)])
+    item["valid_range_l1"] = mean_pairwise_l1(ends)
+    return fits
+
+
 def evaluate(
     checkpoint: str | os.PathLike[str],
     data_root: str | os.PathLike[str],
@@ -83,43 +177,77 @@ def evaluate(
     device: str = "cpu",
     max_images: int = 0,
     grid_images: int = 4,
+    num_samples: int = 8,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Translate testA/testB with a checkpoint's generators and report quality.
+    """Translate testA/testB with a checkpoint's translators and report quality.
 
     For each direction: PSNR/SSIM of the output against `truth/<direction>/` (when the
     dataset has it), the same for the untranslated input (the identity baseline), and
-    the PSNR of the cycle reconstruction against the input. Writes eval.json and
-    eval_grid.png (input | output | truth rows) into `out_dir` when given.
+    the PSNR of the cycle reconstruction against the input (when the checkpoint has the
+    reverse direction). A multimodal family (style_dim > 0) gets `num_samples` outputs per
+    image, one per seeded style code; where the dataset records a family of valid
+    translations, every output is also fitted to it (fidelity, coverage). Writes eval.json
+    and eval_grid.png (input | output(s) | truth rows) into `out_dir` when given.
     """
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
     data_root = Path(data_root)
     torch_device = torch.device(device)
     ckpt, networks = load_trained_networks(checkpoint)
     family = get_family(ckpt["family"])
-    rule = family.shape_rule(options_from_dict(ckpt["family"], ckpt["config"].get("model", {})))
-    nets = {d: networks[g].to(torch_device) for d, g in family.directions.items() if g in networks}
+    options = options_from_dict(ckpt["family"], ckpt["config"].get("model", {}))
+    rule = family.shape_rule(options)
+    translators = {
+        d: t.to(torch_device).eval() for d, t in family.translators(networks, options).items()
+    }
+    # S of this model: its translators say (a family's style_dim is that of its defaults).
+    style_dims = {d: translator_style_dim(t, family.style_dim) for d, t in translators.items()}
+    style_dim = max(style_dims.values(), default=0)
+    count = num_samples if style_dim else 1
+    ranges = translation_ranges(data_root)
     report: dict[str, Any] = {
         "checkpoint": str(checkpoint),
         "step": ckpt["step"],
         "data": str(data_root),
+        "family": family.name,
+        "style_dim": style_dim,
+        "num_samples": count,
+        "seed": seed,
         "directions": {},
     }
+
+    def styles(direction: str, stream: int, index: int, k: int) -> np.ndarray | None:
+        dim = style_dims[direction]
+        return style_codes(seed, stream, index, k, dim) if dim else None
+
     grid_rows: list[list[np.ndarray]] = []
     for direction, (folder, back) in _DIRECTIONS.items():
-        if direction not in nets:
+        if direction not in translators:
             continue
         files = list_images(data_root / folder)
         if max_images:
             files = files[:max_images]
         truth_dir = data_root / "truth" / direction
-        rep = DirectionReport(images=len(files))
+        valid = ranges.get(direction)
+        rep = DirectionReport(images=len(files), samples=count)
+        fits: list[tuple[float, float]] = []
         for i, path in enumerate(files):
             real = np.asarray(load_rgb(path))
-            fake = translate_image(nets[direction], real, rule, torch_device)
+            fakes = translate_image(
+                translators[direction],
+                real,
+                rule,
+                torch_device,
+                styles(direction, _STYLE_STREAMS[direction], i, count),
+            )  # (K, H, W, C)
             item: dict[str, Any] = {"file": path.name}
-            if back in nets:
-                item["cycle_psnr"] = psnr(
-                    translate_image(nets[back], fake, rule, torch_device), real
+            if back in translators:
+                back_style = styles(back, _CYCLE_STREAMS[direction], i, 1)
+                cycled = translate_image(
+                    translators[back], fakes[0], rule, torch_device, back_style
                 )
+                item["cycle_psnr"] = psnr(cycled[0], real)
             truth_path = truth_dir / path.relative_to(data_root / folder)
             truth = None
             if truth_path.is_file():
@@ -128,19 +256,34 @@ def evaluate(
                     raise DataError(
                         f"{truth_path}: size {truth.shape} differs from {path} {real.shape}"
                     )
+                # A multimodal model's figure is the mean over its K outputs.
                 item.update(
-                    psnr=psnr(fake, truth),
-                    ssim=ssim(fake, truth),
+                    psnr=_finite_mean([psnr(fake, truth) for fake in fakes]),
+                    ssim=float(np.mean([ssim(fake, truth) for fake in fakes])),
                     identity_psnr=psnr(real, truth),
                     identity_ssim=ssim(real, truth),
                 )
+            if valid is not None:
+                fits += _score_range(item, fakes, real, valid)
+            if valid is not None or count > 1:
+                item["pairwise_l1"] = mean_pairwise_l1(fakes)
             rep.per_image.append(item)
             if i < grid_images:
-                grid_rows.append([real, fake] + ([truth] if truth is not None else []))
+                row = [real, *fakes[:GRID_SAMPLES]]
+                grid_rows.append(row + ([truth] if truth is not None else []))
         rep.psnr, rep.ssim = _mean_of(rep.per_image, "psnr"), _mean_of(rep.per_image, "ssim")
         rep.identity_psnr = _mean_of(rep.per_image, "identity_psnr")
         rep.identity_ssim = _mean_of(rep.per_image, "identity_ssim")
         rep.cycle_psnr = _mean_of(rep.per_image, "cycle_psnr")
+        rep.pairwise_l1 = _mean_of(rep.per_image, "pairwise_l1")
+        if valid is not None and fits:
+            rep.fidelity_psnr = _finite_mean([psnr_of_mse(e) for _, e in fits])
+            rep.fidelity_exact = sum(e == 0 for _, e in fits) / len(fits)
+            rep.coverage = _mean_of(rep.per_image, "coverage")
+            rep.best_t_mean = float(np.mean([t for t, _ in fits]))
+            rep.best_t_std = float(np.std([t for t, _ in fits]))
+            rep.valid_range = [valid.low, valid.high]
+            rep.valid_range_l1 = _mean_of(rep.per_image, "valid_range_l1")
         report["directions"][direction] = rep.__dict__
     if out_dir is not None:
         out = Path(out_dir)
@@ -154,18 +297,41 @@ def evaluate(
     return report
 
 
+def _fmt(v: float | None, width: int, digits: int) -> str:
+    return f"{'-':>{width}}" if v is None else f"{v:>{width}.{digits}f}"
+
+
 def format_report(report: dict[str, Any]) -> str:
-    """A short human-readable table of an evaluation report."""
+    """A short human-readable table of an evaluation report (two for a multimodal one)."""
     lines = [
         f"{'direction':<10}{'images':>7}{'PSNR':>9}{'SSIM':>8}{'id PSNR':>9}{'id SSIM':>9}{'cycle PSNR':>12}"
     ]
-
-    def fmt(v: float | None, width: int, digits: int) -> str:
-        return f"{'-':>{width}}" if v is None else f"{v:>{width}.{digits}f}"
-
     for direction, rep in report["directions"].items():
         lines.append(
-            f"{direction:<10}{rep['images']:>7}{fmt(rep['psnr'], 9, 2)}{fmt(rep['ssim'], 8, 3)}"
-            f"{fmt(rep['identity_psnr'], 9, 2)}{fmt(rep['identity_ssim'], 9, 3)}{fmt(rep['cycle_psnr'], 12, 2)}"
+            f"{direction:<10}{rep['images']:>7}{_fmt(rep['psnr'], 9, 2)}{_fmt(rep['ssim'], 8, 3)}"
+            f"{_fmt(rep['identity_psnr'], 9, 2)}{_fmt(rep['identity_ssim'], 9, 3)}"
+            f"{_fmt(rep['cycle_psnr'], 12, 2)}"
         )
+    multimodal = {
+        d: rep
+        for d, rep in report["directions"].items()
+        if rep.get("pairwise_l1") is not None or rep.get("fidelity_psnr") is not None
+    }
+    if multimodal:
+        lines.append("")
+        lines.append(
+            f"{'direction':<10}{'samples':>8}{'fidelity':>10}{'exact':>7}{'coverage':>10}"
+            f"{'best t':>15}{'pair L1':>9}{'range L1':>10}"
+        )
+        for direction, rep in multimodal.items():
+            best_t = (
+                f"{'-':>15}"
+                if rep["best_t_mean"] is None
+                else f"{rep['best_t_mean']:>8.3f}±{rep['best_t_std']:<5.3f}".rjust(15)
+            )
+            lines.append(
+                f"{direction:<10}{rep['samples']:>8}{_fmt(rep['fidelity_psnr'], 10, 2)}"
+                f"{_fmt(rep['fidelity_exact'], 7, 2)}{_fmt(rep['coverage'], 10, 3)}{best_t}"
+                f"{_fmt(rep['pairwise_l1'], 9, 2)}{_fmt(rep['valid_range_l1'], 10, 2)}"
+            )
     return "\n".join(lines)
