@@ -50,7 +50,8 @@ def trainer_class(family: str) -> Any:
     (name -> optimiser; one scheduler each), ``step(batch) -> losses``, ``last_visuals``,
     ``visual_rows()``, ``state_dict()`` and ``load_state_dict()``. It may define
     ``build_dataset(cfg, options, transform)`` (a static method); the default reads
-    unaligned ``trainA``/``trainB`` folders.
+    unaligned ``trainA``/``trainB`` folders. A class attribute ``paired = True`` says the
+    family trains on aligned pairs (the demo then writes the aligned sample layout).
     """
     try:
         target = TRAINERS[family]
