@@ -5,7 +5,8 @@ domain, d [netD] judges (input, output) pairs concatenated on channels. ``real_a
 generator's input and ``real_b`` its target, whatever the ``direction``: for ``BtoA`` they
 are the batch's "B" and "A" (the reference's ``set_input``). Losses: g_gan [loss_G_GAN],
 g_l1 [loss_G_L1, already times lambda_l1], d_real [loss_D_real], d_fake [loss_D_fake],
-d [loss_D = (d_fake + d_real) / 2].
+d [loss_D = (d_fake + d_real) / 2, plus lambda_gp times the gradient
+penalty for wgangp].
 
 Order of one step (the reference's optimize_parameters): forward ``fake_b = g(real_a)``;
 update d on the detached fake pair (through the pool; pix2pix's pool_size is 0) and the
