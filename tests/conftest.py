@@ -28,6 +28,7 @@ from tests.serving.conftest import (
 # checks that every registered family has one).
 TINY_MODEL_OPTIONS: dict[str, dict] = {
     "cyclegan": {"ngf": 4, "ndf": 4, "netG": "resnet_6blocks"},
+    "pix2pix": {"ngf": 4, "ndf": 4, "netG": "resnet_6blocks"},
 }
 
 

@@ -171,6 +171,28 @@ def run_import_cyclegan(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_import_pix2pix(args: argparse.Namespace) -> int:
+    from i2i.importers import import_pix2pix
+    from i2i.models import Pix2PixOptions
+
+    options = Pix2PixOptions(
+        netG=args.netG,
+        ngf=args.ngf,
+        norm=args.norm,
+        dropout=args.dropout,
+        input_nc=args.input_nc,
+        output_nc=args.output_nc,
+        direction=args.direction,
+    )
+    summary = import_pix2pix(args.out, g=args.g, options=options)
+    dropped = len(summary["dropped_keys"])
+    print(
+        f"wrote {args.out} with direction {summary['direction']}"
+        + (f" ({dropped} stale InstanceNorm statistics dropped)" if dropped else "")
+    )
+    return 0
+
+
 def add_commands(sub: Any) -> None:
     """Register train, data, eval and import on the `i2i` parser's subcommands."""
     p = sub.add_parser("train", help="train a model (same as i2i-train)", epilog=EPILOG)
@@ -279,6 +301,55 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--input-nc", type=int, default=3, help="channels of domain A (default 3)")
     p.add_argument("--output-nc", type=int, default=3, help="channels of domain B (default 3)")
     p.set_defaults(func=run_import_cyclegan, extras=EXTRAS)
+    p = imp_sub.add_parser(
+        "pix2pix",
+        help="from a junyanz/pytorch-CycleGAN-and-pix2pix pix2pix generator file",
+        description="Convert the reference's pix2pix generator file (latest_net_G.pth) into an "
+        "i2i checkpoint. The architecture flags are the reference's training options, with "
+        "pix2pix's defaults (unet_256, batch norm, dropout). The model runs in eval mode once "
+        "imported (running batch-norm statistics, no dropout), like the reference's test.py "
+        "--eval.",
+    )
+    p.add_argument("--g", type=Path, required=True, help="the reference's latest_net_G.pth")
+    p.add_argument("--out", type=Path, required=True, help="i2i checkpoint to write (.pt)")
+    p.add_argument(
+        "--netG",
+        default="unet_256",
+        choices=["unet_256", "unet_128", "resnet_9blocks", "resnet_6blocks"],
+        help="generator architecture (default unet_256)",
+    )
+    p.add_argument(
+        "--ngf", type=int, default=64, help="generator filters in the first layer (default 64)"
+    )
+    p.add_argument(
+        "--norm", default="batch", choices=["batch", "instance", "none"], help="default batch"
+    )
+    p.add_argument(
+        "--dropout",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the generator used dropout (--dropout, pix2pix's default) or not (--no-dropout, "
+        "trained with --no_dropout)",
+    )
+    p.add_argument(
+        "--input-nc",
+        type=int,
+        default=3,
+        help="channels of the generator's input (default 3): domain A for AtoB, B for BtoA",
+    )
+    p.add_argument(
+        "--output-nc",
+        type=int,
+        default=3,
+        help="channels of the generator's output (default 3): domain B for AtoB, A for BtoA",
+    )
+    p.add_argument(
+        "--direction",
+        default="AtoB",
+        choices=["AtoB", "BtoA"],
+        help="the reference's --direction; names the translator A2B or B2A (default AtoB)",
+    )
+    p.set_defaults(func=run_import_pix2pix, extras=EXTRAS)
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:

@@ -1,5 +1,6 @@
 """Datasets, transforms and the built-in sample data (imports numpy, Pillow and torch only)."""
 
+from i2i.data.aligned import AlignedDataset
 from i2i.data.folders import IMG_EXTENSIONS, DataError, is_image_file, list_images, load_rgb
 from i2i.data.sample import (
     SAMPLE_TASKS,
@@ -22,6 +23,7 @@ from i2i.data.transforms import (
 from i2i.data.unaligned import UnalignedDataset
 
 __all__ = [
+    "AlignedDataset",
     "IMG_EXTENSIONS",
     "PREPROCESS_MODES",
     "SAMPLE_TASKS",

@@ -9,7 +9,10 @@ Build a family's networks by name::
 Each family module below registers itself when imported; add new families to this list.
 """
 
-from i2i.models import cyclegan  # registers "cyclegan"
+from i2i.models import (
+    cyclegan,  # registers "cyclegan"
+    pix2pix,  # registers "pix2pix"
+)
 from i2i.models.cyclegan import CycleGANOptions
 from i2i.models.networks import (
     DISCRIMINATOR_ARCHS,
@@ -18,6 +21,7 @@ from i2i.models.networks import (
     build_generator,
     init_weights,
 )
+from i2i.models.pix2pix import Pix2PixOptions
 from i2i.models.registry import (
     ModelFamily,
     ShapeRule,
@@ -37,6 +41,7 @@ __all__ = [
     "CycleGANOptions",
     "ImageTranslator",
     "ModelFamily",
+    "Pix2PixOptions",
     "ShapeRule",
     "StyleEncoderFactory",
     "TranslatorFactory",
@@ -48,6 +53,7 @@ __all__ = [
     "init_weights",
     "list_families",
     "options_from_dict",
+    "pix2pix",
     "register_family",
     "translators_by_direction",
 ]

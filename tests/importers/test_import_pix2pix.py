@@ -1,0 +1,123 @@
+"""`i2i import pix2pix`: a reference-layout latest_net_G.pth becomes an i2i checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from i2i.checkpoint import load_checkpoint, load_trained_networks
+from i2i.importers import ImportError_, import_pix2pix
+from i2i.models import Pix2PixOptions, build_generator, get_family, options_from_dict
+from tests.test_cli import i2i
+
+# The smallest U-Net that still is the reference's unet_128 (fixed 128 px).
+TINY = {"ngf": 4, "netG": "unet_128"}
+
+
+def _reference_file(path: Path, seed: int, **arch) -> torch.nn.Module:
+    """Save a generator's bare state dict as the reference's save_networks does.
+
+    i2i's generator has the reference's module structure, so its state dict has the
+    reference's keys. Batch-norm statistics are given values a trained network would have,
+    so the eval-mode output depends on them.
+    """
+    torch.manual_seed(seed)
+    arch = {"netG": "unet_128", "ngf": 4, "norm": "batch", "dropout": True, **arch}
+    net = build_generator(
+        arch["netG"],
+        3,
+        arch.get("output_nc", 3),
+        arch["ngf"],
+        arch["norm"],
+        arch["dropout"],
+        init_gain=0.3,  # larger than the usual 0.02, so the tiny net's output is not flat grey
+    )
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.num_batches_tracked.fill_(100)
+    torch.save(net.state_dict(), path)
+    return net.eval()
+
+
+def test_imported_generator_translates_like_the_reference_network(tmp_path):
+    ref = _reference_file(tmp_path / "latest_net_G.pth", seed=1)
+    summary = import_pix2pix(
+        tmp_path / "model.pt", g=tmp_path / "latest_net_G.pth", options=Pix2PixOptions(**TINY)
+    )
+    assert summary["direction"] == "A2B" and summary["dropped_keys"] == []
+    ckpt = load_checkpoint(tmp_path / "model.pt")
+    assert ckpt["family"] == "pix2pix" and set(ckpt["networks"]) == {"g"}
+    assert ckpt["config"]["model"]["dropout"] is True and ckpt["config"]["model"]["norm"] == "batch"
+    assert len(ckpt["imported_from"]["g"]["sha256"]) == 64
+    payload, nets = load_trained_networks(tmp_path / "model.pt")
+    options = options_from_dict("pix2pix", payload["config"]["model"])
+    translators = get_family("pix2pix").translators(nets, options)
+    assert set(translators) == {"A2B"}
+    image = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 128, 128, 3), np.uint8))
+    with torch.no_grad():
+        got = translators["A2B"](image)
+        x = image.permute(0, 3, 1, 2).float() / 127.5 - 1
+        want = ((ref(x) + 1) * 127.5).round().clamp(0, 255).permute(0, 2, 3, 1).to(torch.uint8)
+    assert torch.equal(got, want)
+    assert got.float().std() > 5  # a real picture, not a flat grey both sides agree on
+
+
+def test_b_to_a_names_the_direction_b2a(tmp_path):
+    _reference_file(tmp_path / "g.pth", seed=2, output_nc=1)
+    opts = Pix2PixOptions(**TINY, output_nc=1, direction="BtoA")
+    assert (
+        import_pix2pix(tmp_path / "m.pt", g=tmp_path / "g.pth", options=opts)["direction"] == "B2A"
+    )
+    payload, nets = load_trained_networks(tmp_path / "m.pt")
+    options = options_from_dict("pix2pix", payload["config"]["model"])
+    b2a = get_family("pix2pix").translators(nets, options)["B2A"]
+    assert (b2a.in_channels, b2a.out_channels) == (3, 1)
+
+
+@pytest.mark.parametrize(
+    ("arch", "flags", "expected_hint"),
+    [
+        # A ResNet's dropout shifts the indices of its block's layers, so the file tells.
+        ({"netG": "resnet_6blocks", "dropout": False}, {"netG": "resnet_6blocks"}, "--no-dropout"),
+        ({"norm": "instance"}, {}, "--norm instance"),
+        ({"netG": "unet_256"}, {}, "--netG unet_256"),
+        ({"ngf": 8}, {}, "--ngf 8"),
+    ],
+)
+def test_wrong_flags_get_a_plain_words_hint(tmp_path, arch, flags, expected_hint):
+    _reference_file(tmp_path / "g.pth", seed=0, **arch)
+    with pytest.raises(ImportError_, match="does not fit") as info:
+        import_pix2pix(
+            tmp_path / "m.pt", g=tmp_path / "g.pth", options=Pix2PixOptions(**{**TINY, **flags})
+        )
+    assert f"The file fits with: {expected_hint}" in str(info.value)
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_cli_imports_with_pix2pix_defaults_and_explains_a_mismatch(tmp_path):
+    _reference_file(tmp_path / "latest_net_G.pth", seed=3, netG="unet_128")
+    args = ["import", "pix2pix", "--g", str(tmp_path / "latest_net_G.pth")]
+    done = i2i(*args, "--out", str(tmp_path / "a.pt"))
+    assert done.returncode != 0  # the default --netG unet_256 does not fit a unet_128 file
+    assert "The file fits with: --netG unet_128 --ngf 4" in done.stderr
+    done = i2i(*args, "--netG", "unet_128", "--ngf", "4", "--out", str(tmp_path / "b.pt"))
+    assert done.returncode == 0, done.stderr
+    assert "direction A2B" in done.stdout
+    model = load_checkpoint(tmp_path / "b.pt")["config"]["model"]
+    assert (model["norm"], model["dropout"], model["netG"]) == ("batch", True, "unet_128")
+
+
+def test_unet_dropout_flag_cannot_matter(tmp_path):
+    # The U-Net's dropout layers come last in their blocks and hold no weights: files with
+    # and without them have the same keys, and eval mode (how i2i runs) skips them anyway.
+    ref = _reference_file(tmp_path / "g.pth", seed=4, dropout=False)
+    import_pix2pix(tmp_path / "m.pt", g=tmp_path / "g.pth", options=Pix2PixOptions(**TINY))
+    _, nets = load_trained_networks(tmp_path / "m.pt")
+    x = torch.rand(1, 3, 128, 128) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(nets["g"](x), ref(x))
