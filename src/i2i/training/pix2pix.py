@@ -58,6 +58,7 @@ class Pix2PixTrainer:
     """
 
     network_names = ("g", "d")
+    paired = True  # trains on aligned pairs (see build_dataset)
 
     def __init__(
         self,
