@@ -154,7 +154,7 @@ def options_from_reference(
 def _in_yaml_terms(message: str) -> str:
     """Replace i2i option names in ``message`` with the reference YAML's names."""
     for option, name in sorted(_YAML_NAME.items(), key=lambda item: -len(item[0])):
-        message = re.sub(rf"'{option}'|\b{option}\b(?=[ :])", name, message)
+        message = re.sub(rf"(?<![\w.]){option}\b(?=['\s:])", name, message)
     return message
 
 
