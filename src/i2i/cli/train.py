@@ -193,6 +193,22 @@ def run_import_pix2pix(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_import_unit_family(args: argparse.Namespace) -> int:
+    from i2i.importers import import_reference
+
+    summary = import_reference(args.family, args.gen, args.config, args.out)
+    for note in summary["notes"]:
+        print(f"note: {note}")
+    dropped = sum(len(keys) for keys in summary["dropped_keys"].values())
+    if dropped:
+        print(f"note: {dropped} stale InstanceNorm statistics dropped")
+    print(
+        f"wrote {args.out} ({args.family}, step {summary['step']}) with directions "
+        f"{', '.join(summary['directions'])}"
+    )
+    return 0
+
+
 def add_commands(sub: Any) -> None:
     """Register train, data, eval and import on the `i2i` parser's subcommands."""
     p = sub.add_parser("train", help="train a model (same as i2i-train)", epilog=EPILOG)
@@ -350,6 +366,25 @@ def add_commands(sub: Any) -> None:
         help="the reference's --direction; names the translator A2B or B2A (default AtoB)",
     )
     p.set_defaults(func=run_import_pix2pix, extras=EXTRAS)
+
+    for family, repo in (("unit", "mingyuliutw/UNIT"), ("munit", "NVlabs/MUNIT")):
+        p = imp_sub.add_parser(
+            family,
+            help=f"from {repo} generator files (gen_XXXXXXXX.pt)",
+            description="Convert the reference's generator file (gen_XXXXXXXX.pt, both "
+            "domains' generators) and the YAML config it was trained with into one i2i "
+            "checkpoint with both directions. The step is read from the file name.",
+        )
+        p.add_argument("--gen", type=Path, required=True, help="the reference's gen_XXXXXXXX.pt")
+        p.add_argument(
+            "--config",
+            type=Path,
+            required=True,
+            help="the run's YAML config (config.yaml in its output folder, or the "
+            "configs/*.yaml it was trained with): gen.*, dis.*, input_dim_a/b are read",
+        )
+        p.add_argument("--out", type=Path, required=True, help="i2i checkpoint to write (.pt)")
+        p.set_defaults(func=run_import_unit_family, family=family, extras=EXTRAS)
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
