@@ -125,9 +125,10 @@ def load_perceptual_network(path: str | os.PathLike[str]) -> VGG16Features:
     if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
         raise ConfigError(f"loss.vgg_weights: {file} does not hold a state dict of tensors")
     state, caffe = _features_state(raw, file)
-    net = VGG16Features(caffe=caffe)
+    with torch.random.fork_rng(devices=[]):  # the initial weights are replaced: leave the
+        net = VGG16Features(caffe=caffe)  # training's random stream as it was
     expected = net.features.state_dict()
-    missing = sorted(set(expected) - set(state), key=_index)
+    missing = sorted(set(expected) - set(state), key=lambda k: (_index(k), k))
     if missing:
         raise ConfigError(
             f"loss.vgg_weights: {file} lacks VGG16 layers ({', '.join(missing[:4])}"
