@@ -28,6 +28,15 @@ from tests.serving.conftest import (
 # checks that every registered family has one).
 TINY_MODEL_OPTIONS: dict[str, dict] = {
     "cyclegan": {"ngf": 4, "ndf": 4, "netG": "resnet_6blocks"},
+    "munit": {
+        "gen_dim": 4,
+        "n_res": 1,
+        "mlp_dim": 8,
+        "dis_dim": 4,
+        "dis_n_layer": 2,
+        "num_scales": 2,
+    },
+    "unit": {"gen_dim": 4, "n_res": 1, "dis_dim": 4, "dis_n_layer": 2, "num_scales": 2},
 }
 
 

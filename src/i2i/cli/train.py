@@ -154,6 +154,19 @@ def run_import_cyclegan(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_import_unit_family(args: argparse.Namespace) -> int:
+    from i2i.importers import import_reference
+
+    summary = import_reference(args.family, args.gen, args.config, args.out)
+    for note in summary["notes"]:
+        print(f"note: {note}")
+    print(
+        f"wrote {args.out} ({args.family}, step {summary['step']}) with directions "
+        f"{', '.join(summary['directions'])}"
+    )
+    return 0
+
+
 def add_commands(sub: Any) -> None:
     """Register train, data, eval and import on the `i2i` parser's subcommands."""
     p = sub.add_parser("train", help="train a model (same as i2i-train)", epilog=EPILOG)
@@ -235,6 +248,25 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--input-nc", type=int, default=3, help="channels of domain A (default 3)")
     p.add_argument("--output-nc", type=int, default=3, help="channels of domain B (default 3)")
     p.set_defaults(func=run_import_cyclegan, extras=EXTRAS)
+
+    for family, repo in (("unit", "mingyuliutw/UNIT"), ("munit", "NVlabs/MUNIT")):
+        p = imp_sub.add_parser(
+            family,
+            help=f"from {repo} generator files (gen_XXXXXXXX.pt)",
+            description="Convert the reference's generator file (gen_XXXXXXXX.pt, both "
+            "domains' generators) and the YAML config it was trained with into one i2i "
+            "checkpoint with both directions. The step is read from the file name.",
+        )
+        p.add_argument("--gen", type=Path, required=True, help="the reference's gen_XXXXXXXX.pt")
+        p.add_argument(
+            "--config",
+            type=Path,
+            required=True,
+            help="the run's YAML config (config.yaml in its output folder, or the "
+            "configs/*.yaml it was trained with): gen.*, dis.*, input_dim_a/b are read",
+        )
+        p.add_argument("--out", type=Path, required=True, help="i2i checkpoint to write (.pt)")
+        p.set_defaults(func=run_import_unit_family, family=family, extras=EXTRAS)
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:

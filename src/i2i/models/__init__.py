@@ -9,8 +9,13 @@ Build a family's networks by name::
 Each family module below registers itself when imported; add new families to this list.
 """
 
-from i2i.models import cyclegan  # registers "cyclegan"
+from i2i.models import (
+    cyclegan,  # registers "cyclegan"
+    munit,  # registers "munit"
+    unit,  # registers "unit"
+)
 from i2i.models.cyclegan import CycleGANOptions
+from i2i.models.munit import MUNITOptions
 from i2i.models.networks import (
     DISCRIMINATOR_ARCHS,
     GENERATOR_ARCHS,
@@ -29,17 +34,27 @@ from i2i.models.registry import (
     options_from_dict,
     register_family,
 )
-from i2i.models.translators import ImageTranslator, translators_by_direction
+from i2i.models.translators import (
+    ImageStyleEncoder,
+    ImageTranslator,
+    StyleTranslator,
+    translators_by_direction,
+)
+from i2i.models.unit import UNITOptions
 
 __all__ = [
     "DISCRIMINATOR_ARCHS",
     "GENERATOR_ARCHS",
     "CycleGANOptions",
+    "ImageStyleEncoder",
     "ImageTranslator",
+    "MUNITOptions",
     "ModelFamily",
     "ShapeRule",
     "StyleEncoderFactory",
+    "StyleTranslator",
     "TranslatorFactory",
+    "UNITOptions",
     "build_discriminator",
     "build_generator",
     "create_networks",
@@ -47,7 +62,9 @@ __all__ = [
     "get_family",
     "init_weights",
     "list_families",
+    "munit",
     "options_from_dict",
     "register_family",
     "translators_by_direction",
+    "unit",
 ]

@@ -44,7 +44,8 @@ class ModelFamily:
             hold one direction only). Left out, each direction's generator is wrapped in an
             :class:`~i2i.models.translators.ImageTranslator`.
         style_dim: the size S of the style code a multimodal family's translators take as
-            a second input (float32 [N, S]); 0 for families without one.
+            a second input (float32 [N, S]) with the default options; 0 for families
+            without one. A model's own S can differ: see :meth:`style_dim_for`.
         style_encoders: multimodal families only: ``(networks, options) -> {direction:
             module}``, for each direction the module that computes a style code from an
             image of the direction's *target* domain, ``uint8 [N, H, W, C] -> float32 [N,
@@ -88,6 +89,13 @@ class ModelFamily:
                 "translators",
                 lambda networks, options: translators_by_direction(networks, directions),
             )
+
+    def style_dim_for(self, options: Any) -> int:
+        """S of a model built with ``options``: their ``style_dim`` field if they have one,
+        else the family's :attr:`style_dim`; 0 for families without style."""
+        if self.style_dim == 0:
+            return 0
+        return int(getattr(options, "style_dim", self.style_dim))
 
 
 _FAMILIES: dict[str, ModelFamily] = {}

@@ -92,3 +92,97 @@ def translators_by_direction(
         for direction, generator in directions.items()
         if generator in networks
     }
+
+
+def _image_to_float(image: torch.Tensor, channels: int) -> torch.Tensor:
+    """uint8 [N, H, W, C] -> float32 [N, C, H, W] in [-1, 1], checking dtype and channels."""
+    if image.dtype != torch.uint8 or image.dim() != 4:
+        raise ValueError(
+            f"expected a uint8 image batch [N, H, W, C], got {image.dtype} with shape "
+            f"{tuple(image.shape)}"
+        )
+    # While TorchScript traces, the check would be baked into the graph as a constant.
+    if not torch.jit.is_tracing() and image.shape[-1] != channels:
+        raise ValueError(
+            f"expected {channels} channel(s) in the last dimension, got shape {tuple(image.shape)}"
+        )
+    # Cast first, then transpose floats (see ImageTranslator.forward).
+    return image.to(torch.float32).permute(0, 3, 1, 2) / 127.5 - 1.0
+
+
+def _float_to_image(y: torch.Tensor) -> torch.Tensor:
+    """float [N, C, H, W] in [-1, 1] -> uint8 [N, H, W, C], rounding half to even."""
+    pixels = torch.clamp(torch.round((y + 1.0) * 127.5), 0.0, 255.0)
+    return pixels.permute(0, 2, 3, 1).to(torch.uint8)
+
+
+def _check_channels(channels: int, what: str) -> int:
+    if channels not in (1, 3):
+        raise ValueError(f"images must have 1 or 3 channels, got {channels} ({what})")
+    return channels
+
+
+class StyleTranslator(nn.Module):
+    """A multimodal translator: ``(uint8 [N, H, W, C_in], float32 [N, S]) -> uint8 [N, H, W,
+    C_out]`` (contract 2 with a style input).
+
+    Args:
+        content_encoder: float (N, C_in, H, W) in [-1, 1] -> content code.
+        decoder: ``(content, style (N, S)) -> (N, C_out, H, W)`` in [-1, 1].
+        in_channels, out_channels: 1 or 3.
+        style_dim: S, the length of the style code.
+    """
+
+    def __init__(
+        self,
+        content_encoder: nn.Module,
+        decoder: nn.Module,
+        in_channels: int,
+        out_channels: int,
+        style_dim: int,
+    ) -> None:
+        super().__init__()
+        if style_dim < 1:
+            raise ValueError(f"style_dim must be >= 1, got {style_dim}")
+        self.content_encoder = content_encoder
+        self.decoder = decoder
+        self.in_channels = _check_channels(in_channels, "in_channels")
+        self.out_channels = _check_channels(out_channels, "out_channels")
+        self.style_dim = style_dim
+
+    def forward(self, image: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        if style.dtype != torch.float32 or style.dim() != 2:
+            raise ValueError(
+                f"expected a float32 style batch [N, {self.style_dim}], got {style.dtype} "
+                f"with shape {tuple(style.shape)}"
+            )
+        if not torch.jit.is_tracing() and (
+            style.shape[1] != self.style_dim or style.shape[0] != image.shape[0]
+        ):
+            raise ValueError(
+                f"expected a style batch [N, {self.style_dim}] with the images' N = "
+                f"{image.shape[0]}, got shape {tuple(style.shape)}"
+            )
+        x = _image_to_float(image, self.in_channels)
+        return _float_to_image(self.decoder(self.content_encoder(x), style))
+
+
+class ImageStyleEncoder(nn.Module):
+    """The style code of reference images: ``uint8 [N, H, W, C] -> float32 [N, S]``.
+
+    Args:
+        encoder: float (N, C, H, W) in [-1, 1] -> (N, S, ...) (e.g. (N, S, 1, 1)).
+        in_channels: C, 1 or 3.
+        style_dim: S.
+    """
+
+    def __init__(self, encoder: nn.Module, in_channels: int, style_dim: int) -> None:
+        super().__init__()
+        if style_dim < 1:
+            raise ValueError(f"style_dim must be >= 1, got {style_dim}")
+        self.encoder = encoder
+        self.in_channels = _check_channels(in_channels, "in_channels")
+        self.style_dim = style_dim
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.encoder(_image_to_float(image, self.in_channels)).flatten(1)
