@@ -184,3 +184,23 @@ def test_files_that_are_not_generator_pairs(tmp_path: Path) -> None:
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
     with pytest.raises(ImportError_, match="not a readable PyTorch file"):
         import_unit(tmp_path / "junk.pt", config, tmp_path / "o.pt")
+
+
+def test_stale_instance_norm_statistics_are_dropped(tmp_path: Path) -> None:
+    """PyTorch < 0.4 saved running statistics of the encoders' instance norms; the AdaIN
+    layers' own buffers (MUNIT) are kept."""
+    state = torch.load(FIXTURES / "munit" / GEN, weights_only=True)
+    for side in ("a", "b"):
+        state[side]["enc_content.model.0.norm.running_mean"] = torch.zeros(4)
+        state[side]["enc_content.model.0.norm.running_var"] = torch.ones(4)
+    torch.save(state, tmp_path / "gen_00000005.pt")
+    summary = import_munit(
+        tmp_path / "gen_00000005.pt", FIXTURES / "munit" / "config.yaml", tmp_path / "o.pt"
+    )
+    assert summary["dropped_keys"]["gen_a"] == [
+        "enc_content.model.0.norm.running_mean",
+        "enc_content.model.0.norm.running_var",
+    ]
+    networks = load_checkpoint(tmp_path / "o.pt")["networks"]
+    assert "dec.model.0.model.0.model.0.norm.running_mean" in networks["gen_a"]
+    assert "enc_content.model.0.norm.running_mean" not in networks["gen_a"]

@@ -160,6 +160,9 @@ def run_import_unit_family(args: argparse.Namespace) -> int:
     summary = import_reference(args.family, args.gen, args.config, args.out)
     for note in summary["notes"]:
         print(f"note: {note}")
+    dropped = sum(len(keys) for keys in summary["dropped_keys"].values())
+    if dropped:
+        print(f"note: {dropped} stale InstanceNorm statistics dropped")
     print(
         f"wrote {args.out} ({args.family}, step {summary['step']}) with directions "
         f"{', '.join(summary['directions'])}"

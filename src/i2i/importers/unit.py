@@ -29,7 +29,7 @@ from torch import nn
 
 from i2i._files import sha256_file
 from i2i.checkpoint import make_checkpoint, save_checkpoint
-from i2i.importers.cyclegan import ImportError_
+from i2i.importers.cyclegan import ImportError_, _drop_instance_norm_stats
 from i2i.models import get_family, options_from_dict
 
 _IMPLEMENTATIONS = {"unit": "mingyuliutw/UNIT", "munit": "NVlabs/MUNIT"}
@@ -239,13 +239,19 @@ def fit_generators(
     networks: Mapping[str, nn.Module],
     options: Any,
     config_path: Path,
+    dropped: dict[str, list[str]],
 ) -> dict[str, dict[str, torch.Tensor]]:
     """Check each of ``{"a", "b"}`` against ``networks["gen_a"|"gen_b"]``; the converted state
-    dicts (keyed gen_a, gen_b), or ImportError_ saying what differs and what would fit."""
+    dicts (keyed gen_a, gen_b), or ImportError_ saying what differs and what would fit.
+
+    Stale instance norm statistics are removed first; their keys go into ``dropped``.
+    """
     converted = {}
     problems, hints = [], []
     for side in ("a", "b"):
-        state = generators[side]
+        state = dict(generators[side])
+        # Files of PyTorch < 0.4 hold instance norm running statistics the layers never use.
+        dropped[f"gen_{side}"] = _drop_instance_norm_stats(state, networks[f"gen_{side}"])
         expected = networks[f"gen_{side}"].state_dict()
         missing, unexpected, wrong = _mismatch(state, expected)
         if not (missing or unexpected or wrong):
@@ -295,7 +301,8 @@ def import_reference(
         out: the i2i checkpoint to write.
 
     Returns a summary: ``out``, ``step``, ``directions``, ``options``, ``notes`` (config
-    values not used), ``sources`` (file and sha256 of each input).
+    values not used), ``dropped_keys`` (stale instance norm statistics removed, per
+    generator), ``sources`` (file and sha256 of each input).
     """
     if family not in _IMPLEMENTATIONS:
         raise ValueError(f"family must be one of {', '.join(_IMPLEMENTATIONS)}, got {family!r}")
@@ -305,7 +312,10 @@ def import_reference(
         family, read_reference_config(config_path), source=str(config_path)
     )
     networks = get_family(family).build(options)
-    converted = fit_generators(family, gen_path, generators, networks, options, config_path)
+    dropped: dict[str, list[str]] = {}
+    converted = fit_generators(
+        family, gen_path, generators, networks, options, config_path, dropped
+    )
     match = _STEP.search(gen_path.name)
     step = int(match.group(1)) if match else 0
     sources = {
@@ -327,6 +337,7 @@ def import_reference(
         "directions": ["A2B", "B2A"],
         "options": asdict(options),
         "notes": notes,
+        "dropped_keys": dropped,
         "sources": sources,
     }
 

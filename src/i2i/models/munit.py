@@ -186,8 +186,12 @@ class AdaINGen(nn.Module):
 
 
 def build_munit(options: MUNITOptions) -> dict[str, nn.Module]:
-    """Build and initialise gen_a, gen_b, dis_a and dis_b, in the reference's order (a
-    seeded global torch RNG gives the reference trainer's initial networks)."""
+    """Build and initialise gen_a, gen_b, dis_a and dis_b, in the reference's order.
+
+    From the same global torch RNG state, the weights equal the reference's networks built
+    in the same order and then initialised. (The reference trainer also draws its fixed
+    display style codes in between, which shifts the stream; i2i's trainer draws its own.)
+    """
     o = options
     gen_a, gen_b = (
         AdaINGen(

@@ -207,7 +207,7 @@ def build_unit(options: UNITOptions) -> dict[str, nn.Module]:
     """Build and initialise gen_a, gen_b, dis_a and dis_b, in the reference's order.
 
     Built under a seeded global torch RNG with ``share=False`` they equal the reference
-    trainer's initial networks.
+    trainer's initial networks (checked against its code, with the same key order).
     """
     o = options
     gen_a, gen_b = (
