@@ -310,3 +310,20 @@ def test_ddp_keeps_every_network_in_sync(family, tmp_path):
     lines = [ln for ln in done.stdout.splitlines() if ln.split()[:1] in (["dis_a"], ["dis_b"],
              ["gen_a"], ["gen_b"])]  # fmt: skip
     assert sorted(lines) == ["dis_a same", "dis_b same", "gen_a same", "gen_b same"]
+
+
+@pytest.mark.parametrize("preset", ["unit-tiny", "munit-tiny"])
+def test_tiny_presets_train_through_the_cli(preset, tmp_path, capsys):
+    """Two steps of each tiny preset through `i2i train`, on 64 px images as it expects."""
+    from i2i.cli import main
+    from tests.conftest import write_images
+
+    data = tmp_path / "data"
+    write_images(data / "trainA", 3, size=64, seed=1)
+    write_images(data / "trainB", 3, size=64, seed=2, tint=(1.0, 0.8, 0.6))
+    run = tmp_path / "run"
+    args = ["train", "--config", preset, "--data", str(data), "--out", str(run)]
+    assert main([*args, "--max-steps", "2", "--no-progress", "--set", "data.num_workers=0"]) == 0
+    assert "trained 2 steps" in capsys.readouterr().out
+    assert load_checkpoint(run / "latest.pt")["family"] == preset.removesuffix("-tiny")
+    assert list((run / "samples").glob("*.png"))
