@@ -1,0 +1,427 @@
+"""UNIT training (Liu et al. 2017), in the order and with the losses of mingyuliutw/UNIT.
+
+Networks, with the reference's names: gen_a and gen_b are VAE-like auto-encoders
+(``encode(x) -> (hiddens, noise)``, ``decode(h) -> image``), dis_a and dis_b multi-scale
+discriminators (``dis(x) -> [output per scale]``). With weight sharing, gen_a and gen_b
+hold the same modules for the shared layers; each parameter is optimised once.
+
+One step, as the reference's training loop: ``dis_update`` then ``gen_update`` on the
+same batch, each with its own encoder noise.
+
+- dis_update: translate with noise (x_ba = G_a(E_b(x_b) + n), x_ab likewise) and train
+  both discriminators, real against translated: ``gan_w * (dis_a + dis_b)``.
+- gen_update: within-domain reconstruction (recon_x), the KL term of each encoding
+  (recon_kl: ``mean(mu ** 2)``, the reference's ``__compute_kl``: a unit-variance
+  Gaussian posterior), the adversarial terms, and the VAE-like cycle: re-encode each
+  translation, decode it back (cyc_x) and penalise the KL of the re-encoding (recon_kl_cyc);
+  optionally the domain-invariant perceptual term (vgg, see :mod:`i2i.training.vgg`).
+
+Reported losses carry the reference's attribute names without ``loss_`` and are
+unweighted, as the reference logs them; ``gen_total`` and ``dis_total`` are the weighted
+sums that are minimised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import ConfigError, TrainConfig, loss_options
+from .cyclegan import set_requires_grad
+from .losses import gan_loss
+
+log = logging.getLogger(__name__)
+
+# i2i's gan_mode -> the reference's MsImageDis gan_type (vanilla is its nsgan).
+MULTISCALE_GAN_MODES = {"lsgan": "lsgan", "vanilla": "nsgan"}
+
+
+def check_nonnegative(options: Any) -> None:
+    """ValueError naming the first negative float field of a loss-options dataclass."""
+    for f in fields(options):
+        value = getattr(options, f.name)
+        if isinstance(value, float) and value < 0:
+            raise ValueError(f"{f.name} must be >= 0, got {value}")
+
+
+@dataclass
+class UNITLossOptions:
+    """UNIT's loss weights (``loss.*`` keys), with the reference configs' names and values.
+
+    ``vgg_weights``: a local VGG16 state dict, needed when ``vgg_w`` > 0 (never
+    downloaded; see :mod:`i2i.training.vgg` for the layouts it reads).
+    """
+
+    gan_w: float = 1.0
+    recon_x_w: float = 10.0
+    recon_kl_w: float = 0.01
+    recon_x_cyc_w: float = 10.0
+    recon_kl_cyc_w: float = 0.01
+    vgg_w: float = 0.0
+    vgg_weights: str = ""
+
+    def __post_init__(self) -> None:
+        check_nonnegative(self)
+
+
+def multiscale_dis_loss(
+    dis: nn.Module, fake: torch.Tensor, real: torch.Tensor, mode: str
+) -> torch.Tensor:
+    """The reference's ``MsImageDis.calc_dis_loss``: over scales, fake toward 0, real toward 1.
+
+    lsgan: ``sum_s mean(out_fake ** 2) + mean((out_real - 1) ** 2)``; vanilla (the
+    reference's nsgan): binary cross-entropy of the logits, summed the same way.
+    """
+    outs_fake, outs_real = dis(fake), dis(real)
+    terms = [
+        gan_loss(o_fake, False, mode) + gan_loss(o_real, True, mode)
+        for o_fake, o_real in zip(outs_fake, outs_real, strict=True)
+    ]
+    return torch.stack(terms).sum()
+
+
+def multiscale_gen_loss(dis: nn.Module, fake: torch.Tensor, mode: str) -> torch.Tensor:
+    """The reference's ``MsImageDis.calc_gen_loss``: every scale's output toward real."""
+    return torch.stack([gan_loss(out, True, mode) for out in dis(fake)]).sum()
+
+
+def recon_criterion(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The reference's ``recon_criterion``: mean absolute difference."""
+    return torch.mean(torch.abs(output - target))
+
+
+def kl_loss(mu: torch.Tensor) -> torch.Tensor:
+    """The reference's ``__compute_kl``: KL to N(0, I) of N(mu, I), up to a constant."""
+    return torch.mean(mu**2)
+
+
+def unique_parameters(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
+    """Trainable parameters of ``modules`` in order, each once (shared layers appear once)."""
+    seen: set[int] = set()
+    out: list[nn.Parameter] = []
+    for module in modules:
+        for p in module.parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out
+
+
+class TwoDomainTrainer:
+    """What the UNIT and MUNIT trainers share: optimisers, scalers, autocast, visuals.
+
+    Subclasses set ``loss_options_type`` and implement ``step`` and ``_make_visuals``.
+
+    Args:
+        cfg: the run's configuration; loss weights in ``cfg.loss``.
+        networks: gen_a, gen_b, dis_a, dis_b (already on ``device``).
+        device: where the batches go.
+        wrap: turns a module into what the step calls (DDP, torch.compile).
+    """
+
+    network_names = ("gen_a", "gen_b", "dis_a", "dis_b")
+    loss_options_type: type[Any] = UNITLossOptions
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        networks: dict[str, nn.Module],
+        device: torch.device,
+        wrap: Callable[[nn.Module], nn.Module] | None = None,
+    ) -> None:
+        if cfg.gan_mode not in MULTISCALE_GAN_MODES:
+            raise ConfigError(
+                f"gan_mode={cfg.gan_mode!r}: {cfg.family} trains with "
+                f"{' or '.join(MULTISCALE_GAN_MODES)} (the reference's lsgan and nsgan)"
+            )
+        missing = [n for n in self.network_names if n not in networks]
+        if missing:
+            raise ConfigError(f"{cfg.family}: networks {', '.join(missing)} are missing")
+        self.cfg = cfg
+        self.loss = loss_options(cfg, self.loss_options_type)
+        self.device = device
+        self.networks = networks
+        self.wrap = wrap or (lambda m: m)
+        self.dis_a, self.dis_b = self.wrap(networks["dis_a"]), self.wrap(networks["dis_b"])
+
+        def adam(modules: list[nn.Module]) -> torch.optim.Adam:
+            return torch.optim.Adam(
+                unique_parameters(modules),
+                lr=cfg.lr,
+                betas=(cfg.beta1, cfg.beta2),
+                weight_decay=cfg.weight_decay,
+            )
+
+        # The reference's order: dis_opt over dis_a then dis_b, gen_opt over gen_a then gen_b.
+        self.optimizers = {
+            "dis": adam([networks["dis_a"], networks["dis_b"]]),
+            "gen": adam([networks["gen_a"], networks["gen_b"]]),
+        }
+        fp16 = cfg.amp == "fp16"
+        self.scalers = {
+            name: torch.amp.GradScaler(device.type, enabled=fp16) for name in self.optimizers
+        }
+        self.vgg: nn.Module | None = None
+        if self.loss.vgg_w > 0:
+            from .vgg import load_perceptual_network
+
+            options = _model_options(cfg)
+            if options.input_nc != 3 or options.output_nc != 3:
+                raise ConfigError(
+                    f"loss.vgg_w={self.loss.vgg_w}: the perceptual term needs RGB images in "
+                    f"both domains (input_nc {options.input_nc}, output_nc {options.output_nc})"
+                )
+            self.vgg = load_perceptual_network(self.loss.vgg_weights).to(device)
+        elif self.loss.vgg_weights:
+            log.warning("loss.vgg_weights is set but loss.vgg_w is 0: no perceptual term")
+        self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._visuals: dict[str, torch.Tensor] | None = None
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.cfg.amp == "off":
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.cfg.amp == "fp16" else torch.bfloat16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _backward_and_step(self, name: str, loss: torch.Tensor) -> None:
+        scaler = self.scalers[name]
+        scaler.scale(loss).backward()
+        scaler.step(self.optimizers[name])
+        scaler.update()
+
+    def _dis_update(
+        self, x_a: torch.Tensor, x_ba: torch.Tensor, x_b: torch.Tensor, x_ab: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Train both discriminators on real images against (detached) translations."""
+        mode = self.cfg.gan_mode
+        self.optimizers["dis"].zero_grad(set_to_none=True)
+        with self.autocast():
+            loss_a = multiscale_dis_loss(self.dis_a, x_ba.detach(), x_a, mode)
+            loss_b = multiscale_dis_loss(self.dis_b, x_ab.detach(), x_b, mode)
+            total = self.loss.gan_w * loss_a + self.loss.gan_w * loss_b
+        self._backward_and_step("dis", total)
+        return {"dis_a": loss_a, "dis_b": loss_b, "dis_total": total}
+
+    def _gen_update(
+        self, compute: Callable[[], dict[str, torch.Tensor]], weights: dict[str, float]
+    ) -> dict[str, torch.Tensor]:
+        """Minimise ``sum(weights[k] * losses[k])`` over the generators, discriminators frozen.
+
+        ``compute`` runs under autocast and returns the unweighted losses.
+        """
+        plain = [self.networks["dis_a"], self.networks["dis_b"]]
+        set_requires_grad(plain, False)
+        try:
+            self.optimizers["gen"].zero_grad(set_to_none=True)
+            with self.autocast():
+                losses = compute()
+                total = sum(
+                    (weights[k] * v for k, v in losses.items()),
+                    torch.zeros((), device=self.device),
+                )
+            self._backward_and_step("gen", total)
+        finally:
+            set_requires_grad(plain, True)
+        losses["gen_total"] = total
+        return losses
+
+    def _perceptual(self, img: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        assert self.vgg is not None
+        from .vgg import perceptual_loss
+
+        return perceptual_loss(self.vgg, img, target)
+
+    def _finish_step(
+        self, x_a: torch.Tensor, x_b: torch.Tensor, losses: dict[str, torch.Tensor]
+    ) -> dict[str, float]:
+        self._batch = (x_a.detach(), x_b.detach())
+        self._visuals = None
+        return {name: float(value.detach()) for name, value in losses.items()}
+
+    @property
+    def last_visuals(self) -> dict[str, torch.Tensor]:
+        """Sample images of the last step's batch, computed when first asked for.
+
+        Computed in eval mode without gradients, inside a forked RNG: asking for them
+        does not change the training's random stream (an exact resume does not depend on
+        when samples were written).
+        """
+        if self._batch is None:
+            return {}
+        if self._visuals is None:
+            nets = list(self.networks.values())
+            modes = [net.training for net in nets]
+            devices = [self.device] if self.device.type == "cuda" else []
+            try:
+                with torch.random.fork_rng(devices=devices), torch.no_grad():
+                    for net in nets:
+                        net.eval()
+                    with self.autocast():
+                        self._visuals = {
+                            k: v.detach() for k, v in self._make_visuals(*self._batch).items()
+                        }
+            finally:
+                for net, mode in zip(nets, modes, strict=True):
+                    net.train(mode)
+        return self._visuals
+
+    def _make_visuals(self, x_a: torch.Tensor, x_b: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything beyond networks, optimisers and RNGs that an exact resume needs."""
+        return {"scalers": {name: s.state_dict() for name, s in self.scalers.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, s in self.scalers.items():
+            if state["scalers"].get(name):
+                s.load_state_dict(state["scalers"][name])
+
+
+def _model_options(cfg: TrainConfig) -> Any:
+    from i2i.models import options_from_dict
+
+    try:
+        return options_from_dict(cfg.family, cfg.model)
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(f"model: {exc.args[0] if exc.args else exc}") from exc
+
+
+class UNITGenerators(nn.Module):
+    """gen_a and gen_b as one module, so DDP and torch.compile see the whole computation.
+
+    ``forward(x_a, x_b)`` returns the noisy translations; with ``full`` also the
+    within-domain reconstructions, the re-encodings of the translations and, with
+    ``cycle``, the cycle reconstructions. The encoders draw their noise (in the reference's
+    order: x_a, x_b, then x_ba, x_ab) from torch's global RNG.
+    """
+
+    def __init__(self, gen_a: nn.Module, gen_b: nn.Module) -> None:
+        super().__init__()
+        # Any: the networks' encode/decode are not part of nn.Module's type.
+        self.gen_a: Any = gen_a
+        self.gen_b: Any = gen_b
+
+    def forward(
+        self, x_a: torch.Tensor, x_b: torch.Tensor, full: bool = False, cycle: bool = False
+    ) -> dict[str, torch.Tensor]:
+        h_a, n_a = self.gen_a.encode(x_a)
+        h_b, n_b = self.gen_b.encode(x_b)
+        out = {
+            "h_a": h_a,
+            "h_b": h_b,
+            "x_ba": self.gen_a.decode(h_b + n_b),
+            "x_ab": self.gen_b.decode(h_a + n_a),
+        }
+        if not full:
+            return out
+        out["x_a_recon"] = self.gen_a.decode(h_a + n_a)
+        out["x_b_recon"] = self.gen_b.decode(h_b + n_b)
+        h_b_recon, n_b_recon = self.gen_a.encode(out["x_ba"])
+        h_a_recon, n_a_recon = self.gen_b.encode(out["x_ab"])
+        out["h_a_recon"], out["h_b_recon"] = h_a_recon, h_b_recon
+        if cycle:
+            out["x_aba"] = self.gen_a.decode(h_a_recon + n_a_recon)
+            out["x_bab"] = self.gen_b.decode(h_b_recon + n_b_recon)
+        return out
+
+
+class UNITTrainer(TwoDomainTrainer):
+    """Holds the optimisers of a UNIT run and performs its steps (see the module docstring)."""
+
+    loss_options_type = UNITLossOptions
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        networks: dict[str, nn.Module],
+        device: torch.device,
+        wrap: Callable[[nn.Module], nn.Module] | None = None,
+    ) -> None:
+        super().__init__(cfg, networks, device, wrap)
+        self.gens = self.wrap(UNITGenerators(networks["gen_a"], networks["gen_b"]))
+
+    def step(self, batch: dict[str, Any]) -> dict[str, float]:
+        """One step (dis_update, then gen_update) on {"A": (N,C,H,W), "B": ...}; losses."""
+        w = self.loss
+        x_a, x_b = self._to_device(batch["A"]), self._to_device(batch["B"])
+
+        with torch.no_grad(), self.autocast():
+            fakes = self.gens(x_a, x_b)
+        losses = self._dis_update(x_a, fakes["x_ba"], x_b, fakes["x_ab"])
+
+        cycle = w.recon_x_cyc_w > 0
+        dis_a, dis_b = self.networks["dis_a"], self.networks["dis_b"]
+        mode = self.cfg.gan_mode
+
+        def compute() -> dict[str, torch.Tensor]:
+            out = self.gens(x_a, x_b, full=True, cycle=cycle)
+            terms = {
+                "gen_recon_x_a": recon_criterion(out["x_a_recon"], x_a),
+                "gen_recon_x_b": recon_criterion(out["x_b_recon"], x_b),
+                "gen_recon_kl_a": kl_loss(out["h_a"]),
+                "gen_recon_kl_b": kl_loss(out["h_b"]),
+                "gen_recon_kl_cyc_aba": kl_loss(out["h_a_recon"]),
+                "gen_recon_kl_cyc_bab": kl_loss(out["h_b_recon"]),
+                "gen_adv_a": multiscale_gen_loss(dis_a, out["x_ba"], mode),
+                "gen_adv_b": multiscale_gen_loss(dis_b, out["x_ab"], mode),
+            }
+            if cycle:
+                terms["gen_cyc_x_a"] = recon_criterion(out["x_aba"], x_a)
+                terms["gen_cyc_x_b"] = recon_criterion(out["x_bab"], x_b)
+            if self.vgg is not None:
+                terms["gen_vgg_a"] = self._perceptual(out["x_ba"], x_b)
+                terms["gen_vgg_b"] = self._perceptual(out["x_ab"], x_a)
+            return terms
+
+        weights = {
+            "gen_recon_x_a": w.recon_x_w,
+            "gen_recon_x_b": w.recon_x_w,
+            "gen_recon_kl_a": w.recon_kl_w,
+            "gen_recon_kl_b": w.recon_kl_w,
+            "gen_recon_kl_cyc_aba": w.recon_kl_cyc_w,
+            "gen_recon_kl_cyc_bab": w.recon_kl_cyc_w,
+            "gen_adv_a": w.gan_w,
+            "gen_adv_b": w.gan_w,
+            "gen_cyc_x_a": w.recon_x_cyc_w,
+            "gen_cyc_x_b": w.recon_x_cyc_w,
+            "gen_vgg_a": w.vgg_w,
+            "gen_vgg_b": w.vgg_w,
+        }
+        losses.update(self._gen_update(compute, weights))
+        return self._finish_step(x_a, x_b, losses)
+
+    def _make_visuals(self, x_a: torch.Tensor, x_b: torch.Tensor) -> dict[str, torch.Tensor]:
+        """As the reference's ``sample``: the encoder means, no noise; plus the cycle."""
+        gen_a: Any = self.networks["gen_a"]
+        gen_b: Any = self.networks["gen_b"]
+        h_a, _ = gen_a.encode(x_a)
+        h_b, _ = gen_b.encode(x_b)
+        x_ab, x_ba = gen_b.decode(h_a), gen_a.decode(h_b)
+        return {
+            "x_a": x_a,
+            "x_a_recon": gen_a.decode(h_a),
+            "x_ab": x_ab,
+            "x_aba": gen_a.decode(gen_b.encode(x_ab)[0]),
+            "x_b": x_b,
+            "x_b_recon": gen_b.decode(h_b),
+            "x_ba": x_ba,
+            "x_bab": gen_b.decode(gen_a.encode(x_ba)[0]),
+        }
+
+    def visual_rows(self) -> Iterator[tuple[str, ...]]:
+        """Rows of the sample grid: input, reconstruction, translation, cycle."""
+        yield ("x_a", "x_a_recon", "x_ab", "x_aba")
+        yield ("x_b", "x_b_recon", "x_ba", "x_bab")

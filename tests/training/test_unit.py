@@ -1,0 +1,329 @@
+"""UNIT training: one step, shared layers, loss options, the step LR policy, exact resume."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from i2i.checkpoint import load_checkpoint
+from i2i.data import TransformOptions, UnalignedDataset
+from i2i.models import get_family, options_from_dict
+from i2i.training import train
+from i2i.training.config import ConfigError, TrainConfig, load_config, loss_options
+from i2i.training.loop import trainer_class
+from i2i.training.monitor import read_loss_log
+from i2i.training.unit import (
+    UNITLossOptions,
+    multiscale_dis_loss,
+    multiscale_gen_loss,
+    unique_parameters,
+)
+from tests.conftest import TINY_MODEL_OPTIONS, tiny_config
+
+UNIT_LOSSES = {
+    "dis_a",
+    "dis_b",
+    "dis_total",
+    "gen_recon_x_a",
+    "gen_recon_x_b",
+    "gen_recon_kl_a",
+    "gen_recon_kl_b",
+    "gen_recon_kl_cyc_aba",
+    "gen_recon_kl_cyc_bab",
+    "gen_cyc_x_a",
+    "gen_cyc_x_b",
+    "gen_adv_a",
+    "gen_adv_b",
+    "gen_total",
+}
+
+
+def family_config(family: str, root: Path, **changes) -> TrainConfig:
+    """tiny_config for `family` with its tiny networks (model.* keys in `changes` added)."""
+    model = {**TINY_MODEL_OPTIONS[family], **changes.pop("model", {})}
+    return tiny_config(root, family=family, model=model, **changes)
+
+
+def trainer_and_batch(cfg: TrainConfig):
+    """(trainer, networks, batch) for `cfg`, networks seeded as the loop seeds them."""
+    torch.manual_seed(cfg.seed)
+    networks = get_family(cfg.family).build(options_from_dict(cfg.family, cfg.model))
+    for net in networks.values():
+        net.train()
+    trainer = trainer_class(cfg.family)(cfg, networks, torch.device("cpu"))
+    ds = UnalignedDataset(cfg.data.root, transform=TransformOptions("crop", 32, 32))
+    items = [ds[i] for i in range(cfg.batch_size)]
+    batch = {k: torch.stack([it[k] for it in items]) for k in ("A", "B")}
+    return trainer, networks, batch
+
+
+def assert_every_network_learns(networks, step) -> None:
+    """After `step()`, every network has changed, and every unchanged tensor is a bias.
+
+    (A convolution's bias followed by instance normalisation gets no gradient at all.)
+    """
+    before = {n: {k: p.detach().clone() for k, p in net.named_parameters()} for n, net in
+              networks.items()}  # fmt: skip
+    step()
+    for name, net in networks.items():
+        params = dict(net.named_parameters())
+        unchanged = [k for k, p in params.items() if torch.equal(before[name][k], p)]
+        assert len(unchanged) < len(params), f"{name}: no parameter changed"
+        assert all(k.endswith("bias") for k in unchanged), f"{name}: unchanged {unchanged}"
+
+
+@pytest.mark.parametrize("gan_mode", ["lsgan", "vanilla"])
+def test_one_step_changes_every_network(tiny_dataset, gan_mode):
+    trainer, networks, batch = trainer_and_batch(
+        family_config("unit", tiny_dataset, gan_mode=gan_mode)
+    )
+    losses: dict[str, float] = {}
+    assert_every_network_learns(networks, lambda: losses.update(trainer.step(batch)))
+    assert set(losses) == UNIT_LOSSES
+    assert all(math.isfinite(v) for v in losses.values())
+    # The discriminators are trainable again after the generators' update.
+    assert all(p.requires_grad for n in ("dis_a", "dis_b") for p in networks[n].parameters())
+
+
+def test_totals_are_the_reference_weighted_sums(tiny_dataset):
+    trainer, _, batch = trainer_and_batch(family_config("unit", tiny_dataset))
+    out = trainer.step(batch)
+    assert out["dis_total"] == pytest.approx(out["dis_a"] + out["dis_b"], rel=1e-5)
+    w = UNITLossOptions()
+    expected = (
+        w.gan_w * (out["gen_adv_a"] + out["gen_adv_b"])
+        + w.recon_x_w * (out["gen_recon_x_a"] + out["gen_recon_x_b"])
+        + w.recon_kl_w * (out["gen_recon_kl_a"] + out["gen_recon_kl_b"])
+        + w.recon_x_cyc_w * (out["gen_cyc_x_a"] + out["gen_cyc_x_b"])
+        + w.recon_kl_cyc_w * (out["gen_recon_kl_cyc_aba"] + out["gen_recon_kl_cyc_bab"])
+    )
+    assert out["gen_total"] == pytest.approx(expected, rel=1e-5)
+    assert (w.gan_w, w.recon_x_w, w.recon_kl_w, w.recon_x_cyc_w, w.recon_kl_cyc_w) == (
+        1.0, 10.0, 0.01, 10.0, 0.01,
+    )  # fmt: skip
+
+
+def test_cycle_weight_zero_drops_the_cycle_terms_and_weights_apply(tiny_dataset):
+    cfg = family_config("unit", tiny_dataset, loss={"recon_x_cyc_w": 0, "gan_w": 2.0})
+    trainer, _, batch = trainer_and_batch(cfg)
+    out = trainer.step(batch)
+    assert "gen_cyc_x_a" not in out and "gen_cyc_x_b" not in out
+    assert out["dis_total"] == pytest.approx(2.0 * (out["dis_a"] + out["dis_b"]), rel=1e-5)
+
+
+def test_multiscale_losses_follow_the_reference():
+    """lsgan: sum over scales of mean(fake^2) + mean((real - 1)^2); gen: mean((fake - 1)^2)."""
+    outputs = {
+        "fake": [torch.full((1, 1, 4, 4), 0.5), torch.full((1, 1, 2, 2), -1.0)],
+        "real": [torch.full((1, 1, 4, 4), 2.0), torch.full((1, 1, 2, 2), 1.0)],
+    }
+
+    def dis(x):
+        return outputs["fake" if x.item() == 0 else "real"]
+
+    fake, real = torch.zeros(()), torch.ones(())
+    assert multiscale_dis_loss(dis, fake, real, "lsgan").item() == pytest.approx(
+        (0.25 + 1.0) + (1.0 + 0.0)
+    )
+    assert multiscale_gen_loss(dis, fake, "lsgan").item() == pytest.approx(0.25 + 4.0)
+    # nsgan: binary cross-entropy of sigmoid(logits), here -log(1 - s(0.5)) and so on.
+    nll = torch.nn.functional.softplus
+    expected = nll(torch.tensor(0.5)) + nll(torch.tensor(-2.0)) + nll(torch.tensor(-1.0)) * 2
+    assert multiscale_dis_loss(dis, fake, real, "vanilla").item() == pytest.approx(
+        expected.item(), rel=1e-6
+    )
+
+
+def test_shared_layers_are_optimised_once(tiny_dataset):
+    cfg = family_config("unit", tiny_dataset, model={"share": True})
+    trainer, networks, _ = trainer_and_batch(cfg)
+    ids_a = {id(p) for p in networks["gen_a"].parameters()}
+    shared = [p for p in networks["gen_b"].parameters() if id(p) in ids_a]
+    assert shared, "share=True should make gen_a and gen_b hold the same layers"
+    params = trainer.optimizers["gen"].param_groups[0]["params"]
+    assert len({id(p) for p in params}) == len(params)
+    assert len(params) == len(list(networks["gen_a"].parameters())) + len(
+        list(networks["gen_b"].parameters())
+    ) - len(shared)
+    # Without sharing, nothing is common and every parameter is there.
+    separate, nets, _ = trainer_and_batch(
+        family_config("unit", tiny_dataset, model={"share": False})
+    )
+    n = len(list(nets["gen_a"].parameters())) + len(list(nets["gen_b"].parameters()))
+    assert len(separate.optimizers["gen"].param_groups[0]["params"]) == n
+    assert unique_parameters([nets["dis_a"], nets["dis_a"]]) == list(nets["dis_a"].parameters())
+
+
+def test_optimisers_use_the_configured_adam_settings(tiny_dataset):
+    cfg = family_config("unit", tiny_dataset, lr=1e-4, beta1=0.5, beta2=0.99, weight_decay=1e-4)
+    trainer, _, _ = trainer_and_batch(cfg)
+    assert set(trainer.optimizers) == {"dis", "gen"}
+    for opt in trainer.optimizers.values():
+        group = opt.param_groups[0]
+        assert (group["lr"], group["betas"], group["weight_decay"]) == (1e-4, (0.5, 0.99), 1e-4)
+
+
+def test_bad_loss_options_are_config_errors(tiny_dataset):
+    with pytest.raises(ConfigError, match=r"loss\.recon_kl_weight.*valid: .*loss\.recon_kl_w"):
+        trainer_and_batch(family_config("unit", tiny_dataset, loss={"recon_kl_weight": 1}))
+    with pytest.raises(ConfigError, match="recon_x_w must be >= 0"):
+        trainer_and_batch(family_config("unit", tiny_dataset, loss={"recon_x_w": -1}))
+    with pytest.raises(ConfigError, match="loss.gan_w must be float"):
+        trainer_and_batch(family_config("unit", tiny_dataset, loss={"gan_w": "high"}))
+    with pytest.raises(ConfigError, match="gan_mode='wgangp'.*lsgan or vanilla"):
+        trainer_and_batch(family_config("unit", tiny_dataset, gan_mode="wgangp"))
+
+
+def test_samples_do_not_disturb_the_random_stream(tiny_dataset):
+    """Asking for the sample images between steps leaves the losses of later steps alone."""
+    runs = []
+    for look in (False, True):
+        trainer, _, batch = trainer_and_batch(family_config("unit", tiny_dataset))
+        losses = []
+        for _ in range(3):
+            losses.append(trainer.step(batch))
+            if look:
+                visuals = trainer.last_visuals
+                assert set(visuals) == {n for row in trainer.visual_rows() for n in row}
+                assert all(v.shape == batch["A"].shape for v in visuals.values())
+        runs.append(losses)
+    assert runs[0] == runs[1]
+
+
+def _losses(run: Path) -> list[dict]:
+    return [
+        {k: v for k, v in r.items() if k != "time"} for r in read_loss_log(run / "losses.jsonl")
+    ]
+
+
+def assert_exact_resume(cfg_for, tmp_path: Path, total: int, stop: int) -> None:
+    """`total` steps in one go equal `stop` steps, then a resume to `total`, bitwise."""
+    train(cfg_for(total), tmp_path / "full")
+    train(cfg_for(stop), tmp_path / "part")
+    assert load_checkpoint(tmp_path / "part" / "latest.pt")["step"] == stop
+    train(cfg_for(total), tmp_path / "part", resume=True)
+    assert _losses(tmp_path / "part") == _losses(tmp_path / "full")
+    a = load_checkpoint(tmp_path / "full" / "latest.pt")
+    b = load_checkpoint(tmp_path / "part" / "latest.pt")
+    for name, state in a["networks"].items():
+        for key, tensor in state.items():
+            assert torch.equal(tensor, b["networks"][name][key]), f"{name}.{key} differs"
+    for name, opt in a["optimizers"].items():
+        for idx, st in opt["state"].items():
+            for key, tensor in st.items():
+                assert torch.equal(tensor, b["optimizers"][name]["state"][idx][key]), (
+                    f"optimizer {name}[{idx}].{key} differs"
+                )
+    assert a["schedulers"] == b["schedulers"]
+    assert a["training_state"]["trainer"].keys() == b["training_state"]["trainer"].keys()
+
+
+def test_resume_is_exact(tiny_dataset, tmp_path):
+    # 8 images, batch 2: 4 steps an epoch; 7 steps cross an epoch boundary and, with a step
+    # size of 3, two learning-rate decays; samples are drawn every 2 steps.
+    def cfg_for(steps: int) -> TrainConfig:
+        return family_config(
+            "unit",
+            tiny_dataset,
+            max_steps=steps,
+            lr_policy="step",
+            lr_step_size=3,
+            sample_every=2,
+            weight_decay=1e-4,
+        )
+
+    assert_exact_resume(cfg_for, tmp_path, total=7, stop=3)
+
+
+def test_step_policy_decays_every_lr_step_size_steps(tiny_dataset, tmp_path):
+    cfg = family_config(
+        "unit", tiny_dataset, max_steps=5, lr=1e-4, lr_policy="step", lr_step_size=2
+    )
+    train(cfg, tmp_path / "run")
+    records = read_loss_log(tmp_path / "run" / "losses.jsonl")
+    # Logged after each step: the rate the next step uses, 1e-4 * 0.5 ** (step // 2).
+    expected = [1e-4, 5e-5, 5e-5, 2.5e-5, 2.5e-5]
+    assert [r["lr_gen"] for r in records] == pytest.approx(expected)
+    assert [r["lr_dis"] for r in records] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("name", ["unit", "unit-tiny"])
+def test_presets_are_valid(name):
+    cfg = load_config(name)
+    assert cfg.family == "unit"
+    assert loss_options(cfg, UNITLossOptions) == UNITLossOptions(**cfg.loss)
+    options_from_dict("unit", cfg.model)
+    TransformOptions(cfg.data.preprocess, cfg.data.load_size, cfg.data.crop_size)
+
+
+DDP_SCRIPT = """
+import sys
+import torch
+import torch.distributed as dist
+from i2i.models import get_family, options_from_dict
+from i2i.training.config import config_from_dict
+from i2i.training.loop import trainer_class
+from tests.conftest import TINY_MODEL_OPTIONS
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+family = sys.argv[1]
+cfg = config_from_dict({"family": family, "model": TINY_MODEL_OPTIONS[family]})
+torch.manual_seed(0)
+nets = get_family(family).build(options_from_dict(family, cfg.model))
+trainer = trainer_class(family)(
+    cfg, nets, torch.device("cpu"), wrap=torch.nn.parallel.DistributedDataParallel
+)
+torch.manual_seed(100 + rank)  # each rank its own images, noise and styles
+batch = {k: torch.rand(2, 3, 32, 32) * 2 - 1 for k in ("A", "B")}
+trainer.step(batch)
+for name, net in sorted(nets.items()):
+    flat = torch.cat([p.detach().flatten() for p in net.parameters()])
+    gathered = [torch.zeros_like(flat) for _ in range(2)]
+    dist.all_gather(gathered, flat)
+    if rank == 0:
+        print(name, "same" if torch.equal(gathered[0], gathered[1]) else "differs")
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["unit", "munit"])
+def test_ddp_keeps_every_network_in_sync(family, tmp_path):
+    """Under DDP (gloo, two processes, different data) all four networks stay equal: the
+    generators' encode/decode calls go through the wrapped module's forward."""
+    root = Path(__file__).resolve().parents[2]
+    script = tmp_path / "ddp_step.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": f"{root / 'src'}{os.pathsep}{root}", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    done = subprocess.run(
+        [*cmd, str(script), family], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [ln for ln in done.stdout.splitlines() if ln.split()[:1] in (["dis_a"], ["dis_b"],
+             ["gen_a"], ["gen_b"])]  # fmt: skip
+    assert sorted(lines) == ["dis_a same", "dis_b same", "gen_a same", "gen_b same"]
+
+
+@pytest.mark.parametrize("preset", ["unit-tiny", "munit-tiny"])
+def test_tiny_presets_train_through_the_cli(preset, tmp_path, capsys):
+    """Two steps of each tiny preset through `i2i train`, on 64 px images as it expects."""
+    from i2i.cli import main
+    from tests.conftest import write_images
+
+    data = tmp_path / "data"
+    write_images(data / "trainA", 3, size=64, seed=1)
+    write_images(data / "trainB", 3, size=64, seed=2, tint=(1.0, 0.8, 0.6))
+    run = tmp_path / "run"
+    args = ["train", "--config", preset, "--data", str(data), "--out", str(run)]
+    assert main([*args, "--max-steps", "2", "--no-progress", "--set", "data.num_workers=0"]) == 0
+    assert "trained 2 steps" in capsys.readouterr().out
+    assert load_checkpoint(run / "latest.pt")["family"] == preset.removesuffix("-tiny")
+    assert list((run / "samples").glob("*.png"))
