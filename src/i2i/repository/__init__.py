@@ -38,7 +38,17 @@ from i2i.repository.layout import (
     version_folder,
     versions,
 )
-from i2i.repository.schema import FORMAT, FORMAT_VERSION, load_schema, validate_manifest
+from i2i.repository.schema import (
+    FORMAT,
+    FORMAT_VERSION,
+    STYLE_ENCODER,
+    TRANSLATOR,
+    artifact_graph,
+    load_schema,
+    style_encoder_artifacts,
+    translator_artifacts,
+    validate_manifest,
+)
 from i2i.repository.storage import add_artifacts, read_manifest, write_version
 
 __all__ = [
@@ -47,7 +57,10 @@ __all__ = [
     "LOCK",
     "MANIFEST",
     "RepositoryError",
+    "STYLE_ENCODER",
+    "TRANSLATOR",
     "add_artifacts",
+    "artifact_graph",
     "engine_differences",
     "gpu_slug",
     "list_models",
@@ -55,6 +68,8 @@ __all__ = [
     "next_version",
     "read_manifest",
     "sha256_file",
+    "style_encoder_artifacts",
+    "translator_artifacts",
     "validate_manifest",
     "version_folder",
     "versions",
