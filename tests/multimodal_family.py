@@ -24,11 +24,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from i2i.checkpoint import make_checkpoint, save_checkpoint
-from i2i.models import ModelFamily, ShapeRule, create_networks, get_family, register_family
+from i2i.checkpoint import load_trained_networks, make_checkpoint, save_checkpoint
+from i2i.models import (
+    ModelFamily,
+    ShapeRule,
+    create_networks,
+    get_family,
+    options_from_dict,
+    register_family,
+)
 from i2i.models import registry as _registry
 
 NAME = "toy-style"
@@ -204,3 +212,30 @@ def multimodal_checkpoint(path: Path, family: str = NAME, seed: int = 0) -> Path
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     return save_checkpoint(payload, path)
+
+
+def pytorch_style_code(checkpoint: Path, direction: str, reference: np.ndarray) -> np.ndarray:
+    """The style code (1, S) PyTorch's style encoder of `direction` computes for a uint8
+    (H, W, C) reference image (of a size the encoder takes)."""
+    payload = torch.load(checkpoint, weights_only=True)
+    with registered(payload["family"]) as family:
+        _, networks = load_trained_networks(checkpoint)
+        options = options_from_dict(payload["family"], payload["config"]["model"])
+        assert family.style_encoders is not None
+        encoder = family.style_encoders(networks, options)[direction]
+        with torch.inference_mode():
+            return encoder(torch.from_numpy(reference[None])).numpy()
+
+
+def pytorch_translate(
+    checkpoint: Path, direction: str, pixels: np.ndarray, style: np.ndarray
+) -> np.ndarray:
+    """PyTorch's translation of uint8 (H, W, C) pixels with float32 (K, S) styles: (K, H, W, C)."""
+    payload = torch.load(checkpoint, weights_only=True)
+    with registered(payload["family"]) as family:
+        _, networks = load_trained_networks(checkpoint)
+        options = options_from_dict(payload["family"], payload["config"]["model"])
+        translator = family.translators(networks, options)[direction]
+        batch = np.repeat(pixels[None], len(style), 0)
+        with torch.inference_mode():
+            return translator(torch.from_numpy(batch), torch.from_numpy(style)).numpy()

@@ -29,12 +29,12 @@ from i2i.repository import (
     RepositoryError,
     add_artifacts,
     artifact_graph,
-    translator_artifacts,
     engine_differences,
     gpu_slug,
     list_models,
     read_manifest,
     sha256_file,
+    translator_artifacts,
     version_folder,
 )
 from i2i.runtime.cuda import CudaError, find_gpu
