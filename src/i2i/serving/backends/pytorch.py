@@ -98,7 +98,8 @@ class PyTorchStyleEncoder(StyleEncoder):
         if self._encoder is None:
             raise RuntimeError(f"{self}: closed")
         with torch.inference_mode():
-            codes = self._encoder(torch.from_numpy(images).to(self.device))  # (N, S)
+            pixels = images if images.flags.writeable else images.copy()  # torch needs that
+            codes = self._encoder(torch.from_numpy(pixels).to(self.device))  # (N, S)
         return codes.float().cpu().numpy()
 
     def close(self) -> None:
