@@ -613,11 +613,13 @@ def test_an_engine_built_meanwhile_by_another_process_is_kept(
     winners = tmp_path / "winner"
     winners.mkdir()
 
-    def racing_build(onnx_fp32: Path, onnx_fp16: Path | None, plan: Path, *args: Any) -> Any:
+    def racing_build(
+        onnx_fp32: Path, onnx_fp16: Path | None, plan: Path, *args: Any, **kwargs: Any
+    ) -> Any:
         direction = onnx_fp32.name.split(".")[0]
         file = tensorrt.plan_name(direction, GPU)
         _synthetic_engine(repo, winners, direction, file, TARGET)  # the other pod wins
-        return build(onnx_fp32, onnx_fp16, plan, *args)
+        return build(onnx_fp32, onnx_fp16, plan, *args, **kwargs)
 
     monkeypatch.setattr(tensorrt, "build_engine", racing_build)
     before = engine_entries(repo)
