@@ -18,6 +18,9 @@ import onnxruntime as ort
 import pytest
 
 from i2i.repository import read_manifest
+from i2i.serving.backends import Backend, Hardware, load_backend
+from i2i.serving.backends.style import load_style_encoder
+from i2i.shapes import ShapeRule
 from i2i.v1 import translator_pb2 as pb
 from tests.conftest import MultimodalModel
 from tests.multimodal_family import pytorch_style_code, pytorch_translate
@@ -202,3 +205,48 @@ def test_samples_count_against_the_batch_pixel_budget(multimodal_model) -> None:
 
     assert batch_sizes(max_batch_pixels=0) == [4, 4]
     assert batch_sizes(max_batch_pixels=3000) == [2, 2]
+
+
+class EngineStandIn(Backend):
+    """What load_style_encoder sees of a TensorRT translator: its name and precision."""
+
+    def __init__(self, precision: str) -> None:
+        super().__init__(
+            name="tensorrt",
+            artifact="A2B.gpu.plan",
+            precision=precision,
+            in_channels=3,
+            out_channels=3,
+            style_size=4,
+            shape_rule=ShapeRule(multiple_of=4),
+        )
+
+    def run(self, images, style=None):  # pragma: no cover - never run here
+        raise AssertionError("not run")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_style_encoder_follows_the_translators_runtime_and_precision(multimodal_model, precision):
+    folder = multimodal_model.repository / multimodal_model.name / "1"
+    manifest = read_manifest(multimodal_model.repository, multimodal_model.name)
+    reference = sample_image(32, 32, seed=13)[None]
+    with load_backend(
+        folder, manifest, "A2B", choice="onnxruntime-cpu", precision=precision
+    ) as translator:
+        encoder = load_style_encoder(folder, manifest, "A2B", translator)
+        assert encoder is not None
+        assert (encoder.name, encoder.precision) == ("onnxruntime-cpu", precision)
+        assert encoder.artifact == (
+            "A2B.style.onnx" if precision == "fp32" else "A2B.style.fp16.onnx"
+        )
+        codes = encoder.encode(reference)
+    expected = pytorch_style_code(multimodal_model.checkpoint, "A2B", reference[0])
+    assert codes.dtype == np.float32 and codes.shape == expected.shape
+    np.testing.assert_allclose(codes, expected, atol=1e-4 if precision == "fp32" else 1e-2)
+    # Beside a TensorRT engine (no GPU for ONNX Runtime here): ONNX Runtime on the CPU.
+    no_gpu = Hardware(False, None, None, "10.13.0", ("CPUExecutionProvider",))
+    beside = load_style_encoder(folder, manifest, "A2B", EngineStandIn(precision), hardware=no_gpu)
+    assert beside is not None and beside.name == "onnxruntime-cpu"
+    assert beside.precision == precision
+    with pytest.raises(ValueError, match=r"reference images must be uint8 \(N, H, W, 3\)"):
+        beside.encode(reference[..., :1].copy())

@@ -281,13 +281,21 @@ class ModelStore:
                 device_id=config.device_id,
                 threads=config.threads,
             )
-            if style_encoder is not None:
-                style_encoder.warmup()
-        except (BackendError, ValueError) as exc:
+        except BackendError as exc:
             backend.close()
             raise LoadError(
                 f"{manifest['name']}:{manifest['version']} {direction}: style encoder: {exc}"
             ) from None
+        if style_encoder is not None:
+            try:
+                style_encoder.warmup()
+            except Exception as exc:  # the runtime's own error types: the model cannot serve
+                backend.close()
+                style_encoder.close()
+                raise LoadError(
+                    f"{manifest['name']}:{manifest['version']} {direction}: the style "
+                    f"encoder's warm-up failed on {style_encoder.name}: {exc}"
+                ) from exc
         max_batch = min(config.max_batch, backend.max_batch or config.max_batch)
         warmup = plan_warmup(
             warmup_plan(backend.name, config.warmup),
