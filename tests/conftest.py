@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from i2i.checkpoint import make_checkpoint, save_checkpoint
 from i2i.export import export_checkpoint
 from i2i.models import create_networks
 from i2i.training import TrainConfig, config_from_dict
+from tests.multimodal_family import MULTIMODAL_FAMILIES, multimodal_checkpoint, registered
 from tests.serving.conftest import (
     MODEL,
     RunningServer,
@@ -134,6 +136,29 @@ def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     checkpoint = untrained_checkpoint(root / "checkpoints" / "tiny.pt")
     export_checkpoint(checkpoint, root / "repository", MODEL, formats=["onnx", "onnx-fp16"])
     return root / "repository"
+
+
+@dataclass(frozen=True)
+class MultimodalModel:
+    """A multimodal family's tiny checkpoint and its export (model "styled", version 1)."""
+
+    family: str
+    checkpoint: Path
+    repository: Path
+    name: str = "styled"
+
+
+@pytest.fixture(scope="session", params=sorted(MULTIMODAL_FAMILIES))
+def multimodal_model(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> MultimodalModel:
+    """Each multimodal family (the toy stand-in for MUNIT, more as they land), exported once
+    per session with its style encoders, ONNX FP32 and FP16. Read-only: copy to change it."""
+    root = tmp_path_factory.mktemp(f"multimodal-{request.param}")
+    checkpoint = multimodal_checkpoint(root / "checkpoints" / "styled.pt", request.param)
+    with registered(request.param):
+        export_checkpoint(checkpoint, root / "repository", "styled", formats=["onnx", "onnx-fp16"])
+    return MultimodalModel(request.param, checkpoint, root / "repository")
 
 
 @pytest.fixture(scope="session")

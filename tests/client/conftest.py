@@ -26,6 +26,7 @@ from i2i.v1 import translator_pb2_grpc as pb_grpc
 
 MODEL = "fake"
 DIRECTIONS = ("A2B", "B2A")
+STYLE_SIZE = 3
 FOREVER = -1
 PIL_FORMATS = {
     pb.IMAGE_FORMAT_PNG: "PNG",
@@ -191,8 +192,16 @@ class FakeTranslator(pb_grpc.TranslatorServicer):
 
 
 def model_info() -> pb.ModelInfo:
+    # Multimodal, as its answers are: K samples per image, any style accepted.
     directions = [
-        pb.DirectionInfo(name=d, input_channels=3, output_channels=3, backend="fake")
+        pb.DirectionInfo(
+            name=d,
+            input_channels=3,
+            output_channels=3,
+            backend="fake",
+            style_size=STYLE_SIZE,
+            style_encoder=True,
+        )
         for d in DIRECTIONS
     ]
     return pb.ModelInfo(

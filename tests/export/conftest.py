@@ -45,6 +45,7 @@ class Exported:
     channels: int
     path: Path
     info: dict[str, Any]
+    style_dim: int = 0  # multimodal translators: S of their style input
 
 
 @pytest.fixture(autouse=True)
@@ -112,18 +113,20 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Export
 
     def get(key: str) -> Exported:
         if key not in cache:
+            style_dim = 0
             if "/" in key:
                 name, direction = key.split("/")
                 translators, rule = family_translators(name)
                 translator = translators[direction]
+                style_dim = get_family(name).style_dim
             else:
                 arch, norm, cin, cout = key.split("-")
                 translator = generator_translator(arch, norm, int(cin), int(cout))
                 rule = generator_shape_rule(arch)
             channels = int(getattr(translator, "in_channels", 3))
             path = folder / f"{key.replace('/', '.')}.onnx"
-            info = export_onnx(translator, path, rule, channels)
-            cache[key] = Exported(key, translator, rule, channels, path, info)
+            info = export_onnx(translator, path, rule, channels, style_dim=style_dim)
+            cache[key] = Exported(key, translator, rule, channels, path, info, style_dim)
         return cache[key]
 
     return get

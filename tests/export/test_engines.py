@@ -33,7 +33,7 @@ from i2i.repository import (
     sha256_file,
     write_version,
 )
-from tests.runtime.fakes import FakeTensorRT, install
+from tests.runtime.fakes import PLAN_MAGIC, FakeTensorRT, install
 
 SHAPES = "1x32x32:2x32x32:4x64x64"
 GPU = "NVIDIA Fake GPU 80GB"
@@ -362,12 +362,25 @@ def test_without_an_fp16_graph_one_is_converted_when_needed(
     )
 
 
-def test_directions_with_a_style_input_are_skipped(repo: Path, fake: FakeTensorRT) -> None:
-    style = {"name": "style", "dtype": "float32", "shape": ["N", 8]}
-    version = _version_without(repo, lambda a: False, style=style)
-    results = build_engines(repo, ["tiny"], version, shapes=SHAPES)
-    assert [(r.status, r.file) for r in results] == [("skipped", "")] * 2
-    assert "style input" in results[0].detail and fake.builds == []
+def test_multimodal_translators_get_a_style_profile_and_styled_parity(
+    multimodal_model, tmp_path: Path, fake: FakeTensorRT
+) -> None:
+    """The style input's profile takes the image's batch range; parity runs with fixed codes
+    (a different code per image); style encoders get no engine (ONNX Runtime serves them)."""
+    repo = Path(shutil.copytree(multimodal_model.repository, tmp_path / "repo"))
+    results = build_engines(repo, ["styled"], 1, shapes=SHAPES)
+    assert [(r.direction, r.status) for r in results] == [("A2B", "built"), ("B2A", "built")]
+    assert [b["source"] for b in fake.builds] == ["A2B.fp16.onnx", "B2A.fp16.onnx"]
+    entries = engine_entries(repo, "styled")
+    assert len(entries) == 2
+    for entry in entries.values():
+        assert "graph" not in entry  # a translator's engine
+        assert entry["parity"]["psnr"] is None or entry["parity"]["psnr"] >= engines.MIN_PSNR
+        assert entry["tensorrt"]["profiles"] == [
+            {"min": [1, 32, 32, 3], "opt": [2, 32, 32, 3], "max": [4, 64, 64, 3]}
+        ]
+        plan = json.loads((repo / "styled" / "1" / entry["file"]).read_bytes()[len(PLAN_MAGIC) :])
+        assert plan["profiles"][0]["style"] == [[1, 4], [2, 4], [4, 4]]
 
 
 def test_an_engine_failing_parity_is_not_kept(repo: Path, fake: FakeTensorRT) -> None:
@@ -600,11 +613,13 @@ def test_an_engine_built_meanwhile_by_another_process_is_kept(
     winners = tmp_path / "winner"
     winners.mkdir()
 
-    def racing_build(onnx_fp32: Path, onnx_fp16: Path | None, plan: Path, *args: Any) -> Any:
+    def racing_build(
+        onnx_fp32: Path, onnx_fp16: Path | None, plan: Path, *args: Any, **kwargs: Any
+    ) -> Any:
         direction = onnx_fp32.name.split(".")[0]
         file = tensorrt.plan_name(direction, GPU)
         _synthetic_engine(repo, winners, direction, file, TARGET)  # the other pod wins
-        return build(onnx_fp32, onnx_fp16, plan, *args)
+        return build(onnx_fp32, onnx_fp16, plan, *args, **kwargs)
 
     monkeypatch.setattr(tensorrt, "build_engine", racing_build)
     before = engine_entries(repo)

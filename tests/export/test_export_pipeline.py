@@ -43,9 +43,15 @@ def test_round_trip_every_direction(tmp_path, family):
         net.load_state_dict(payload["networks"][name])
     translators = fam.translators({n: m.eval() for n, m in nets.items()}, options)
     assert set(manifest["directions"]) == set(translators)
-    files = {(a["direction"], a["precision"]): a for a in manifest["artifacts"]}
+    files = {
+        (a["direction"], a["precision"]): a
+        for a in manifest["artifacts"]
+        if a.get("graph", "translator") == "translator"
+    }
     rng = np.random.default_rng(1)
     for direction, translator in translators.items():
+        style_spec = manifest["directions"][direction]["style"]
+        assert (style_spec is None) == (fam.style_dim == 0)
         assert files[(direction, "fp32")]["parity"]["fraction_over_1"] <= 0.001
         assert files[(direction, "fp16")]["parity"]["psnr"] >= 40
         session = ort.InferenceSession(
@@ -53,9 +59,14 @@ def test_round_trip_every_direction(tmp_path, family):
         )
         for batch, side in ((1, 36), (3, 52)):
             images = rng.integers(0, 256, (batch, side, side + 8, 3), dtype=np.uint8)
-            got = session.run(None, {"image": images})[0]
+            feeds, inputs = {"image": images}, [torch.from_numpy(images)]
+            if fam.style_dim:  # multimodal: one code per image
+                style = rng.standard_normal((batch, fam.style_dim)).astype(np.float32)
+                feeds["style"] = style
+                inputs.append(torch.from_numpy(style))
+            got = session.run(None, feeds)[0]
             with torch.no_grad():
-                want = translator(torch.from_numpy(images)).numpy()
+                want = translator(*inputs).numpy()
             assert got.dtype == np.uint8 and got.shape == want.shape
             assert np.mean(np.abs(got.astype(int) - want.astype(int)) > 1) <= 0.001
 

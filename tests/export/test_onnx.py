@@ -70,7 +70,9 @@ def _check_exported(case: Exported) -> None:
 def test_family_translator_exports_and_matches_pytorch(exported: ExportedFactory, key: str) -> None:
     case = exported(key)
     _check_exported(case)
-    report = check_parity(case.translator, case.path, case.shape_rule, case.channels)
+    report = check_parity(
+        case.translator, case.path, case.shape_rule, case.channels, style_dim=case.style_dim
+    )
     assert len(report["cases"]) == 6  # three sizes, batch 1 and 4
     assert {c["batch"] for c in report["cases"]} == {1, 4}
     assert parity_ok_fp32(report), report

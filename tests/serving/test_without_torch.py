@@ -141,3 +141,38 @@ def test_errors_of_commands_without_torch_are_one_line(
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("error: --server 127.0.0.1:1:") and "Traceback" not in done.stderr
+
+
+def test_multimodal_styles_without_torch(
+    multimodal_model, tmp_path: Path, no_torch_env: dict[str, str]
+) -> None:
+    """Seeds, samples and reference images (the style encoder in ONNX Runtime) need no torch."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(png_bytes(sample_image(32, 32, seed=4)))
+    (tmp_path / "ref.png").write_bytes(png_bytes(sample_image(36, 36, seed=5)))
+    common = ["--model", "styled", "--direction", "A2B", "--no-progress", str(tmp_path / "in")]
+    server = ServerProcess(multimodal_model.repository, "--metrics-port", "-1", env=no_torch_env)
+    outputs = {}
+    with server:
+        for name, style in (
+            ("seeded", ["--num-samples", "2", "--style-seed", "3"]),
+            ("referenced", ["--style-image", str(tmp_path / "ref.png")]),
+        ):
+            done = run(
+                [sys.executable, "-m", "i2i.cli", "translate", "--server", server.target,
+                 *common, *style, "--out", str(tmp_path / name)],
+                no_torch_env,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            outputs[name] = sorted(p.name for p in (tmp_path / name).iterdir())
+    assert server.stop() == 0
+    assert outputs == {"seeded": ["a_0.png", "a_1.png"], "referenced": ["a.png"]}
+    local = run(
+        [sys.executable, "-m", "i2i.cli", "translate", "--repository",
+         str(multimodal_model.repository), *common, "--style-image", str(tmp_path / "ref.png"),
+         "--out", str(tmp_path / "local")],
+        no_torch_env,
+    )  # fmt: skip
+    assert local.returncode == 0, local.stderr
+    served = (tmp_path / "referenced" / "a.png").read_bytes()
+    assert (tmp_path / "local" / "a.png").read_bytes() == served

@@ -138,7 +138,7 @@ def format_models_table(repository: str | os.PathLike[str]) -> str:
         for i, artifact in enumerate(manifest["artifacts"]):
             first = (name, _ranges(found), manifest["family"]) if i == 0 else ("", "", "")
             rows.append(
-                (*first, artifact["direction"], artifact["file"], _precision(artifact))
+                (*first, _direction(artifact), artifact["file"], _precision(artifact))
                 + _parity_cells(artifact["parity"])
             )
     text = _table(rows, right={7, 8, 9}) + "\n(artifacts and parity of the latest version)"
@@ -164,6 +164,14 @@ def format_manifest(manifest: Mapping[str, Any]) -> str:
         if spec["style"] is not None:
             lines.append(f"  {' ' * len(direction)}  style {_tensor(spec['style'])}")
         lines.append(f"  {' ' * len(direction)}  sizes: {sizes}")
+        encoder = spec.get("style_encoder")
+        if encoder is not None:
+            encoder_sizes = ShapeRule.from_manifest(encoder["shape_rule"]).describe()
+            lines.append(
+                f"  {' ' * len(direction)}  style encoder {_tensor(encoder['input'])} -> "
+                f"{_tensor(encoder['output'])} (reference images of the target domain; "
+                f"sizes: {encoder_sizes})"
+            )
     rows: list[Sequence[str]] = [
         ("artifact", "direction", "precision", "size", "built with", *_PARITY_HEADER)
     ]
@@ -182,7 +190,7 @@ def format_manifest(manifest: Mapping[str, Any]) -> str:
                 f"{trt['compute_capability']}), shapes min .. opt .. max: {shapes}"
             )
         rows.append(
-            (artifact["file"], artifact["direction"], _precision(artifact))
+            (artifact["file"], _direction(artifact), _precision(artifact))
             + (_size(artifact["bytes"]), built)
             + _parity_cells(artifact["parity"])
         )
@@ -190,6 +198,13 @@ def format_manifest(manifest: Mapping[str, Any]) -> str:
     if engines:
         lines += ["TensorRT engines run only on this GPU type and TensorRT version:", *engines]
     return "\n".join(lines)
+
+
+def _direction(artifact: Mapping[str, Any]) -> str:
+    """The artifact's direction, marked when the file is its style encoder."""
+    if artifact.get("graph") == "style_encoder":
+        return f"{artifact['direction']} style encoder"
+    return str(artifact["direction"])
 
 
 def _precision(artifact: Mapping[str, Any]) -> str:

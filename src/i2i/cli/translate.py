@@ -21,7 +21,8 @@ TRANSLATE_DESCRIPTION = (
     "Translate image files (png, jpg, jpeg, webp) with a model, through an i2i server "
     "(--server) or locally (--repository or --checkpoint, no server). INPUT may be files, "
     "folders and glob patterns. Outputs go to --out as <stem>.png (.jpg, .webp), or "
-    "<stem>_<k>.png for each of --num-samples k = 0, 1, ...; inputs that share a stem keep their folders "
+    "<stem>_<k>.png for each of --num-samples k = 0, 1, ... (multimodal models, whose style "
+    "--style-seed, --style-code or --style-image set); inputs that share a stem keep their folders "
     "(relative to the inputs' common folder) under --out. Existing outputs are never replaced "
     "without --overwrite. A file that fails does not stop the others: failures are listed at "
     "the end with their status code, and the exit code is 1."
@@ -89,18 +90,34 @@ def add_translate_arguments(p: argparse.ArgumentParser) -> None:
         choices=["pad", "resize", "reject"],
         help="sizes the model cannot take: pad (default), resize or reject",
     )
-    p.add_argument(
+    style = p.add_argument_group(
+        "style (multimodal models only; at most one of --style-seed, --style-code, --style-image)"
+    )
+    style.add_argument(
         "--num-samples",
         type=int,
         default=1,
         metavar="K",
-        help="outputs per image (multimodal models)",
+        help="outputs per image, <stem>_<k> (default 1)",
     )
-    p.add_argument(
-        "--seed",
+    style.add_argument(
+        "--style-seed",
+        "--seed",  # its first name, kept as an alias
+        dest="style_seed",
         type=int,
-        metavar="S",
-        help="style seed (multimodal models): same seed, same output",
+        metavar="N",
+        help="draw the K style codes with this seed: same seed, same outputs (--seed: alias)",
+    )
+    style.add_argument(
+        "--style-code",
+        metavar="V,V,...",
+        help="an explicit style code, the model's style size of comma-separated floats",
+    )
+    style.add_argument(
+        "--style-image",
+        type=Path,
+        metavar="FILE",
+        help="take the style of this image of the target domain (the model's style encoder)",
     )
     p.add_argument("--recursive", action="store_true", help="folders and ** globs: subfolders too")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -140,8 +157,71 @@ def _check_translate_flags(args: argparse.Namespace) -> None:
         raise UsageError(f"--concurrency must be at least 1, got {args.concurrency}")
     if not 0 <= args.quality <= 100:
         raise UsageError(f"--quality must be 1 to 100 (0: the default), got {args.quality}")
-    if args.seed is not None and args.seed < 0:
-        raise UsageError(f"--seed must be 0 or more, got {args.seed}")
+    if args.style_seed is not None and args.style_seed < 0:
+        raise UsageError(f"--style-seed must be 0 or more, got {args.style_seed}")
+    given = [
+        flag
+        for flag, value in (
+            ("--style-seed", args.style_seed),
+            ("--style-code", args.style_code),
+            ("--style-image", args.style_image),
+        )
+        if value is not None
+    ]
+    if len(given) > 1:
+        raise UsageError(f"give at most one of {', '.join(given)}")
+    args.style_values = None if args.style_code is None else _parse_style_code(args.style_code)
+    args.style_reference = None
+    if args.style_image is not None:
+        try:
+            args.style_reference = args.style_image.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"--style-image {args.style_image}: {exc.strerror}") from exc
+
+
+def _parse_style_code(text: str) -> list[float]:
+    """`--style-code "0.1,-0.2,..."` as floats; UsageError naming the bad value."""
+    values = []
+    for part in text.split(","):
+        try:
+            value = float(part)
+        except ValueError:
+            raise UsageError(
+                f"--style-code: {part.strip()!r} is not a number; give comma-separated floats, "
+                f'e.g. --style-code "0.1,-0.5,1.2"'
+            ) from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise UsageError(f"--style-code: {part.strip()!r} is not a finite number")
+        values.append(value)
+    return values
+
+
+def _styled(args: argparse.Namespace) -> bool:
+    """Whether a style or several samples were asked for (multimodal models only)."""
+    return args.num_samples != 1 or any(
+        v is not None for v in (args.style_seed, args.style_values, args.style_reference)
+    )
+
+
+def _check_style_support(
+    args: argparse.Namespace, model: str, style_size: int, style_encoder: bool
+) -> None:
+    """UsageError when the model cannot take what the style flags ask for."""
+    if style_size == 0 and _styled(args):
+        raise UsageError(
+            f"model {model!r} is not multimodal: --num-samples, --style-seed, --style-code "
+            f"and --style-image apply to multimodal models only"
+        )
+    if args.style_values is not None and len(args.style_values) != style_size:
+        raise UsageError(
+            f"--style-code has {len(args.style_values)} values; model {model!r} takes "
+            f"exactly {style_size}"
+        )
+    if args.style_reference is not None and not style_encoder:
+        raise UsageError(
+            f"model {model!r} ({args.direction}) has no style encoder, so --style-image "
+            f"cannot set the style; use --style-seed or --style-code"
+        )
 
 
 def _translate_through_server(args: argparse.Namespace, jobs: Sequence[Job]) -> Summary:
@@ -171,12 +251,14 @@ def _translate_through_server(args: argparse.Namespace, jobs: Sequence[Job]) -> 
                 else ""
             )
             raise UsageError(f"--server {args.server}: {exc}{hint}") from exc
-        directions = [d.name for d in info.directions]
+        directions = {d.name: d for d in info.directions}
         if args.direction not in directions:
             raise UsageError(
                 f"model {args.model!r} has no direction {args.direction!r}; "
                 f"it has {', '.join(directions) or 'none'}"
             )
+        chosen = directions[args.direction]
+        _check_style_support(args, args.model, chosen.style_size, chosen.style_encoder)
 
         def translate_one(data: bytes) -> list[bytes]:
             result = client.translate(
@@ -188,7 +270,9 @@ def _translate_through_server(args: argparse.Namespace, jobs: Sequence[Job]) -> 
                 quality=args.quality,
                 size_policy=args.size_policy,
                 num_samples=args.num_samples,
-                style_seed=args.seed,
+                style_seed=args.style_seed,
+                style_code=args.style_values,
+                style_reference=args.style_reference,
             )
             return [image for image in result.images if isinstance(image, bytes)]
 
@@ -219,6 +303,17 @@ def _translate_locally(args: argparse.Namespace, jobs: Sequence[Job]) -> Summary
     except LocalTranslatorError as exc:
         raise UsageError(str(exc)) from exc
     try:
+        direction = translator.direction
+        _check_style_support(
+            args,
+            args.model or direction.model,
+            direction.style_size,
+            translator.style_encoder is not None,
+        )
+    except UsageError:
+        translator.close()
+        raise
+    try:
 
         def translate_one(data: bytes) -> list[bytes]:
             images: list[bytes] = translator.translate(
@@ -227,7 +322,9 @@ def _translate_locally(args: argparse.Namespace, jobs: Sequence[Job]) -> Summary
                 output_format=args.format,
                 quality=args.quality,
                 num_samples=args.num_samples,
-                seed=args.seed,
+                style_seed=args.style_seed,
+                style_code=args.style_values,
+                style_reference=args.style_reference,
             )
             return images
 

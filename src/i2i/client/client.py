@@ -90,8 +90,13 @@ class Client(ClientBase):
                 (PNG for encoded inputs, raw pixels for arrays).
             quality: JPEG/WebP quality 1-100; 0 for the server's default.
             size_policy: "pad", "resize" or "reject" for sizes the model cannot take.
-            num_samples: outputs per image (multimodal models only).
-            style_seed, style_code, style_reference: at most one; the style of the output.
+            num_samples: outputs per image (multimodal models only), computed as one batch.
+            style_seed, style_code, style_reference: at most one; the style of the outputs
+                (multimodal models only). A seed draws K codes from N(0, 1): the same seed
+                gives the same bytes. A code (the model's style size of floats) is used for
+                every sample. A reference image of the target domain (bytes, array or
+                `pathlib.Path`) sets the style through the model's style encoder
+                (`DirectionInfo.style_encoder`). None: random styles.
             request_id: echoed back and logged by the server; made here when empty.
             timeout: deadline in seconds for all attempts together; default: the client's.
 

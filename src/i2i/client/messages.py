@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -51,7 +52,8 @@ MAX_RETRIES = 4
 MIN_BACKOFF_S = 0.01
 DEFAULT_MAX_MESSAGE_BYTES = 32 << 20  # the server's default --max-message-mb
 
-ImageInput = bytes | np.ndarray
+# An image file's bytes, a uint8 array, or the path of an image file (read when sent).
+ImageInput = bytes | np.ndarray | os.PathLike[str]
 
 
 class _Default(enum.Enum):
@@ -133,21 +135,30 @@ class Frame:
 
 
 def image_message(image: ImageInput, what: str = "image") -> pb.Image:
-    """Encoded bytes as `Image.encoded`; a uint8 (H, W, C) array as `Image.raw`.
+    """Encoded bytes as `Image.encoded`; a uint8 (H, W, C) array as `Image.raw`; a path
+    (`pathlib.Path`) as its file's bytes.
 
     Bytes are sent as they are, empty ones too: whether they are an image the server can
     decode is the server's answer (INVALID_ARGUMENT, a `TranslateError`), as for any file.
 
     Raises:
-        ValueError: the array is not uint8, or not (H, W), (H, W, 1), (H, W, 3), (H, W, 4).
-        TypeError: neither bytes nor an array.
+        ValueError: the array is not uint8, or not (H, W), (H, W, 1), (H, W, 3), (H, W, 4);
+            the path cannot be read.
+        TypeError: neither bytes, an array nor a path (a plain str is refused: wrap it in
+            `pathlib.Path` to send the file).
     """
+    if isinstance(image, os.PathLike):
+        try:
+            with open(image, "rb") as file:
+                return pb.Image(encoded=file.read())
+        except OSError as exc:
+            raise ValueError(f"{what}: cannot read {os.fspath(image)!r}: {exc}") from exc
     if isinstance(image, bytes | bytearray | memoryview):
         return pb.Image(encoded=bytes(image))
     if not isinstance(image, np.ndarray):
         raise TypeError(
-            f"{what} must be bytes (a PNG, JPEG or WebP file) or a numpy array, "
-            f"not {type(image).__name__}"
+            f"{what} must be bytes (a PNG, JPEG or WebP file), a numpy array or a "
+            f"pathlib.Path, not {type(image).__name__}"
         )
     if image.dtype != np.uint8:
         raise ValueError(

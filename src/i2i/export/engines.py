@@ -28,11 +28,13 @@ from i2i.models import ShapeRule
 from i2i.repository import (
     RepositoryError,
     add_artifacts,
+    artifact_graph,
     engine_differences,
     gpu_slug,
     list_models,
     read_manifest,
     sha256_file,
+    translator_artifacts,
     version_folder,
 )
 from i2i.runtime.cuda import CudaError, find_gpu
@@ -48,6 +50,7 @@ from .parity import (
     overall,
     parity_images,
     parity_ok_fp16,
+    parity_styles,
 )
 
 log = logging.getLogger(__name__)
@@ -108,7 +111,7 @@ class _Job:
     fp32: Path
     fp16: Path | None
     profile: tensorrt.Profile
-    unsupported: str | None
+    style_dim: int
 
 
 def detect_target() -> Target:
@@ -215,17 +218,19 @@ def _plan(
             )
             graphs = {
                 a["precision"]: folder / a["file"]
-                for a in manifest["artifacts"]
-                if a["direction"] == direction and a["format"] == "onnx"
+                for a in translator_artifacts(manifest, direction)
+                if a["format"] == "onnx"
             }
             if "fp32" not in graphs:
                 raise ExportError(
                     f"{name}/{number} {direction}: no FP32 ONNX graph to build from and check "
                     "against; re-export this version"
                 )
-            unsupported = None
+            style_dim = 0
             if spec["style"] is not None:
-                unsupported = "has a style input: engines take one image input for now"
+                style_dim = spec["style"]["shape"][-1]
+                if not isinstance(style_dim, int):
+                    raise ExportError(f"{name}/{number} {direction}: the style has no fixed size")
             jobs.append(
                 _Job(
                     name,
@@ -234,7 +239,7 @@ def _plan(
                     graphs["fp32"],
                     graphs.get("fp16"),
                     profile,
-                    unsupported,
+                    style_dim,
                 )
             )
     return jobs
@@ -253,12 +258,8 @@ def _build_one(
             job.model, job.version, job.direction, file, status, detail, target.describe()
         )
 
-    if job.unsupported:
-        return result("", "skipped", job.unsupported)
     manifest = read_manifest(repository, job.model, job.version)
-    matching = [
-        a for a in manifest["artifacts"] if a["direction"] == job.direction and target.matches(a)
-    ]
+    matching = [a for a in translator_artifacts(manifest, job.direction) if target.matches(a)]
     if matching and not force:
         return result(matching[0]["file"], "skipped", "already built for this GPU and TensorRT")
     replace = [a["file"] for a in matching]
@@ -280,6 +281,7 @@ def _build_one(
             timing_cache,
             file=file,
             fp16_kept=job.fp16 is not None,
+            style_dim=job.style_dim,
         )
         try:
             add_artifacts(
@@ -293,7 +295,10 @@ def _build_one(
         except RepositoryError:
             now = read_manifest(repository, job.model, job.version)["artifacts"]
             if not force and any(
-                a["direction"] == job.direction and target.matches(a) for a in now
+                a["direction"] == job.direction
+                and artifact_graph(a) == "translator"
+                and target.matches(a)
+                for a in now
             ):
                 return result(file, "skipped", "built meanwhile by another process")
             raise
@@ -330,6 +335,7 @@ def build_checked_engine(
     timing_cache: Path | None = None,
     file: str | None = None,
     fp16_kept: bool = True,
+    style_dim: int = 0,
 ) -> dict[str, Any]:
     """Build one engine into `folder`, check it against ONNX Runtime; its manifest entry.
 
@@ -345,13 +351,17 @@ def build_checked_engine(
         file: the plan's file name; default `tensorrt.plan_name(direction, <this GPU>)`.
         fp16_kept: whether `fp16` is an artifact of the version; if not, the manifest says
             the engine was built from the FP32 graph converted to FP16.
+        style_dim: S of a multimodal translator's style input (0: none); the engine's
+            style profile follows the image's batch range, and parity runs with fixed codes.
 
     Raises:
         ExportError: the build failed, or the engine is below MIN_PSNR dB against the FP32
             graph in ONNX Runtime (the plan is then removed).
     """
     tmp_plan = folder / f".{direction}.building.plan"
-    info = tensorrt.build_engine(fp32, fp16, tmp_plan, profile, workspace_bytes, timing_cache)
+    info = tensorrt.build_engine(
+        fp32, fp16, tmp_plan, profile, workspace_bytes, timing_cache, style_dim=style_dim
+    )
     plan = folder / (file or tensorrt.plan_name(direction, info["gpu"]))
     tmp_plan.rename(plan)
     if info.get("strongly_typed") and fp16 is not None:
@@ -359,7 +369,9 @@ def build_checked_engine(
     else:
         built_from = fp32.name
     try:
-        report = engine_parity(plan, fp32, profile, f"tensorrt {info['version']}")
+        report = engine_parity(
+            plan, fp32, profile, f"tensorrt {info['version']}", style_dim=style_dim
+        )
         if not parity_ok_fp16(report, MIN_PSNR):
             raise ExportError(
                 f"{direction}: the TensorRT engine is below {MIN_PSNR:.0f} dB against ONNX "
@@ -382,10 +394,15 @@ def build_checked_engine(
 
 
 def engine_parity(
-    plan: Path, fp32: Path, profile: tensorrt.Profile, runtime: str = "tensorrt"
+    plan: Path,
+    fp32: Path,
+    profile: tensorrt.Profile,
+    runtime: str = "tensorrt",
+    style_dim: int = 0,
 ) -> dict[str, Any]:
     """The engine against the FP32 graph in ONNX Runtime (CPU), on photo-like images of the
-    profile's min, opt and max shapes; a manifest `parity` object with one case per shape.
+    profile's min, opt and max shapes (with fixed style codes for a multimodal translator);
+    a manifest `parity` object with one case per shape.
 
     The engine runs in :class:`i2i.runtime.EngineRunner`, the runner the server uses.
     """
@@ -397,11 +414,17 @@ def engine_parity(
             (profile.min, profile.opt, profile.max)
         ):
             images = parity_images(rng, batch, height, width, channels)
+            style = parity_styles(rng, batch, style_dim)
             try:
-                output = engine(images)
-            except (EngineError, CudaError, ValueError) as exc:
+                if style is None:
+                    output = engine(images)
+                else:
+                    image_name = next(n for n in engine.inputs if n == tensorrt.IMAGE_INPUT)
+                    style_name = next(n for n in engine.inputs if n != image_name)
+                    (output,) = engine.run({image_name: images, style_name: style}).values()
+            except (EngineError, CudaError, ValueError, StopIteration) as exc:
                 raise ExportError(f"{plan.name} at {batch}x{height}x{width}: {exc}") from exc
-            measures = compare(np.asarray(output), reference(images))
+            measures = compare(np.asarray(output), reference(images, style))
             cases.append({"batch": batch, "height": height, "width": width, **measures})
     return {
         "reference": "onnx-fp32",

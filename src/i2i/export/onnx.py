@@ -1,7 +1,10 @@
 """Export a translator to ONNX: uint8 images in, uint8 images out, checked before it is kept.
 
 The graph has one input ``image`` (uint8 [N, H, W, C_in]) and one output ``translated``
-(uint8 [N, H, W, C_out]). N is always dynamic. H and W are dynamic for generators that take
+(uint8 [N, H, W, C_out]); a multimodal family's translator has a second input ``style``
+(float32 [N, S]) that shares the image's batch dimension. A style encoder
+(:func:`export_style_encoder`) maps ``image`` to one output ``style`` (float32 [N, S]).
+N is always dynamic. H and W are dynamic for generators that take
 any multiple of a block size (ResNets) and fixed for those that take one size (U-Nets); the
 exported graph carries the shape rule, so the output provably has the input's size.
 
@@ -36,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "translated"
+STYLE_NAME = "style"  # the translator's style input and the style encoder's output
 MIN_OPSET = 18
 _DIM_NAMES = ("batch", "height", "width")
 _SIMPLIFIERS = ("onnxslim", "onnxsim")
@@ -48,6 +52,7 @@ def export_onnx(
     channels: int,
     opset: int = MIN_OPSET,
     simplify: bool = False,
+    style_dim: int = 0,
 ) -> dict[str, Any]:
     """Export ``translator`` to ``path`` and check the file; return its description.
 
@@ -60,58 +65,79 @@ def export_onnx(
         channels: input channels, 1 or 3.
         opset: the ONNX opset of the default domain, at least 18.
         simplify: run onnxslim or onnxsim if one is installed; skipped with a log note if not.
+        style_dim: S of a multimodal translator's second input ``style`` (float32 [N, S]);
+            0 for translators of one input.
 
     Returns:
         ``file``, ``format``, ``precision``, ``opset``, ``exporter``, ``input`` and
         ``output`` (each ``{"name", "dtype", "shape"}``, the manifest's tensor spec, with
-        the symbolic sizes ``"batch"``, ``"height"``, ``"width"`` as strings),
+        the symbolic sizes ``"batch"``, ``"height"``, ``"width"`` as strings), ``style``
+        (the style input's spec, None without one),
         ``simplifier`` (None when not simplified), ``size_bytes`` and ``sha256``.
 
     Raises:
         ExportError: the exporter failed, the graph does not have the expected inputs and
             outputs, contains training-mode BatchNormalization or fails the ONNX checker.
     """
-    if opset < MIN_OPSET:
-        raise ValueError(f"opset must be >= {MIN_OPSET}, got {opset}")
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    if style_dim < 0:
+        raise ValueError(f"style_dim must be >= 0, got {style_dim}")
     path = Path(path)
     example, dynamic = _example_input(shape_rule, channels)
-    with eval_mode(translator), torch.no_grad():
-        try:
-            program = torch.onnx.export(
-                translator,
-                (example,),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                opset_version=opset,
-                dynamo=True,
-                dynamic_shapes=(dynamic,),
-                external_data=False,
-                verbose=False,
-            )
-        except Exception as error:  # the exporter raises many types; all mean the same here
-            raise ExportError(
-                f"could not export {type(translator).__name__} to ONNX ({path}): {error}"
-            ) from error
-    if program is None:  # only the TorchScript exporter returns None
-        raise ExportError(f"the ONNX exporter returned no program for {path}")
-    model = program.model_proto
-    if default_opset(model) < opset:
-        model = version_converter.convert_version(model, opset)
-    _name_dims(model)
+    examples: tuple[torch.Tensor, ...] = (example,)
+    dynamics: tuple[dict[int, Any], ...] = (dynamic,)
+    names = [INPUT_NAME]
+    if style_dim:
+        # The same Dim object: the style's batch is the image's (one code per image).
+        examples += (torch.randn(example.shape[0], style_dim),)
+        dynamics += ({0: dynamic[0]},)
+        names.append(STYLE_NAME)
+    model, simplifier = _export(
+        translator, path, examples, dynamics, names, [OUTPUT_NAME], opset, simplify
+    )
+    _check_io(model, shape_rule, channels, path, style_dim)
+    save_model(model, path)
+    specs = io_specs(model)
+    return {
+        "file": path.name,
+        "format": "onnx",
+        "precision": "fp32",
+        "opset": default_opset(model),
+        "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
+        "input": specs["inputs"][0],
+        "output": specs["outputs"][0],
+        "style": specs["inputs"][1] if style_dim else None,
+        "simplifier": simplifier,
+        "size_bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+    }
 
-    simplifier = None
-    if simplify:
-        model, simplifier = _simplify(model)
-    _check_io(model, shape_rule, channels, path)
-    bad = training_mode_batchnorm_nodes(model)
-    if bad:
-        raise ExportError(
-            f"{path}: the graph has BatchNormalization in training mode ({', '.join(bad)}); "
-            "TensorRT would compute it wrongly. Is a norm layer (instance norm, AdaIN) "
-            "exported through batch norm, or was a module left in training mode?"
-        )
+
+def export_style_encoder(
+    encoder: nn.Module,
+    path: Path,
+    shape_rule: ShapeRule,
+    channels: int,
+    style_dim: int,
+    opset: int = MIN_OPSET,
+    simplify: bool = False,
+) -> dict[str, Any]:
+    """Export a style encoder (uint8 [N, H, W, C] -> float32 [N, S]) to ``path``, checked.
+
+    The graph's input is ``image`` with the shape rule's dynamic sizes, its output
+    ``style``. Returns ``file``, ``format``, ``precision``, ``opset``, ``exporter``,
+    ``input``, ``output``, ``simplifier``, ``size_bytes`` and ``sha256``.
+
+    Raises:
+        ExportError: as :func:`export_onnx`, for a graph that is not image in, style out.
+    """
+    if style_dim < 1:
+        raise ValueError(f"style_dim must be >= 1, got {style_dim}")
+    path = Path(path)
+    example, dynamic = _example_input(shape_rule, channels)
+    model, simplifier = _export(
+        encoder, path, (example,), (dynamic,), [INPUT_NAME], [STYLE_NAME], opset, simplify
+    )
+    _check_style_encoder_io(model, shape_rule, channels, style_dim, path)
     save_model(model, path)
     specs = io_specs(model)
     return {
@@ -126,6 +152,60 @@ def export_onnx(
         "size_bytes": path.stat().st_size,
         "sha256": sha256_file(path),
     }
+
+
+def _export(
+    module: nn.Module,
+    path: Path,
+    examples: tuple[torch.Tensor, ...],
+    dynamic: tuple[dict[int, Any], ...],
+    input_names: list[str],
+    output_names: list[str],
+    opset: int,
+    simplify: bool,
+) -> tuple[onnx.ModelProto, str | None]:
+    """Run the exporter in eval mode; the model (opset raised, sizes named, maybe simplified)
+    and the simplifier used. Refuses training-mode batch norm."""
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset must be >= {MIN_OPSET}, got {opset}")
+    channels = int(examples[0].shape[-1])
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    with eval_mode(module), torch.no_grad():
+        try:
+            program = torch.onnx.export(
+                module,
+                examples,
+                input_names=input_names,
+                output_names=output_names,
+                opset_version=opset,
+                dynamo=True,
+                dynamic_shapes=dynamic,
+                external_data=False,
+                verbose=False,
+            )
+        except Exception as error:  # the exporter raises many types; all mean the same here
+            raise ExportError(
+                f"could not export {type(module).__name__} to ONNX ({path}): {error}"
+            ) from error
+    if program is None:  # only the TorchScript exporter returns None
+        raise ExportError(f"the ONNX exporter returned no program for {path}")
+    model = program.model_proto
+    if default_opset(model) < opset:
+        model = version_converter.convert_version(model, opset)
+    _name_dims(model)
+
+    simplifier = None
+    if simplify:
+        model, simplifier = _simplify(model)
+    bad = training_mode_batchnorm_nodes(model)
+    if bad:
+        raise ExportError(
+            f"{path}: the graph has BatchNormalization in training mode ({', '.join(bad)}); "
+            "TensorRT would compute it wrongly. Is a norm layer (instance norm, AdaIN) "
+            "exported through batch norm, or was a module left in training mode?"
+        )
+    return model, simplifier
 
 
 def training_mode_batchnorm_nodes(model: onnx.ModelProto) -> list[str]:
@@ -240,9 +320,10 @@ def _name_dims(model: onnx.ModelProto) -> None:
 
     The same names are replaced wherever they occur, so the output keeps sharing them.
     """
-    if len(model.graph.input) != 1:
+    images = [value for value in model.graph.input if value.name == INPUT_NAME]
+    if len(images) != 1:
         return  # _check_io reports it
-    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims = images[0].type.tensor_type.shape.dim
     renames = {
         dims[axis].dim_param: name
         for axis, name in enumerate(_DIM_NAMES)
@@ -255,24 +336,40 @@ def _name_dims(model: onnx.ModelProto) -> None:
                 dim.dim_param = renames[dim.dim_param]
 
 
-def _check_io(model: onnx.ModelProto, shape_rule: ShapeRule, channels: int, path: Path) -> None:
-    """Raise ExportError unless the graph is uint8 [N, H, W, C] -> uint8 [N, H, W, C_out]."""
-    specs = io_specs(model)
-    names = ([s["name"] for s in specs["inputs"]], [s["name"] for s in specs["outputs"]])
-    if names != ([INPUT_NAME], [OUTPUT_NAME]):
-        raise ExportError(
-            f"{path}: expected one input {INPUT_NAME!r} and one output {OUTPUT_NAME!r}, got "
-            f"inputs {names[0]} and outputs {names[1]}"
-        )
-    image, translated = specs["inputs"][0], specs["outputs"][0]
+def _image_shape(shape_rule: ShapeRule, channels: int) -> list[int | str]:
+    """The image input's expected shape: batch, the rule's sizes (named or fixed), channels."""
     if shape_rule.fixed_size is not None:
         sizes: list[int | str] = [shape_rule.fixed_size, shape_rule.fixed_size]
     else:
         sizes = list(_DIM_NAMES[1:])
-    expected = [_DIM_NAMES[0], *sizes, channels]
+    return [_DIM_NAMES[0], *sizes, channels]
+
+
+def _check_io(
+    model: onnx.ModelProto, shape_rule: ShapeRule, channels: int, path: Path, style_dim: int = 0
+) -> None:
+    """Raise ExportError unless the graph is uint8 [N, H, W, C] (+ float32 [N, S] style) ->
+    uint8 [N, H, W, C_out]."""
+    specs = io_specs(model)
+    names = ([s["name"] for s in specs["inputs"]], [s["name"] for s in specs["outputs"]])
+    inputs = [INPUT_NAME, STYLE_NAME] if style_dim else [INPUT_NAME]
+    if names != (inputs, [OUTPUT_NAME]):
+        raise ExportError(
+            f"{path}: expected inputs {inputs} and one output {OUTPUT_NAME!r}, got "
+            f"inputs {names[0]} and outputs {names[1]}"
+        )
+    image, translated = specs["inputs"][0], specs["outputs"][0]
+    expected = _image_shape(shape_rule, channels)
     problems = []
     if image["dtype"] != "uint8" or image["shape"] != expected:
         problems.append(f"input is {image['dtype']} {image['shape']}, expected uint8 {expected}")
+    if style_dim:
+        style = specs["inputs"][1]
+        if style["dtype"] != "float32" or style["shape"] != [_DIM_NAMES[0], style_dim]:
+            problems.append(
+                f"style is {style['dtype']} {style['shape']}, expected float32 "
+                f"{[_DIM_NAMES[0], style_dim]} (the image's batch)"
+            )
     out_shape = translated["shape"]
     if translated["dtype"] != "uint8" or len(out_shape) != 4 or out_shape[:3] != expected[:3]:
         problems.append(
@@ -281,6 +378,31 @@ def _check_io(model: onnx.ModelProto, shape_rule: ShapeRule, channels: int, path
         )
     elif out_shape[3] not in (1, 3):
         problems.append(f"output has {out_shape[3]} channels, expected 1 or 3")
+    if problems:
+        raise ExportError(f"{path}: " + "; ".join(problems))
+
+
+def _check_style_encoder_io(
+    model: onnx.ModelProto, shape_rule: ShapeRule, channels: int, style_dim: int, path: Path
+) -> None:
+    """Raise ExportError unless the graph is uint8 [N, H, W, C] -> float32 [N, S]."""
+    specs = io_specs(model)
+    names = ([s["name"] for s in specs["inputs"]], [s["name"] for s in specs["outputs"]])
+    if names != ([INPUT_NAME], [STYLE_NAME]):
+        raise ExportError(
+            f"{path}: expected one input {INPUT_NAME!r} and one output {STYLE_NAME!r}, got "
+            f"inputs {names[0]} and outputs {names[1]}"
+        )
+    image, style = specs["inputs"][0], specs["outputs"][0]
+    expected = _image_shape(shape_rule, channels)
+    problems = []
+    if image["dtype"] != "uint8" or image["shape"] != expected:
+        problems.append(f"input is {image['dtype']} {image['shape']}, expected uint8 {expected}")
+    if style["dtype"] != "float32" or style["shape"] != [_DIM_NAMES[0], style_dim]:
+        problems.append(
+            f"output is {style['dtype']} {style['shape']}, expected float32 "
+            f"{[_DIM_NAMES[0], style_dim]}"
+        )
     if problems:
         raise ExportError(f"{path}: " + "; ".join(problems))
 

@@ -15,6 +15,13 @@ The report's keys are those of the manifest's ``parity`` object (see
 
 FP32 graphs are judged against PyTorch (:func:`parity_ok_fp32`), FP16 graphs against the
 FP32 graph (:func:`parity_ok_fp16`), since FP16 is expected to differ by more than rounding.
+
+Multimodal translators get a fixed, seeded style code per image (a different one for each
+image of a batch, drawn from N(0, 1) like a served seed's), so the style path is checked
+too. A style encoder's graph is judged in the same unit (:func:`check_style_encoder_parity`):
+its codes for fixed reference images drive the PyTorch translator, whose outputs are
+compared with those of the codes PyTorch's encoder computes; the codes' own largest
+difference is reported beside (``max_abs_diff_style``).
 """
 
 from __future__ import annotations
@@ -33,7 +40,8 @@ from i2i.export.onnx import eval_mode
 from i2i.models import ShapeRule
 
 Size = int | tuple[int, int]
-Runner = Callable[[np.ndarray], np.ndarray]
+# (images uint8 [N, H, W, C], style float32 [N, S] or None) -> outputs
+Runner = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
 
 
 def check_parity(
@@ -45,6 +53,7 @@ def check_parity(
     batches: Sequence[int] = (1, 4),
     seed: int = 0,
     reference_onnx: Path | None = None,
+    style_dim: int = 0,
 ) -> dict[str, Any]:
     """Compare ``onnx_path`` (ONNX Runtime, CPU) with the translator or a reference graph.
 
@@ -60,14 +69,17 @@ def check_parity(
         reference_onnx: judge against this FP32 graph instead of PyTorch (for an FP16
             graph); the report's ``reference`` is then ``"onnx-fp32"``, ``reference_file``
             names the file, and the comparison with PyTorch is added as ``against_pytorch``.
+        style_dim: S of a multimodal translator; each image then gets its own seeded style
+            code (float32 [N, S]), the same for every runtime.
 
     Returns:
         A JSON-serialisable report: ``artifact`` (the file name), ``reference``
         (``"pytorch"`` or ``"onnx-fp32"``), ``runtime``, ``seed``, ``cases`` (one per size
         and batch, each with ``batch``, ``height``, ``width`` and the three measures), the
         measures over all cases (``max_abs_diff``, ``fraction_over_1`` over all pixels and
-        the lowest ``psnr``) and, with ``reference_onnx``, ``reference_file`` and
-        ``against_pytorch`` (``cases`` and the overall measures against PyTorch).
+        the lowest ``psnr``), ``styles`` (how many style codes were tried; multimodal
+        only) and, with ``reference_onnx``, ``reference_file`` and ``against_pytorch``
+        (``cases`` and the overall measures against PyTorch).
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
@@ -86,12 +98,13 @@ def check_parity(
     for height, width in shapes:
         for batch in batches:
             images = parity_images(rng, batch, height, width, channels)
-            output = candidate(images)
-            expected = reference(images)
+            style = parity_styles(rng, batch, style_dim)
+            output = candidate(images, style)
+            expected = reference(images, style)
             case = {"batch": batch, "height": height, "width": width}
             cases.append({**case, **compare(output, expected)})
             if reference_onnx is not None:
-                pytorch_cases.append({**case, **compare(output, pytorch(images))})
+                pytorch_cases.append({**case, **compare(output, pytorch(images, style))})
 
     report: dict[str, Any] = {
         "artifact": Path(onnx_path).name,
@@ -101,10 +114,79 @@ def check_parity(
         "cases": cases,
         **overall(cases),
     }
+    if style_dim:
+        report["styles"] = sum(case["batch"] for case in cases)
     if reference_onnx is not None:
         report["reference_file"] = Path(reference_onnx).name
         report["against_pytorch"] = {"cases": pytorch_cases, **overall(pytorch_cases)}
     return report
+
+
+def check_style_encoder_parity(
+    encoder: nn.Module,
+    translator: nn.Module,
+    onnx_path: Path,
+    shape_rule: ShapeRule,
+    channels: int,
+    style_channels: int,
+    sizes: Sequence[Size] | None = None,
+    batches: Sequence[int] = (1, 4),
+    seed: int = 0,
+    reference_onnx: Path | None = None,
+) -> dict[str, Any]:
+    """Compare a style encoder's graph with PyTorch's encoder (or a reference graph), in
+    uint8 levels of the translations its codes give.
+
+    For each case, reference images of the target domain (``style_channels``) are encoded
+    by the graph and by the reference; the PyTorch translator then translates fixed source
+    images (``channels``) with each set of codes, and the outputs are compared as in
+    :func:`check_parity`. The report has the same keys (``reference`` is ``"pytorch"`` or
+    ``"onnx-fp32"``), plus ``max_abs_diff_style``: the codes' largest difference.
+    """
+    shapes = [_pair(size) for size in (sizes if sizes is not None else default_sizes(shape_rule))]
+    for height, width in shapes:
+        shape_rule.check(height, width)
+    candidate = _onnx_encoder(Path(onnx_path))
+    if reference_onnx is not None:
+        reference = _onnx_encoder(Path(reference_onnx))
+    else:
+
+        def reference(images: np.ndarray) -> np.ndarray:
+            with eval_mode(encoder), torch.inference_mode():
+                return encoder(torch.from_numpy(images)).numpy()
+
+    translate = _pytorch_runner(translator)
+    cases = []
+    largest = 0.0
+    rng = np.random.default_rng(seed)
+    for height, width in shapes:
+        for batch in batches:
+            references = parity_images(rng, batch, height, width, style_channels)
+            images = parity_images(rng, batch, height, width, channels)
+            codes, expected_codes = candidate(references), reference(references)
+            largest = max(largest, float(np.abs(codes - expected_codes).max()))
+            case = {"batch": batch, "height": height, "width": width}
+            output, expected = translate(images, codes), translate(images, expected_codes)
+            cases.append({**case, **compare(output, expected)})
+    report: dict[str, Any] = {
+        "artifact": Path(onnx_path).name,
+        "reference": "pytorch" if reference_onnx is None else "onnx-fp32",
+        "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider",
+        "seed": seed,
+        "cases": cases,
+        **overall(cases),
+        "max_abs_diff_style": largest,
+    }
+    if reference_onnx is not None:
+        report["reference_file"] = Path(reference_onnx).name
+    return report
+
+
+def parity_styles(rng: np.random.Generator, batch: int, style_dim: int) -> np.ndarray | None:
+    """One N(0, 1) style code per image, float32 [N, S]; None for unimodal (S = 0)."""
+    if not style_dim:
+        return None
+    return rng.standard_normal((batch, style_dim)).astype(np.float32)
 
 
 def parity_ok_fp32(report: dict[str, Any], max_fraction: float = 0.001) -> bool:
@@ -187,22 +269,46 @@ def overall(cases: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def onnx_runner(path: Path) -> Runner:
-    """An ONNX graph in ONNX Runtime's CPU provider: images (N, H, W, C) -> outputs."""
+def _session(path: Path) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_runner(path: Path) -> Runner:
+    """A translator graph in ONNX Runtime's CPU provider: (images (N, H, W, C), style
+    (N, S) or None for a graph without a style input) -> outputs."""
+    session = _session(path)
+    names = [value.name for value in session.get_inputs()]
+
+    def run(images: np.ndarray, style: np.ndarray | None = None) -> np.ndarray:
+        feeds = {names[0]: images}
+        if len(names) > 1:
+            if style is None:
+                raise ValueError(f"{path.name} takes a style input ({names[1]}): give one")
+            feeds[names[1]] = style
+        return np.asarray(session.run(None, feeds)[0])
+
+    return run
+
+
+def _onnx_encoder(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """A style encoder graph in ONNX Runtime's CPU provider: images -> float32 codes."""
+    session = _session(path)
+    name = session.get_inputs()[0].name
 
     def run(images: np.ndarray) -> np.ndarray:
-        return np.asarray(session.run(None, {input_name: images})[0])
+        return np.asarray(session.run(None, {name: images})[0], dtype=np.float32)
 
     return run
 
 
 def _pytorch_runner(translator: nn.Module) -> Runner:
-    def run(images: np.ndarray) -> np.ndarray:
+    def run(images: np.ndarray, style: np.ndarray | None = None) -> np.ndarray:
+        inputs = [torch.from_numpy(images)]
+        if style is not None:
+            inputs.append(torch.from_numpy(np.ascontiguousarray(style, dtype=np.float32)))
         with eval_mode(translator), torch.inference_mode():
-            return translator(torch.from_numpy(images)).numpy()
+            return translator(*inputs).numpy()
 
     return run

@@ -3,6 +3,13 @@
 Everything is built in a temporary folder that the repository renames into place only
 when every artifact has passed its parity check, so a failed or killed export never
 leaves a half version behind.
+
+Multimodal families (``style_dim`` > 0) export translators with a second input ``style``
+(float32 [N, S]); a family with ``style_encoders`` also gets, per direction, its style
+encoder as ``<direction>.style.onnx`` (and ``.style.fp16.onnx``), recorded in the
+manifest as the direction's ``style_encoder`` and as artifacts with ``"graph":
+"style_encoder"``. TensorRT engines are built for translators only: a server runs the style
+encoder with ONNX Runtime beside an engine.
 """
 
 from __future__ import annotations
@@ -23,8 +30,14 @@ from . import tensorrt
 from .engines import build_checked_engine
 from .errors import ExportError
 from .fp16 import convert_fp16
-from .onnx import export_onnx
-from .parity import MIN_PSNR_FP16, check_parity, parity_ok_fp16, parity_ok_fp32
+from .onnx import export_onnx, export_style_encoder
+from .parity import (
+    MIN_PSNR_FP16,
+    check_parity,
+    check_style_encoder_parity,
+    parity_ok_fp16,
+    parity_ok_fp32,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +83,8 @@ def export_checkpoint(
     options = options_from_dict(payload["family"], payload["config"].get("model", {}))
     rule = family.shape_rule(options)
     translators = family.translators(networks, options)
+    style_dim = family.style_dim
+    encoders = family.style_encoders(networks, options) if family.style_encoders is not None else {}
     if "tensorrt" in formats:  # checked before any work, so a refusal writes nothing
         for translator in translators.values():
             tensorrt.profile_for(
@@ -90,8 +105,10 @@ def export_checkpoint(
         for direction, translator in translators.items():
             c_in = int(getattr(translator, "in_channels", 3))
             fp32 = folder / f"{direction}.onnx"
-            info = export_onnx(translator, fp32, rule, c_in, opset=opset, simplify=simplify)
-            report = check_parity(translator, fp32, rule, c_in)
+            info = export_onnx(
+                translator, fp32, rule, c_in, opset=opset, simplify=simplify, style_dim=style_dim
+            )
+            report = check_parity(translator, fp32, rule, c_in, style_dim=style_dim)
             if not parity_ok_fp32(report):
                 raise ExportError(
                     f"{direction}: ONNX Runtime differs from PyTorch: {_summary(report)}"
@@ -102,14 +119,16 @@ def export_checkpoint(
             directions[direction] = {
                 "input": info["input"],
                 "output": info["output"],
-                "style": None,
+                "style": info["style"],
                 "shape_rule": rule.to_manifest(),
             }
             fp16 = None
             if "onnx-fp16" in formats or "tensorrt" in formats:
                 fp16 = folder / f"{direction}.fp16.onnx"
                 convert_fp16(fp32, fp16)
-                report16 = check_parity(translator, fp16, rule, c_in, reference_onnx=fp32)
+                report16 = check_parity(
+                    translator, fp16, rule, c_in, reference_onnx=fp32, style_dim=style_dim
+                )
                 if not parity_ok_fp16(report16):
                     raise ExportError(
                         f"{direction}: FP16 ONNX below {MIN_PSNR_FP16:.0f} dB against FP32: "
@@ -138,10 +157,26 @@ def export_checkpoint(
                         int(workspace_gb * (1 << 30)),
                         Path(timing_cache) if timing_cache else None,
                         fp16_kept="onnx-fp16" in formats,
+                        style_dim=style_dim,
                     )
                 )
             if fp16 is not None and "onnx-fp16" not in formats:
                 fp16.unlink()
+            if direction in encoders:
+                spec, encoder_artifacts = _export_style_encoder(
+                    direction,
+                    encoders[direction],
+                    translator,
+                    folder,
+                    rule,
+                    c_in,
+                    style_dim,
+                    fp16="onnx-fp16" in formats,
+                    opset=opset,
+                    simplify=simplify,
+                )
+                directions[direction]["style_encoder"] = spec
+                artifacts.extend(encoder_artifacts)
             log.info("exported %s", direction)
         return {
             "format": "i2i.manifest",
@@ -160,6 +195,77 @@ def export_checkpoint(
     return folder, read_manifest(repository, name, int(folder.name))
 
 
+def _export_style_encoder(
+    direction: str,
+    encoder: Any,
+    translator: Any,
+    folder: Path,
+    rule: Any,
+    channels: int,
+    style_dim: int,
+    *,
+    fp16: bool,
+    opset: int,
+    simplify: bool,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Export one direction's style encoder (FP32, and FP16 if asked), each checked; its
+    manifest entry (``directions.<d>.style_encoder``) and its artifacts.
+
+    The encoder takes images of the direction's target domain (its ``in_channels``) and
+    the translator's shape rule unless it has a ``shape_rule`` of its own.
+    """
+    style_channels = int(getattr(encoder, "in_channels", 3))
+    encoder_dim = int(getattr(encoder, "style_dim", style_dim))
+    if encoder_dim != style_dim:
+        raise ExportError(
+            f"{direction}: the style encoder computes {encoder_dim} values but the translator "
+            f"takes a style of {style_dim}"
+        )
+    encoder_rule = getattr(encoder, "shape_rule", None) or rule
+    path = folder / f"{direction}.style.onnx"
+    info = export_style_encoder(
+        encoder, path, encoder_rule, style_channels, style_dim, opset=opset, simplify=simplify
+    )
+    report = check_style_encoder_parity(
+        encoder, translator, path, encoder_rule, channels, style_channels
+    )
+    if not parity_ok_fp32(report):
+        raise ExportError(
+            f"{direction}: the style encoder in ONNX Runtime differs from PyTorch: "
+            f"{_summary(report)} (codes differ by up to {report['max_abs_diff_style']:.3g})"
+        )
+    artifacts = [
+        _artifact(
+            direction, "onnx", "fp32", path, report, "pytorch", opset=info["opset"],
+            graph="style_encoder",
+        )
+    ]  # fmt: skip
+    if fp16:
+        path16 = folder / f"{direction}.style.fp16.onnx"
+        convert_fp16(path, path16)
+        report16 = check_style_encoder_parity(
+            encoder, translator, path16, encoder_rule, channels, style_channels,
+            reference_onnx=path,
+        )  # fmt: skip
+        if not parity_ok_fp16(report16):
+            raise ExportError(
+                f"{direction}: the FP16 style encoder is below {MIN_PSNR_FP16:.0f} dB against "
+                f"FP32: {_summary(report16)}"
+            )
+        artifacts.append(
+            _artifact(
+                direction, "onnx", "fp16", path16, report16, "onnx-fp32", opset=info["opset"],
+                graph="style_encoder",
+            )
+        )  # fmt: skip
+    spec = {
+        "input": info["input"],
+        "output": info["output"],
+        "shape_rule": encoder_rule.to_manifest(),
+    }
+    return spec, artifacts
+
+
 def _summary(report: dict[str, Any]) -> str:
     keys = ("max_abs_diff", "fraction_over_1", "psnr")
     return ", ".join(f"{k} {report[k]}" for k in keys if k in report)
@@ -176,6 +282,7 @@ def _artifact(
 ) -> dict[str, Any]:
     return {
         "direction": direction,
+        **({"graph": extra.pop("graph")} if "graph" in extra else {}),
         "format": fmt,
         "precision": precision,
         "file": path.name,

@@ -42,6 +42,7 @@ from i2i.runtime.tensorrt import (
 log = logging.getLogger(__name__)
 
 _SHAPE = re.compile(r"^(\d+)x(\d+)x(\d+)$")
+IMAGE_INPUT = "image"  # the translator graph's image input (i2i.export.onnx.INPUT_NAME)
 
 
 @dataclass(frozen=True)
@@ -169,12 +170,14 @@ def build_engine(
     profile: Profile,
     workspace_bytes: int = 4 << 30,
     timing_cache: Path | None = None,
+    style_dim: int = 0,
 ) -> dict[str, Any]:
     """Build an FP16 engine for GPU 0 into `plan`; returns what the manifest records.
 
     Every TensorRT call whose result reports failure is checked. `timing_cache`, when given,
     is read (a cache from another GPU or TensorRT is refused) and replaced atomically by the
-    updated one.
+    updated one. A multimodal translator (`style_dim` > 0) has a second input, the style
+    (N, S): its profile takes the image's batch range (min, opt and max N) at S.
 
     Raises:
         ExportError: naming the TensorRT call that failed, with TensorRT's messages.
@@ -201,24 +204,31 @@ def build_engine(
     if not parser.parse_from_file(str(source)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ExportError(f"TensorRT could not parse {source.name}: {errors}")
-    if network.num_inputs != 1:
+    expected = 2 if style_dim else 1
+    if network.num_inputs != expected:
         raise ExportError(
-            f"{source.name}: TensorRT finds {network.num_inputs} inputs; engines take one "
-            "image input"
+            f"{source.name}: TensorRT finds {network.num_inputs} inputs; this engine takes "
+            + ("an image and a style input" if style_dim else "one image input")
         )
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     if not typed:
         config.set_flag(trt.BuilderFlag.FP16)
     opt_profile = builder.create_optimization_profile()
-    name = network.get_input(0).name
-    try:
-        opt_profile.set_shape(name, profile.min, profile.opt, profile.max)
-    except RuntimeError as exc:  # the binding raises when TensorRT refuses a shape
-        raise ExportError(
-            f"TensorRT IOptimizationProfile.set_shape({name!r}) refused the profile "
-            f"{profile.to_dict()}: {exc}{logged_errors(logger)}"
-        ) from exc
+    names = [network.get_input(i).name for i in range(network.num_inputs)]
+    name = IMAGE_INPUT if IMAGE_INPUT in names else names[0]
+    shapes = {name: (profile.min, profile.opt, profile.max)}
+    for other in names:
+        if other != name:  # the style: one code per image, so the image's batch range
+            shapes[other] = tuple((dims[0], style_dim) for dims in shapes[name])  # type: ignore[assignment]
+    for tensor, (low, mid, high) in shapes.items():
+        try:
+            opt_profile.set_shape(tensor, low, mid, high)
+        except RuntimeError as exc:  # the binding raises when TensorRT refuses a shape
+            raise ExportError(
+                f"TensorRT IOptimizationProfile.set_shape({tensor!r}) refused the profile "
+                f"min {low}, opt {mid}, max {high}: {exc}{logged_errors(logger)}"
+            ) from exc
     if config.add_optimization_profile(opt_profile) < 0:
         raise ExportError(
             f"TensorRT add_optimization_profile returned -1: the profile {profile.to_dict()} "

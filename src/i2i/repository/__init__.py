@@ -4,10 +4,18 @@ The layout follows Triton's model repository::
 
     <repository>/<name>/<version>/manifest.json
                                  A2B.onnx, A2B.fp16.onnx, A2B.<gpu>.plan, ...
+                                 A2B.style.onnx, A2B.style.fp16.onnx   (multimodal only)
 
 Versions are positive integers (folders "1", "2", ...). The manifest, whose JSON Schema
 ships as `i2i/schemas/manifest.schema.json`, is the only file a server reads to know a
 model: family, domains, directions, artifacts, their parity.
+
+Multimodal directions have a ``style`` input (float32 [N, S]) and, optionally, a
+``style_encoder`` ({"input", "output", "shape_rule"}: uint8 images of the target domain ->
+float32 [N, S]) whose files are artifacts with ``"graph": "style_encoder"``. An artifact
+without ``graph`` holds the direction's translator, so manifests written before style
+encoders existed stay valid and mean what they meant (`artifact_graph`,
+`translator_artifacts`, `style_encoder_artifacts` read them).
 
 Publication is atomic: `write_version` builds a version in a hidden temporary folder inside
 `<repository>/<name>/` and renames it into place only once its manifest is valid and every
@@ -38,7 +46,17 @@ from i2i.repository.layout import (
     version_folder,
     versions,
 )
-from i2i.repository.schema import FORMAT, FORMAT_VERSION, load_schema, validate_manifest
+from i2i.repository.schema import (
+    FORMAT,
+    FORMAT_VERSION,
+    STYLE_ENCODER,
+    TRANSLATOR,
+    artifact_graph,
+    load_schema,
+    style_encoder_artifacts,
+    translator_artifacts,
+    validate_manifest,
+)
 from i2i.repository.storage import add_artifacts, read_manifest, write_version
 
 __all__ = [
@@ -47,7 +65,10 @@ __all__ = [
     "LOCK",
     "MANIFEST",
     "RepositoryError",
+    "STYLE_ENCODER",
+    "TRANSLATOR",
     "add_artifacts",
+    "artifact_graph",
     "engine_differences",
     "gpu_slug",
     "list_models",
@@ -55,6 +76,8 @@ __all__ = [
     "next_version",
     "read_manifest",
     "sha256_file",
+    "style_encoder_artifacts",
+    "translator_artifacts",
     "validate_manifest",
     "version_folder",
     "versions",

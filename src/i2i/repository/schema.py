@@ -20,6 +20,31 @@ log = logging.getLogger(__name__)
 FORMAT = "i2i.manifest"
 FORMAT_VERSION = 1
 _MAX_ERRORS = 10
+# What an artifact's file holds (its "graph"); absent means the translator.
+TRANSLATOR, STYLE_ENCODER = "translator", "style_encoder"
+
+
+def artifact_graph(artifact: Mapping[str, Any]) -> str:
+    """The graph an artifact holds: TRANSLATOR (also when the key is absent) or STYLE_ENCODER."""
+    return str(artifact.get("graph", TRANSLATOR))
+
+
+def translator_artifacts(manifest: Mapping[str, Any], direction: str) -> list[Mapping[str, Any]]:
+    """The artifacts of `direction` that hold its translator, in manifest order."""
+    return [
+        a
+        for a in manifest["artifacts"]
+        if a["direction"] == direction and artifact_graph(a) == TRANSLATOR
+    ]
+
+
+def style_encoder_artifacts(manifest: Mapping[str, Any], direction: str) -> list[Mapping[str, Any]]:
+    """The artifacts of `direction` that hold its style encoder, in manifest order."""
+    return [
+        a
+        for a in manifest["artifacts"]
+        if a["direction"] == direction and artifact_graph(a) == STYLE_ENCODER
+    ]
 
 
 def load_schema() -> dict[str, Any]:
@@ -38,8 +63,10 @@ def validate_manifest(manifest: Mapping[str, Any], source: str = "manifest") -> 
     """Raise RepositoryError, naming `source` and each offending JSON path, unless valid.
 
     Checks the schema, then what it cannot express: every artifact's direction exists,
-    artifact files are unique, a fixed size is a multiple of `multiple_of`, and every
-    number is finite (JSON has no NaN or infinity).
+    artifact files are unique, a fixed size is a multiple of `multiple_of`, a style
+    encoder is declared only beside a style and each style encoder artifact's direction
+    declares one (and each declared one has an artifact), and every number is finite
+    (JSON has no NaN or infinity).
     """
     if not isinstance(manifest, Mapping):
         raise RepositoryError(f"{source}: expected a JSON object, got {type(manifest).__name__}")
@@ -110,11 +137,34 @@ def _cross_check(manifest: Mapping[str, Any]) -> list[str]:
                 f"$.artifacts[{i}].file: {artifact['file']!r} is already the file of "
                 f"$.artifacts[{first}]"
             )
+        graph = artifact_graph(artifact)
+        spec = directions.get(artifact["direction"])
+        if graph == STYLE_ENCODER and spec is not None and "style_encoder" not in spec:
+            lines.append(
+                f"$.artifacts[{i}].graph: a style encoder of {artifact['direction']!r}, whose "
+                f"direction declares no style_encoder"
+            )
     for direction, spec in directions.items():
+        where = _child("$.directions", direction)
         try:
             ShapeRule.from_manifest(spec["shape_rule"])
         except ValueError as exc:
-            lines.append(f"{_child(_child('$.directions', direction), 'shape_rule')}: {exc}")
+            lines.append(f"{_child(where, 'shape_rule')}: {exc}")
+        encoder = spec.get("style_encoder")
+        if encoder is not None:
+            if spec["style"] is None:
+                lines.append(
+                    f"{_child(where, 'style_encoder')}: declared, but the direction takes no style"
+                )
+            try:
+                ShapeRule.from_manifest(encoder["shape_rule"])
+            except ValueError as exc:
+                lines.append(f"{_child(_child(where, 'style_encoder'), 'shape_rule')}: {exc}")
+            if not style_encoder_artifacts(manifest, direction):
+                lines.append(
+                    f"{_child(where, 'style_encoder')}: declared, but no artifact holds it "
+                    f"(graph 'style_encoder')"
+                )
     lines.extend(_non_finite(manifest, "$"))
     return lines
 

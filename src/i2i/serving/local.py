@@ -7,10 +7,13 @@ what users of the reference code do with its test script, with the server's robu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from i2i.repository import RepositoryError, read_manifest, version_folder
 from i2i.serving.backends import BackendError, load_backend
+from i2i.serving.backends.style import StyleEncoder, load_style_encoder
+from i2i.serving.errors import InvalidArgument
 from i2i.serving.pipeline import Request, check_parameters, finish, prepare
 from i2i.serving.store import LoadedDirection, batch_runner
 
@@ -56,16 +59,27 @@ class LocalTranslator:
                 runner = load_backend(
                     folder, manifest, direction, choice=backend, precision=precision
                 )
+                try:
+                    encoder = load_style_encoder(folder, manifest, direction, runner)
+                except BackendError:
+                    runner.close()
+                    raise
             else:
                 assert checkpoint is not None
                 # PyTorch only on this path (train extra); a repository needs none.
-                from i2i.serving.backends.pytorch import load_checkpoint_backend
+                from i2i.serving.backends.pytorch import (
+                    load_checkpoint_backend,
+                    pytorch_style_encoder,
+                )
 
                 runner = load_checkpoint_backend(checkpoint, direction)
+                encoder = pytorch_style_encoder(checkpoint, direction, device="cpu")
                 name, number, family = checkpoint.stem, 0, getattr(runner, "family", "")
         except (RepositoryError, BackendError) as exc:
             raise LocalTranslatorError(str(exc)) from None
-        self.direction = LoadedDirection(name, number, direction, family, runner, MAX_SAMPLES)
+        self.direction = LoadedDirection(
+            name, number, direction, family, runner, MAX_SAMPLES, style_encoder=encoder
+        )
         self._run = batch_runner(runner)
 
     def translate(
@@ -76,16 +90,27 @@ class LocalTranslator:
         output_format: str = "png",
         quality: int = 0,
         num_samples: int = 1,
-        seed: int | None = None,
+        style_seed: int | None = None,
+        style_code: Sequence[float] | None = None,
+        style_reference: bytes | None = None,
     ) -> list[bytes]:
-        """Encoded image in, one encoded output per sample out (ServingError on bad input)."""
+        """Encoded image in, one encoded output per sample out (ServingError on bad input).
+
+        At most one of `style_seed`, `style_code` and `style_reference` (an encoded image of
+        the target domain), for multimodal models; none draws random styles.
+        """
         direction = self.direction
+        given = [s for s in (style_seed, style_code, style_reference) if s is not None]
+        if len(given) > 1:
+            raise InvalidArgument("give at most one of a style seed, code and reference image")
         request = Request(
             model=direction.model,
             direction=direction.name,
             image=data,
             num_samples=num_samples,
-            style_seed=seed if direction.style_size else None,
+            style_seed=style_seed,
+            style_code=style_code,
+            style_reference=style_reference,
             output_format=output_format,
             quality=quality,
             size_policy=size_policy,
@@ -96,8 +121,13 @@ class LocalTranslator:
         (outputs,) = self._run((height, width), [(prepared.pixels, prepared.style)])
         return [bytes(image) for image in finish(outputs, prepared)]
 
+    @property
+    def style_encoder(self) -> StyleEncoder | None:
+        """The style encoder reference images go through (None: the model has none)."""
+        return self.direction.style_encoder
+
     def close(self) -> None:
-        self.direction.backend.close()
+        self.direction.close()
 
     def __enter__(self) -> LocalTranslator:
         return self

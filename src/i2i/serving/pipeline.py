@@ -129,25 +129,73 @@ def check_parameters(request: Request, direction: LoadedDirection, max_samples: 
         )
     if request.style_code is not None and not np.all(np.isfinite(request.style_code)):
         raise InvalidArgument("the style code has a NaN or infinite value")
-    if request.style_reference is not None:
+    if request.style_reference is not None and direction.style_encoder is None:
         raise InvalidArgument(
-            f"model {direction.model!r} has no style encoder in its repository version, so a "
-            f"reference image cannot set the style; send a seed or a style code"
+            f"model {direction.model!r} version {direction.version} ({direction.name}) has no "
+            f"style encoder in its repository version, so a reference image cannot set the "
+            f"style; send a seed or a style code"
         )
 
 
-def _style(request: Request, direction: LoadedDirection) -> np.ndarray | None:
+def reference_style(
+    reference: bytes | RawPixels, direction: LoadedDirection, max_pixels: int
+) -> np.ndarray:
+    """The style code (1, S) of a reference image, by the direction's style encoder.
+
+    Blocking: run it in a worker thread. The reference is an image of the direction's
+    target domain (its channels are converted to the encoder's, as an input image's are)
+    and is resized to the nearest size the encoder takes: the code is a global statistic
+    of the image, which resizing keeps and reflect-padding would skew.
+
+    Raises:
+        InvalidArgument: no style encoder, or a reference that cannot be decoded or fitted.
+        ResourceExhausted: a reference image above the pixel limit.
+    """
+    encoder = direction.style_encoder
+    if encoder is None:
+        raise InvalidArgument(f"{direction.label} has no style encoder")
+    try:
+        if isinstance(reference, RawPixels):
+            pixels = images.raw_image(
+                reference.pixels,
+                reference.height,
+                reference.width,
+                reference.channels,
+                channels=encoder.in_channels,
+                max_pixels=max_pixels,
+            )
+        else:
+            pixels, _ = images.decode_image(
+                reference, channels=encoder.in_channels, max_pixels=max_pixels
+            )
+        fitted = images.fit_to_rule(pixels, encoder.shape_rule, "resize")
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"style.reference: {exc.message}") from None
+    code = encoder.encode(fitted.pixels[None])  # (1, S)
+    if not np.all(np.isfinite(code)):
+        raise InvalidArgument(
+            "the style encoder computed a NaN or infinite code for style.reference"
+        )
+    return code
+
+
+def _style(request: Request, direction: LoadedDirection, max_pixels: int) -> np.ndarray | None:
     if direction.style_size == 0:
         return None
     shape = (request.num_samples, direction.style_size)
     if request.style_code is not None:
         return np.repeat(np.asarray(request.style_code, np.float32)[None], shape[0], 0)
+    if request.style_reference is not None:
+        code = reference_style(request.style_reference, direction, max_pixels)
+        return np.repeat(code, shape[0], 0)  # (K, S): the same style for every sample
     rng = np.random.default_rng(request.style_seed)  # None: fresh entropy, a random style
     return rng.standard_normal(shape).astype(np.float32)
 
 
 def prepare(request: Request, direction: LoadedDirection, max_pixels: int) -> Prepared:
-    """Decode, convert and fit the image (blocking: run it in a worker thread)."""
+    """Decode, convert and fit the image, and make the style: K seeded codes, the given
+    code K times, or a reference image's code from the style encoder K times (blocking:
+    run it in a worker thread)."""
     if isinstance(request.image, RawPixels):
         raw = request.image
         pixels = images.raw_image(
@@ -170,7 +218,7 @@ def prepare(request: Request, direction: LoadedDirection, max_pixels: int) -> Pr
     return Prepared(
         pixels=fitted.pixels,
         restore=fitted.restore,
-        style=_style(request, direction),
+        style=_style(request, direction, max_pixels),
         output_format=request.output_format or default_format,
         quality=request.quality,
         size=size,

@@ -222,6 +222,7 @@ def model_info(model: LoadedModel) -> pb.ModelInfo:
                 backend=d.backend.name,
                 artifact=d.backend.artifact,
                 max_batch=d.max_batch,
+                style_encoder=d.style_encoder is not None,
             )
             for d in model.directions.values()
         ],

@@ -20,6 +20,7 @@ import numpy as np
 
 from i2i.repository import RepositoryError, list_models, read_manifest, version_folder
 from i2i.serving.backends import Backend, BackendError, Hardware, load_backend
+from i2i.serving.backends.style import StyleEncoder, load_style_encoder
 from i2i.serving.batcher import BatchObserver, DynamicBatcher
 from i2i.serving.config import ModelSelection, ServerConfig
 from i2i.serving.errors import NotFound
@@ -116,6 +117,7 @@ class LoadedDirection:
     """One direction of one model version, ready to take requests.
 
     `batcher` is None only for translation without a server (`LocalTranslator`).
+    `style_encoder` computes a reference image's style code (None: the version has none).
     """
 
     model: str
@@ -128,6 +130,13 @@ class LoadedDirection:
     preparing: int = 0  # requests admitted and being decoded, not yet in the batcher's queue
     warmup: Warmup | None = None  # what warmed it (None: not warmed, e.g. LocalTranslator)
     warmup_s: float = 0.0  # how long that took
+    style_encoder: StyleEncoder | None = field(default=None, repr=False)
+
+    def close(self) -> None:
+        """Release the backend and the style encoder."""
+        self.backend.close()
+        if self.style_encoder is not None:
+            self.style_encoder.close()
 
     @property
     def label(self) -> str:
@@ -262,6 +271,31 @@ class ModelStore:
             raise LoadError(
                 f"{manifest['name']}:{manifest['version']} {direction}: {exc}"
             ) from None
+        try:
+            style_encoder = load_style_encoder(
+                folder,
+                manifest,
+                direction,
+                backend,
+                hardware=hardware,
+                device_id=config.device_id,
+                threads=config.threads,
+            )
+        except BackendError as exc:
+            backend.close()
+            raise LoadError(
+                f"{manifest['name']}:{manifest['version']} {direction}: style encoder: {exc}"
+            ) from None
+        if style_encoder is not None:
+            try:
+                style_encoder.warmup()
+            except Exception as exc:  # the runtime's own error types: the model cannot serve
+                backend.close()
+                style_encoder.close()
+                raise LoadError(
+                    f"{manifest['name']}:{manifest['version']} {direction}: the style "
+                    f"encoder's warm-up failed on {style_encoder.name}: {exc}"
+                ) from exc
         max_batch = min(config.max_batch, backend.max_batch or config.max_batch)
         warmup = plan_warmup(
             warmup_plan(backend.name, config.warmup),
@@ -275,6 +309,8 @@ class ModelStore:
             backend.warmup(warmup.size, warmup.size, warmup.batches)
         except Exception as exc:
             backend.close()
+            if style_encoder is not None:
+                style_encoder.close()
             raise LoadError(
                 f"{manifest['name']}:{manifest['version']} {direction}: {warmup.describe()} "
                 f"failed on {backend.name}: {exc}"
@@ -300,6 +336,7 @@ class ModelStore:
             batcher=batcher,
             warmup=warmup,
             warmup_s=warmup_s,
+            style_encoder=style_encoder,
         )
 
     def directions(self) -> list[LoadedDirection]:
@@ -316,7 +353,7 @@ class ModelStore:
             assert direction.batcher is not None
             await direction.batcher.stop(drain=drain)
         for direction in self.directions():
-            direction.backend.close()
+            direction.close()
 
     def model(self, name: str, version: int | None) -> LoadedModel:
         """A loaded model version; version None or 0 means the latest loaded."""
@@ -347,7 +384,7 @@ class ModelStore:
 def _close_all(models: dict[tuple[str, int], LoadedModel]) -> None:
     for model in models.values():
         for direction in model.directions.values():
-            direction.backend.close()
+            direction.close()
 
 
 def _warmup_batches(max_batch: int) -> Sequence[int]:

@@ -154,7 +154,7 @@ class ShapeRule(_message.Message):
     def __init__(self, multiple_of: _Optional[int] = ..., fixed_size: _Optional[int] = ..., min_size: _Optional[int] = ...) -> None: ...
 
 class DirectionInfo(_message.Message):
-    __slots__ = ("name", "input_channels", "output_channels", "shape_rule", "style_size", "backend", "artifact", "max_batch")
+    __slots__ = ("name", "input_channels", "output_channels", "shape_rule", "style_size", "backend", "artifact", "max_batch", "style_encoder")
     NAME_FIELD_NUMBER: _ClassVar[int]
     INPUT_CHANNELS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_CHANNELS_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +163,7 @@ class DirectionInfo(_message.Message):
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
+    STYLE_ENCODER_FIELD_NUMBER: _ClassVar[int]
     name: str
     input_channels: int
     output_channels: int
@@ -171,7 +172,8 @@ class DirectionInfo(_message.Message):
     backend: str
     artifact: str
     max_batch: int
-    def __init__(self, name: _Optional[str] = ..., input_channels: _Optional[int] = ..., output_channels: _Optional[int] = ..., shape_rule: _Optional[_Union[ShapeRule, _Mapping]] = ..., style_size: _Optional[int] = ..., backend: _Optional[str] = ..., artifact: _Optional[str] = ..., max_batch: _Optional[int] = ...) -> None: ...
+    style_encoder: bool
+    def __init__(self, name: _Optional[str] = ..., input_channels: _Optional[int] = ..., output_channels: _Optional[int] = ..., shape_rule: _Optional[_Union[ShapeRule, _Mapping]] = ..., style_size: _Optional[int] = ..., backend: _Optional[str] = ..., artifact: _Optional[str] = ..., max_batch: _Optional[int] = ..., style_encoder: _Optional[bool] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "version", "family", "domains", "directions", "created")

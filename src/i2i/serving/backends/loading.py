@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from i2i.repository import translator_artifacts
 from i2i.serving.backends.base import (
     BACKEND_CHOICES,
     PRECISION_CHOICES,
@@ -151,7 +152,7 @@ def _gpu_providers(hardware: Hardware) -> tuple[str, ...]:
 
 
 def _listing(manifest: Mapping[str, Any], direction: str) -> str:
-    found = [a for a in manifest["artifacts"] if a["direction"] == direction]
+    found = translator_artifacts(manifest, direction)
     return ", ".join(f"{a['file']} ({a['format']} {a['precision']})" for a in found) or "none"
 
 
@@ -161,8 +162,8 @@ def _onnx_artifact(
     """The ONNX artifact to run: `precision`'s, or under auto FP16 on a GPU, else FP32."""
     onnx = {
         a["precision"]: a
-        for a in manifest["artifacts"]
-        if a["direction"] == direction and a["format"] == "onnx"
+        for a in translator_artifacts(manifest, direction)
+        if a["format"] == "onnx"
     }
     if precision == "auto":
         order = ("fp16", "fp32") if gpu else ("fp32", "fp16")
@@ -204,10 +205,8 @@ def _tensorrt(
             raise BackendError(f"tensorrt: {' and '.join(missing)}; use --backend auto")
     engines = [
         a
-        for a in manifest["artifacts"]
-        if a["direction"] == direction
-        and a["format"] == "tensorrt"
-        and precision in ("auto", a["precision"])
+        for a in translator_artifacts(manifest, direction)
+        if a["format"] == "tensorrt" and precision in ("auto", a["precision"])
     ]
     if explicit and not engines:
         raise BackendError(

@@ -22,6 +22,13 @@ CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
 # The backend's name after the execution provider that runs the graph.
 _NAMES = {TENSORRT: "onnxruntime-tensorrt", CUDA: "onnxruntime-cuda", CPU: "onnxruntime-cpu"}
+
+
+def runtime_name(provider: str) -> str:
+    """The backend name of an execution provider, e.g. "onnxruntime-cpu"."""
+    return _NAMES.get(provider, f"onnxruntime-{provider}")
+
+
 # The manifest's dtypes as ONNX Runtime writes them in NodeArg.type.
 _ORT_TYPES = {
     "uint8": "tensor(uint8)",
@@ -92,6 +99,47 @@ def tensorrt_provider_options(device_id: int) -> dict[str, Any]:
     }
 
 
+def open_session(
+    path: Path, providers: tuple[str, ...], *, device_id: int = 0, threads: int | None = None
+) -> ort.InferenceSession:
+    """An ONNX Runtime session of `path` on `providers` (CPU always added last), with the
+    server's settings: full graph optimisation, `threads` intra-op threads, the
+    I2I_ORT_CPU_ARENA mode, and the TensorRT provider's on-disk engine cache.
+
+    Raises:
+        BackendError: ONNX Runtime could not load the graph.
+    """
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    options.enable_cpu_mem_arena = _cpu_arena() != "off"
+    wanted = [*dict.fromkeys([*providers, CPU])]
+    provider_options: dict[str, dict[str, Any]] = {CUDA: {"device_id": device_id}, CPU: {}}
+    if TENSORRT in wanted:
+        provider_options[TENSORRT] = tensorrt_provider_options(device_id)
+    try:
+        session = ort.InferenceSession(
+            str(path),
+            options,
+            providers=[(p, provider_options.get(p, {})) for p in wanted],
+        )
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
+        raise BackendError(
+            f"{path}: ONNX Runtime could not load it ({type(exc).__name__}: {exc}); "
+            f"re-export this version"
+        ) from exc
+    running = session.get_providers()[0]
+    if running != wanted[0]:
+        log.warning(
+            "%s: asked ONNX Runtime for %s but it runs on %s (see its log above)",
+            path.name,
+            wanted[0],
+            running,
+        )
+    return session
+
+
 class OnnxRuntimeBackend(Backend):
     """An ONNX artifact in an ONNX Runtime session on the given execution providers.
 
@@ -116,41 +164,15 @@ class OnnxRuntimeBackend(Backend):
     ) -> None:
         verify_artifact(path, artifact)
         in_channels, out_channels, style_size = io_sizes(spec, path.name)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads is not None:
-            options.intra_op_num_threads = threads
         arena = _cpu_arena()
-        options.enable_cpu_mem_arena = arena != "off"
         self._keep = ort.RunOptions()
         self._shrink = ort.RunOptions()
         if arena == "shrink":
             self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-        wanted = [*dict.fromkeys([*providers, CPU])]
-        provider_options: dict[str, dict[str, Any]] = {CUDA: {"device_id": device_id}, CPU: {}}
-        if TENSORRT in wanted:
-            provider_options[TENSORRT] = tensorrt_provider_options(device_id)
-        try:
-            session = ort.InferenceSession(
-                str(path),
-                options,
-                providers=[(p, provider_options.get(p, {})) for p in wanted],
-            )
-        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types
-            raise BackendError(
-                f"{path}: ONNX Runtime could not load it ({type(exc).__name__}: {exc}); "
-                f"re-export this version"
-            ) from exc
+        session = open_session(path, providers, device_id=device_id, threads=threads)
         running = session.get_providers()[0]
-        if running != wanted[0]:
-            log.warning(
-                "%s: asked ONNX Runtime for %s but it runs on %s (see its log above)",
-                path.name,
-                wanted[0],
-                running,
-            )
         super().__init__(
-            name=_NAMES.get(running, f"onnxruntime-{running}"),
+            name=runtime_name(running),
             artifact=path.name,
             precision=artifact["precision"],
             in_channels=in_channels,

@@ -16,6 +16,7 @@ from i2i.checkpoint import CheckpointError, load_trained_networks
 from i2i.models import ShapeRule, get_family, options_from_dict
 from i2i.repository import sha256_file
 from i2i.serving.backends.base import Backend, BackendError
+from i2i.serving.backends.style import StyleEncoder
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,75 @@ class PyTorchBackend(Backend):
 
     def close(self) -> None:
         self._translator = None
+
+
+class PyTorchStyleEncoder(StyleEncoder):
+    """A family's style encoder module run under ``torch.inference_mode``."""
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        device: torch.device,
+        *,
+        artifact: str,
+        in_channels: int,
+        style_size: int,
+        shape_rule: ShapeRule,
+    ) -> None:
+        super().__init__(
+            name=f"pytorch-{device.type}",
+            artifact=artifact,
+            precision="fp32",
+            in_channels=in_channels,
+            style_size=style_size,
+            shape_rule=shape_rule,
+        )
+        self.device = device
+        self._encoder: nn.Module | None = encoder.to(device).eval()
+
+    def _encode(self, images: np.ndarray) -> np.ndarray:
+        if self._encoder is None:
+            raise RuntimeError(f"{self}: closed")
+        with torch.inference_mode():
+            pixels = images if images.flags.writeable else images.copy()  # torch needs that
+            codes = self._encoder(torch.from_numpy(pixels).to(self.device))  # (N, S)
+        return codes.float().cpu().numpy()
+
+    def close(self) -> None:
+        self._encoder = None
+
+
+def pytorch_style_encoder(
+    checkpoint: Path, direction: str, *, device: str, family: str | None = None
+) -> PyTorchStyleEncoder | None:
+    """`direction`'s style encoder (``family.style_encoders``) from `checkpoint` on `device`;
+    None when the family has none or the checkpoint lacks its network."""
+    torch_device = _device(device)
+    try:
+        payload, networks = load_trained_networks(checkpoint)
+    except CheckpointError as exc:
+        raise BackendError(f"pytorch: {exc}") from exc
+    if family is not None and payload["family"] != family:
+        raise BackendError(
+            f"pytorch: {checkpoint} holds a {payload['family']!r} model but this model is a "
+            f"{family!r}; pass the --checkpoint it was exported from"
+        )
+    model_family = get_family(payload["family"])
+    if model_family.style_encoders is None:
+        return None
+    options = options_from_dict(payload["family"], payload["config"].get("model", {}))
+    encoder = model_family.style_encoders(networks, options).get(direction)
+    if encoder is None:
+        return None
+    rule = getattr(encoder, "shape_rule", None) or model_family.shape_rule(options)
+    return PyTorchStyleEncoder(
+        encoder,
+        torch_device,
+        artifact=f"pytorch:{checkpoint.name}",
+        in_channels=int(getattr(encoder, "in_channels", 3)),
+        style_size=int(getattr(encoder, "style_dim", model_family.style_dim)),
+        shape_rule=rule,
+    )
 
 
 def load_checkpoint_backend(checkpoint: Path, direction: str, *, device: str = "cpu") -> Backend:
