@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -146,6 +147,12 @@ class MultimodalModel:
     checkpoint: Path
     repository: Path
     name: str = "styled"
+
+    @property
+    def style_dim(self) -> int:
+        """S, as the exported manifest gives it."""
+        manifest = json.loads((self.repository / self.name / "1" / "manifest.json").read_text())
+        return int(manifest["directions"]["A2B"]["style"]["shape"][-1])
 
 
 @pytest.fixture(scope="session", params=sorted(MULTIMODAL_FAMILIES))

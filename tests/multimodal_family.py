@@ -177,8 +177,11 @@ FAMILY = ModelFamily(
     style_encoders=_style_encoders,
 )
 
-# Multimodal families the tests run on: (name, tiny options). MUNIT joins when it lands.
-MULTIMODAL_FAMILIES: dict[str, dict[str, Any]] = {NAME: {"ngf": 4}}
+# Multimodal families the tests run on: (name, tiny options).
+MULTIMODAL_FAMILIES: dict[str, dict[str, Any]] = {
+    NAME: {"ngf": 4},
+    "munit": {"gen_dim": 4, "n_res": 1, "mlp_dim": 8, "dis_dim": 4, "dis_n_layer": 2},
+}
 
 
 @contextlib.contextmanager

@@ -92,7 +92,8 @@ def test_cli_style_image_and_code(styled_server, multimodal_model, tmp_path):
     assert rc == 0
     np.testing.assert_array_equal(read(tmp_path / "checkpoint" / "photo.png"), expected)
     text = ",".join(f"{v:.9g}" for v in code[0])
-    assert run_translate(tmp_path, "code", *server, "--style-code", text) == 0
+    # "=": a code may start with a minus sign, which argparse would take for a flag.
+    assert run_translate(tmp_path, "code", *server, f"--style-code={text}") == 0
     coded = read(tmp_path / "code" / "photo.png")
     assert np.abs(coded.astype(int) - expected.astype(int)).max() <= 1
 
@@ -100,7 +101,10 @@ def test_cli_style_image_and_code(styled_server, multimodal_model, tmp_path):
 @pytest.mark.parametrize(
     ("flags", "words"),
     [
-        (["--style-code", "0.1,0.2"], "--style-code has 2 values; model 'styled' takes exactly 4"),
+        (
+            ["--style-code", "0.1,0.2"],
+            "--style-code has 2 values; model 'styled' takes exactly {S}",
+        ),
         (["--style-code", "0.1,x,0,0"], "'x' is not a number"),
         (["--style-seed", "1", "--style-code", "0,0,0,0"], "at most one of --style-seed"),
         (["--style-image", "missing.png"], "--style-image missing.png"),
@@ -110,6 +114,7 @@ def test_cli_bad_style_flags_are_one_line_usage_errors(
     styled_server, multimodal_model, tmp_path, capsys, flags, words
 ):
     write_input(tmp_path / "in")
+    words = words.replace("{S}", str(multimodal_model.style_dim))
     server = ["--server", styled_server.target, "--model", multimodal_model.name]
     assert run_translate(tmp_path, "out", *server, *flags) == 2
     err = capsys.readouterr().err.strip()
@@ -140,8 +145,8 @@ def test_python_clients_take_a_seed_a_code_and_a_reference_path(
     with Client(styled_server.target) as client:
         info = client.get_model("styled")
         assert {d.name: (d.style_size, d.style_encoder) for d in info.directions} == {
-            "A2B": (4, True),
-            "B2A": (4, True),
+            "A2B": (multimodal_model.style_dim, True),
+            "B2A": (multimodal_model.style_dim, True),
         }
         seeded = client.translate(
             pixels, model="styled", direction="B2A", num_samples=2, style_seed=11
@@ -161,7 +166,10 @@ def test_python_clients_take_a_seed_a_code_and_a_reference_path(
                 pixels, model="styled", direction="B2A", num_samples=2, style_seed=11
             )
             coded = await client.translate(
-                pixels, model="styled", direction="B2A", style_code=[0.0, 0.0, 0.0, 0.0]
+                pixels,
+                model="styled",
+                direction="B2A",
+                style_code=[0.0] * multimodal_model.style_dim,
             )
             return again.images, coded.images
 

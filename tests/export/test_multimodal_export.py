@@ -81,7 +81,7 @@ def test_the_style_shares_the_image_batch_and_fp16_keeps_it_float32(
         assert image.type.tensor_type.shape.dim[0].dim_param == "batch"
     # The hand-written instance statistics of AdaIN stay in FP32.
     info = convert_fp16(folder / "A2B.onnx", tmp_path / "again.fp16.onnx")
-    assert {"ReduceMean", "Pow", "Sqrt"} <= set(info["blocked_ops"])
+    assert {"ReduceMean", "Sqrt"} <= set(info["blocked_ops"])
     encoder = onnx.load(folder / "A2B.style.fp16.onnx").graph
     assert encoder.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
 
@@ -118,8 +118,10 @@ def test_export_refuses_a_style_encoder_of_the_wrong_size(
 ) -> None:
     with registered(multimodal_model.family):
         family, _, encoders = networks_of(multimodal_model)
+        size = multimodal_model.style_dim
         with pytest.raises(
-            ExportError, match=r"output is float32 \['batch', 4\], expected float32 \['batch', 5\]"
+            ExportError,
+            match=rf"output is float32 \['batch', {size}\], expected float32 \['batch', 5\]",
         ):
             export_style_encoder(
                 encoders["A2B"], tmp_path / "x.onnx", family.shape_rule(None), 3, style_dim=5
@@ -177,6 +179,7 @@ def test_served_outputs_depend_on_the_style(multimodal_model: MultimodalModel) -
     path = multimodal_model.repository / multimodal_model.name / "1" / "B2A.onnx"
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     image = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
-    style = np.stack([np.zeros(4), np.ones(4)]).astype(np.float32)
+    size = multimodal_model.style_dim
+    style = np.stack([np.zeros(size), np.ones(size)]).astype(np.float32)
     first, second = session.run(None, {"image": image[:1].repeat(2, 0), "style": style})[0]
     assert np.abs(first.astype(int) - second.astype(int)).mean() > 2

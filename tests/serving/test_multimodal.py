@@ -89,14 +89,15 @@ def test_same_seed_same_bytes_and_k_samples_in_one_batch(styled_server, multimod
     assert all(not np.array_equal(a, b) for i, a in enumerate(samples) for b in samples[i + 1 :])
     assert all(not np.array_equal(a, b) for a, b in zip(samples, outputs(other), strict=True))
     # The seed's codes are numpy's standard normals: exactly what the graph gives for them.
-    codes = np.random.default_rng(7).standard_normal((3, 4)).astype(np.float32)
+    codes = np.random.default_rng(7).standard_normal((3, multimodal_model.style_dim))
+    codes = codes.astype(np.float32)
     expected = ort_styled(multimodal_model, "A2B", pixels, codes)
     np.testing.assert_array_equal(np.stack(samples), expected)
 
 
 def test_explicit_code_equals_onnxruntime(styled_server, multimodal_model):
     pixels = sample_image(40, 32, seed=6)
-    code = [0.5, -1.25, 2.0, 0.1]
+    code = [0.5, -1.25, 2.0, 0.1, -0.7, 1.5, -0.2, 0.9][: multimodal_model.style_dim]
     reply = styled_server.stub().Translate(
         styled_request(
             multimodal_model, pixels, "B2A", style=pb.Style(code=pb.StyleCode(values=code))
@@ -140,11 +141,15 @@ def test_reference_image_sets_the_style_of_its_encoder(styled_server, multimodal
     [
         (pb.Style(reference=pb.Image(encoded=b"\x89PNG\r\n\x1a\n broken")), "style.reference"),
         (pb.Style(reference=pb.Image(encoded=b"")), "style.reference is empty"),
-        (pb.Style(code=pb.StyleCode(values=[0.1, 0.2])), "exactly 4"),
-        (pb.Style(code=pb.StyleCode(values=[0.1, float("nan"), 0, 0])), "NaN"),
+        (pb.Style(code=pb.StyleCode(values=[0.1, 0.2])), "exactly {S}"),
+        (pb.Style(code=pb.StyleCode(values=[0.1, float("nan")])), "NaN"),
     ],
 )
 def test_bad_styles_are_invalid_argument(styled_server, multimodal_model, style, words):
+    words = words.format(S=multimodal_model.style_dim)
+    style = pb.Style().__class__.FromString(style.SerializeToString())  # parameters are shared
+    if style.HasField("code") and "NaN" in words:  # the right length, one value not finite
+        style.code.values.extend([0.0] * (multimodal_model.style_dim - 2))
     with pytest.raises(grpc.RpcError) as caught:
         styled_server.stub().Translate(
             styled_request(multimodal_model, sample_image(), style=style), timeout=30

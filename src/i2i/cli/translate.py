@@ -111,7 +111,8 @@ def add_translate_arguments(p: argparse.ArgumentParser) -> None:
     style.add_argument(
         "--style-code",
         metavar="V,V,...",
-        help="an explicit style code, the model's style size of comma-separated floats",
+        help="an explicit style code, the model's style size of comma-separated floats; write "
+        "--style-code=-0.5,1.2,... when the first value is negative",
     )
     style.add_argument(
         "--style-image",

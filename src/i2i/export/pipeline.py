@@ -83,7 +83,7 @@ def export_checkpoint(
     options = options_from_dict(payload["family"], payload["config"].get("model", {}))
     rule = family.shape_rule(options)
     translators = family.translators(networks, options)
-    style_dim = family.style_dim
+    style_dim = family.style_dim_for(options)
     encoders = family.style_encoders(networks, options) if family.style_encoders is not None else {}
     if "tensorrt" in formats:  # checked before any work, so a refusal writes nothing
         for translator in translators.values():

@@ -134,7 +134,7 @@ def pytorch_style_encoder(
         torch_device,
         artifact=f"pytorch:{checkpoint.name}",
         in_channels=int(getattr(encoder, "in_channels", 3)),
-        style_size=int(getattr(encoder, "style_dim", model_family.style_dim)),
+        style_size=int(getattr(encoder, "style_dim", model_family.style_dim_for(options))),
         shape_rule=rule,
     )
 
@@ -198,7 +198,7 @@ def pytorch_backend(
         precision=precision,
         in_channels=int(getattr(translator, "in_channels", 3)),
         out_channels=int(getattr(translator, "out_channels", 3)),
-        style_size=model_family.style_dim,
+        style_size=model_family.style_dim_for(options),
         shape_rule=model_family.shape_rule(options),
     )
     backend.family = payload["family"]
