@@ -73,6 +73,9 @@ def _small_sample(data: Path) -> None:
         ["data", "sample", "--help"],
         ["eval", "--help"],
         ["import", "cyclegan", "--help"],
+        ["import", "pix2pix", "--help"],
+        ["import", "unit", "--help"],
+        ["import", "munit", "--help"],
         ["demo", "--help"],
         ["train", "--help"],
         ["export", "--help"],
@@ -83,6 +86,19 @@ def _small_sample(data: Path) -> None:
 def test_help_documents_every_command(args):
     result = i2i(*args)
     assert result.returncode == 0 and "usage:" in result.stdout
+
+
+def test_models_families_lists_every_family_with_its_presets():
+    from i2i.models import get_family, list_families
+    from i2i.training.config import list_presets
+
+    result = i2i("models", "families")
+    assert result.returncode == 0, result.stderr
+    blocks = {b.split(":")[0]: b for b in result.stdout.strip().split("\n\n")}
+    assert sorted(blocks) == list_families()
+    for name, block in blocks.items():
+        assert f"{name}-tiny" in block and name in list_presets()
+        assert ("style code of" in block) == (get_family(name).style_dim > 0)
 
 
 def test_stage_helps():

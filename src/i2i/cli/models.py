@@ -22,6 +22,36 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_families(args: argparse.Namespace) -> int:
+    print(format_families())
+    return 0
+
+
+def format_families() -> str:
+    """The registered model families: directions, style size, default shape rule, presets."""
+    from i2i.models import get_family, list_families
+    from i2i.training.config import list_presets
+    from i2i.training.loop import TRAINERS
+
+    presets = list_presets()
+    blocks = []
+    for name in list_families():
+        family = get_family(name)
+        options = family.options_type()
+        own = [p for p in presets if p == name or p.startswith(f"{name}-")]
+        style = family.style_dim_for(options)
+        lines = [
+            f"{name}: {family.description}",
+            f"  directions  {', '.join(family.directions)}"
+            + (f"; style code of {style} (style encoders exported)" if style else ""),
+            f"  sizes       {family.shape_rule(options).describe()} (default options)",
+            f"  trainable   {'yes' if name in TRAINERS else 'no'}"
+            + (f"; presets {', '.join(own)}" if own else ""),
+        ]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
 BUILD_ENGINES_DESCRIPTION = (
     "Build TensorRT engines on this machine's GPU from the ONNX graphs already in a model "
     "repository, check each against ONNX Runtime, and add it to its version's manifest "
@@ -96,6 +126,10 @@ def add_commands(sub: Any) -> None:
     models = sub.add_parser(
         "models", help="read model repositories; build TensorRT engines for them"
     ).add_subparsers(dest="models_command", required=True)
+    p = models.add_parser(
+        "families", help="the model families i2i can train, import, export and serve"
+    )
+    p.set_defaults(func=run_families, extras=("train",))
     p = models.add_parser("list", help="models and versions in a repository, with their parity")
     p.add_argument("repository", type=Path)
     p.set_defaults(func=run_models)
