@@ -380,7 +380,8 @@ def test_multimodal_translators_get_a_style_profile_and_styled_parity(
             {"min": [1, 32, 32, 3], "opt": [2, 32, 32, 3], "max": [4, 64, 64, 3]}
         ]
         plan = json.loads((repo / "styled" / "1" / entry["file"]).read_bytes()[len(PLAN_MAGIC) :])
-        assert plan["profiles"][0]["style"] == [[1, 4], [2, 4], [4, 4]]
+        size = multimodal_model.style_dim
+        assert plan["profiles"][0]["style"] == [[1, size], [2, size], [4, size]]
 
 
 def test_an_engine_failing_parity_is_not_kept(repo: Path, fake: FakeTensorRT) -> None:
