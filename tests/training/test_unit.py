@@ -247,8 +247,8 @@ def test_step_policy_decays_every_lr_step_size_steps(tiny_dataset, tmp_path):
     )
     train(cfg, tmp_path / "run")
     records = read_loss_log(tmp_path / "run" / "losses.jsonl")
-    # Logged after each step: the rate the next step uses, 1e-4 * 0.5 ** (step // 2).
-    expected = [1e-4, 5e-5, 5e-5, 2.5e-5, 2.5e-5]
+    # Logged with each step: the rate that step used, 1e-4 * 0.5 ** ((step - 1) // 2).
+    expected = [1e-4, 1e-4, 5e-5, 5e-5, 2.5e-5]
     assert [r["lr_gen"] for r in records] == pytest.approx(expected)
     assert [r["lr_dis"] for r in records] == pytest.approx(expected)
 
