@@ -138,3 +138,42 @@ def test_string_keys_keep_their_text_in_overrides():
     assert cfg.data.preprocess == "none"
     with pytest.raises(ConfigError, match="amp='on'"):
         apply_overrides(load_config(None), ["amp=on"])
+
+
+def test_keys_left_out_take_the_familys_reference_values():
+    from i2i.training import config_from_dict
+
+    unit = config_from_dict({"family": "unit", "lr": 3e-4})
+    assert (unit.lr, unit.weight_decay, unit.lr_policy, unit.lr_step_size) == (
+        3e-4,
+        1e-4,
+        "step",
+        100_000,
+    )
+    pix2pix = config_from_dict({"family": "pix2pix"})
+    assert (pix2pix.gan_mode, pix2pix.pool_size) == ("vanilla", 0)
+    cyclegan = config_from_dict({})
+    assert (cyclegan.gan_mode, cyclegan.pool_size, cyclegan.lr_policy) == ("lsgan", 50, "linear")
+    # --set family=munit on the defaults: the same, except what the overrides set.
+    munit = apply_overrides(load_config(None), ["family=munit", "lr_step_size=7"])
+    assert (munit.lr, munit.lr_policy, munit.lr_step_size) == (1e-4, "step", 7)
+    # The presets spell out their recipes: the defaults agree with them.
+    for family in ("pix2pix", "unit", "munit"):
+        preset = load_config(family).to_dict()
+        bare = config_from_dict({"family": family}).to_dict()
+        keys = ("lr", "weight_decay", "lr_policy", "lr_step_size", "lr_gamma", "gan_mode")
+        assert {k: bare[k] for k in keys} == {k: preset[k] for k in keys}, family
+
+
+def test_crops_that_the_networks_cannot_take_are_config_errors_before_training(tmp_path):
+    from i2i.training import config_from_dict, train
+
+    base = {"data": {"root": str(tmp_path), "preprocess": "crop", "crop_size": 128}}
+    pix2pix = config_from_dict({**base, "family": "pix2pix", "model": {"ngf": 4, "ndf": 4}})
+    with pytest.raises(ConfigError, match=r"data.crop_size=128 .*exactly 256x256"):
+        train(pix2pix, tmp_path / "p2p")
+    unit = config_from_dict({**base, "family": "unit", "model": {"gen_dim": 4, "dis_dim": 4}})
+    unit.data.crop_size = 48  # the reference discriminators (4 layers, 3 scales) need 61 px
+    with pytest.raises(ConfigError, match=r"crop_size=48 is too small .*dis_n_layer=4"):
+        train(unit, tmp_path / "unit")
+    assert not [p for name in ("p2p", "unit") for p in (tmp_path / name).glob("*.pt")]

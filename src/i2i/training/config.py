@@ -131,9 +131,35 @@ def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
         raise ConfigError(f"{name}={value!r} is not one of {', '.join(valid)}")
 
 
+# A family's reference recipe for the optimisation keys a config leaves out; TrainConfig's
+# own defaults are CycleGAN's. (Presets spell everything out; these cover configs that
+# name only a family, and overrides like `--set family=unit` on the defaults.)
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "pix2pix": {"gan_mode": "vanilla", "pool_size": 0},
+    **{
+        family: {
+            "lr": 1e-4,
+            "weight_decay": 1e-4,
+            "lr_policy": "step",
+            "lr_step_size": 100_000,
+            "lr_gamma": 0.5,
+            "gan_mode": "lsgan",
+            "pool_size": 0,
+        }
+        for family in ("unit", "munit")
+    },
+}
+
+
 def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
-    """Build a TrainConfig from plain data, rejecting unknown keys by name."""
+    """Build a TrainConfig from plain data, rejecting unknown keys by name.
+
+    Keys left out take the family's reference values (FAMILY_DEFAULTS), then TrainConfig's.
+    """
     raw = dict(raw)
+    family = raw.get("family", TrainConfig.family)
+    for key, value in FAMILY_DEFAULTS.get(family if isinstance(family, str) else "", {}).items():
+        raw.setdefault(key, value)
     data_raw = raw.pop("data", {}) or {}
     if not isinstance(data_raw, dict):
         raise ConfigError("data must be a mapping of data.* keys")
@@ -230,6 +256,14 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
         if isinstance(target.get(parts[-1]), str) and not isinstance(value, str):
             value = text  # a string key keeps its text: YAML would read amp=off as False
         target[parts[-1]] = value
+    if raw["family"] != cfg.family:
+        # A new family: keys still at TrainConfig's (CycleGAN's) defaults, and not set by an
+        # override, take the new family's reference values.
+        given = {item.partition("=")[0] for item in overrides}
+        defaults = TrainConfig()
+        for key, value in FAMILY_DEFAULTS.get(raw["family"], {}).items():
+            if key not in given and raw[key] == getattr(defaults, key):
+                raw[key] = value
     return config_from_dict(raw)
 
 

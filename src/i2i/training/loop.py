@@ -198,6 +198,14 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
         )
     except ValueError as exc:
         raise ConfigError(f"data: {exc}") from exc
+    if transform.preprocess in ("crop", "resize_and_crop", "scale_width_and_crop"):
+        try:  # square crops of crop_size: the generators must take that size
+            family.shape_rule(options).check(transform.crop_size, transform.crop_size)
+        except ValueError as exc:
+            raise ConfigError(
+                f"data.crop_size={transform.crop_size} does not fit the {cfg.family} model "
+                f"({exc}); change data.crop_size or the model options"
+            ) from exc
     dataset = getattr(trainer_type, "build_dataset", unaligned_dataset)(cfg, options, transform)
     dataset[0]  # fail now, not in a worker mid-epoch, if the settings don't fit the images
     n_epochs_total = cfg.n_epochs + cfg.n_epochs_decay

@@ -143,6 +143,7 @@ class TwoDomainTrainer:
         missing = [n for n in self.network_names if n not in networks]
         if missing:
             raise ConfigError(f"{cfg.family}: networks {', '.join(missing)} are missing")
+        _check_crop_fits_discriminators(cfg)
         self.cfg = cfg
         self.loss = loss_options(cfg, self.loss_options_type)
         self.device = device
@@ -288,6 +289,23 @@ class TwoDomainTrainer:
         for name, s in self.scalers.items():
             if state["scalers"].get(name):
                 s.load_state_dict(state["scalers"][name])
+
+
+def _check_crop_fits_discriminators(cfg: TrainConfig) -> None:
+    """ConfigError, before any step, when the training crops are too small for the
+    multi-scale discriminators (each scale halves the image; each layer halves it again)."""
+    from i2i.models.unit_blocks import discriminator_min_size
+
+    if cfg.data.preprocess not in ("crop", "resize_and_crop", "scale_width_and_crop"):
+        return  # whole images: their size is only known when they are read
+    options = _model_options(cfg)
+    least = discriminator_min_size(options.dis_n_layer, options.num_scales)
+    if cfg.data.crop_size < least:
+        raise ConfigError(
+            f"data.crop_size={cfg.data.crop_size} is too small for the discriminators "
+            f"(model.dis_n_layer={options.dis_n_layer}, model.num_scales={options.num_scales} "
+            f"need crops of at least {least} px): use larger crops, or fewer layers or scales"
+        )
 
 
 def _model_options(cfg: TrainConfig) -> Any:
