@@ -153,11 +153,11 @@ def test_export_parity_and_a_round_trip_through_i2i_serve(family: str, served: A
             style_code=None if style is None else style.tolist(),
         )
         (served_image,) = result.images
+        served_pixels = np.asarray(served_image)
+        assert served_pixels.shape == (SIZE, SIZE, spec["output"]["shape"][-1])
         expected = _ort_outputs(folder / f"{direction}.onnx", image, style)
-        if expected.shape[-1] == 1 and served_image.ndim == 2:
-            expected = expected[..., 0]
         # The server runs the FP32 graph on the CPU: the same pixels as ONNX Runtime.
-        np.testing.assert_array_equal(np.asarray(served_image).reshape(expected.shape), expected)
+        np.testing.assert_array_equal(served_pixels, expected)
 
 
 @pytest.mark.parametrize("family", [f for f in FAMILIES if get_family(f).style_dim])
@@ -176,3 +176,43 @@ def test_styles_are_deterministic_by_seed_and_samples_differ(family: str, served
     assert samples(5) == first
     assert len(set(first)) == 3, "three styles gave identical outputs"
     assert samples(6) != first
+
+
+def test_a_munit_with_another_style_size_exports_and_translates(tmp_path: Path) -> None:
+    """S comes from the model's options, not the family's default of 8: export, the
+    repository's runtimes and the checkpoint's PyTorch path all take 4 values."""
+    from i2i.checkpoint import make_checkpoint, save_checkpoint
+    from i2i.models import create_networks
+    from i2i.serving.errors import InvalidArgument
+    from i2i.serving.local import LocalTranslator
+    from tests.serving.conftest import png_bytes, sample_image
+
+    options = {**TINY_MODEL_OPTIONS["munit"], "style_dim": 4}
+    torch.manual_seed(0)
+    networks = create_networks("munit", options)
+    payload = make_checkpoint(
+        family="munit",
+        config={"family": "munit", "model": options},
+        domains=["A", "B"],
+        networks={n: m.state_dict() for n, m in networks.items()},
+        step=1,
+    )
+    checkpoint = save_checkpoint(payload, tmp_path / "munit4.pt")
+    _, manifest = export_checkpoint(checkpoint, tmp_path / "repo", "m4", formats=["onnx"])
+    for spec in manifest["directions"].values():
+        assert spec["style"]["shape"] == ["batch", 4]
+        assert spec["style_encoder"]["output"]["shape"] == ["batch", 4]
+    image = png_bytes(sample_image(SIZE, SIZE, seed=1))
+    reference = png_bytes(sample_image(SIZE, SIZE, seed=2))
+    local = LocalTranslator(repository=tmp_path / "repo", model="m4", direction="A2B")
+    from_checkpoint = LocalTranslator(checkpoint=checkpoint, direction="A2B")
+    try:
+        for translator in (local, from_checkpoint):
+            assert len(translator.translate(image, style_code=[0.5, -1.0, 0.25, 2.0])) == 1
+            assert len(translator.translate(image, style_reference=reference)) == 1
+            assert len(translator.translate(image, num_samples=2, style_seed=3)) == 2
+            with pytest.raises(InvalidArgument, match="takes exactly 4"):
+                translator.translate(image, style_code=[0.0] * 8)
+    finally:
+        local.close()
+        from_checkpoint.close()

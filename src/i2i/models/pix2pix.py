@@ -139,7 +139,10 @@ PIX2PIX = register_family(
         # Static: a BtoA model's translator is "B2A" (see pix2pix_translators).
         directions={"A2B": "g"},
         shape_rule=lambda options: generator_shape_rule(options.netG),
-        description="pix2pix: paired translation, one direction (U-Net + conditional PatchGAN)",
+        description=(
+            "pix2pix: paired translation, one direction (A2B; B2A with model.direction BtoA), "
+            "U-Net + conditional PatchGAN"
+        ),
         translators=pix2pix_translators,
     )
 )

@@ -73,7 +73,11 @@ class LocalTranslator:
                 )
 
                 runner = load_checkpoint_backend(checkpoint, direction)
-                encoder = pytorch_style_encoder(checkpoint, direction, device="cpu")
+                encoder = (  # a second read of the checkpoint: multimodal models only
+                    pytorch_style_encoder(checkpoint, direction, device="cpu")
+                    if runner.style_size
+                    else None
+                )
                 name, number, family = checkpoint.stem, 0, getattr(runner, "family", "")
         except (RepositoryError, BackendError) as exc:
             raise LocalTranslatorError(str(exc)) from None
