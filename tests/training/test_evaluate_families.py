@@ -22,11 +22,18 @@ from torch import nn
 
 from i2i.checkpoint import make_checkpoint, save_checkpoint
 from i2i.cli.main import main
-from i2i.data import dusk_grade_strength, load_rgb, make_sample_dataset, to_tensor, to_uint8
+from i2i.data import (
+    DataError,
+    dusk_grade_strength,
+    load_rgb,
+    make_sample_dataset,
+    to_tensor,
+    to_uint8,
+)
 from i2i.models import ModelFamily, ShapeRule, create_networks, registry
 from i2i.training.evaluate import evaluate, format_report, style_codes
 from i2i.training.metrics import mean_pairwise_l1, nearest_members, psnr
-from tests.conftest import untrained_checkpoint
+from tests.conftest import untrained_checkpoint, write_images
 
 TOY = "toy-eval-style"
 STYLE_DIM = 2
@@ -306,3 +313,111 @@ def test_evaluate_on_the_aligned_layout(tmp_path):
     for item in report["directions"]["A2B"]["per_image"]:
         pair = np.asarray(load_rgb(data / "test" / item["file"]))
         assert item["identity_psnr"] == psnr(pair[:, :SIZE], pair[:, SIZE:])
+
+
+def _write_gray_and_color(root: Path, n: int = 2, size: int = 32) -> None:
+    """testA grayscale ("L") and testB RGB, with truth/A2B RGB and truth/B2A grayscale."""
+    for folder, truth, seed in (("testA", "B2A", 3), ("testB", "A2B", 4)):
+        write_images(root / folder, n, size=size, seed=seed)
+        write_images(root / "truth" / truth, n, size=size, seed=seed + 10)
+    for folder in (root / "testA", root / "truth" / "B2A"):
+        for path in folder.iterdir():
+            with Image.open(path) as img:
+                img.convert("L").save(path)
+
+
+@pytest.mark.parametrize(
+    ("family", "model", "directions"),
+    [
+        ("cyclegan", {"input_nc": 1}, {"A2B", "B2A"}),
+        ("unit", {"input_dim_a": 1}, {"A2B", "B2A"}),
+        ("munit", {"input_dim_a": 1}, {"A2B", "B2A"}),
+        ("pix2pix", {"input_nc": 1}, {"A2B"}),
+        ("pix2pix", {"output_nc": 1, "direction": "BtoA"}, {"B2A"}),
+    ],
+    ids=["cyclegan", "unit", "munit", "pix2pix-AtoB", "pix2pix-BtoA"],
+)
+def test_evaluate_a_grayscale_domain(family, model, directions, tmp_path):
+    """Domain A is grayscale: inputs and truths are read with the translators' channels."""
+    data = tmp_path / "data"
+    _write_gray_and_color(data)
+    ckpt = untrained_checkpoint(tmp_path / "m.pt", family, **model)
+    report = evaluate(ckpt, data, out_dir=tmp_path / "ev", num_samples=2)
+    assert set(report["directions"]) == directions and report["test_layout"] == "folders"
+    for direction, rep in report["directions"].items():
+        assert rep["images"] == 2
+        values = [rep[k] for k in ("psnr", "ssim", "identity_psnr", "identity_ssim")]
+        assert all(math.isfinite(v) for v in values)
+        assert 0 < rep["ssim"] <= 1 and 0 < rep["identity_ssim"] <= 1
+        if len(directions) == 2:
+            assert math.isfinite(rep["cycle_psnr"])
+        source, truth_channels = ("testA", 3) if direction == "A2B" else ("testB", 1)
+        for item in rep["per_image"]:
+            real = np.asarray(load_rgb(data / source / item["file"], 4 - truth_channels))
+            truth = np.asarray(load_rgb(data / "truth" / direction / item["file"], truth_channels))
+            # The identity baseline: the gray input repeated to RGB, the RGB one to luma.
+            if truth_channels == 3:
+                same = np.repeat(real[:, :, None], 3, axis=2)
+            else:
+                same = np.asarray(Image.fromarray(real).convert("L"))
+            assert item["identity_psnr"] == psnr(same, truth)
+    with Image.open(tmp_path / "ev" / "eval_grid.png") as grid:
+        cols = 2 + (2 if family == "munit" else 1)  # input | output(s) | truth
+        assert grid.mode == "RGB" and grid.size == (cols * 34 + 2, 2 * len(directions) * 34 + 2)
+
+
+def _write_side_by_side(root: Path, n: int = 3, size: int = 32) -> list[tuple[np.ndarray, ...]]:
+    """n [A | B] PNGs in root/test/ (A and B halves of size x size); the halves back."""
+    halves_a = [np.asarray(Image.open(p).convert("RGB")) for p in write_images(root / "a", n)]
+    halves_b = [
+        np.asarray(Image.open(p).convert("RGB"))
+        for p in write_images(root / "b", n, seed=7, tint=(1.0, 0.8, 0.6))
+    ]
+    (root / "test").mkdir(parents=True)
+    for i, (a, b) in enumerate(zip(halves_a, halves_b, strict=True)):
+        Image.fromarray(np.concatenate([a, b], axis=1)).save(root / "test" / f"{i:03d}.png")
+    return list(zip(halves_a, halves_b, strict=True))
+
+
+@pytest.mark.parametrize("direction", ["AtoB", "BtoA"])
+def test_evaluate_side_by_side_test_pairs(direction, tmp_path):
+    """A dataset with only test/ of [A | B] pairs: each half is the other's truth, and the
+    numbers are those of the same halves written as testA/ + testB/ + truth/."""
+    pairs = _write_side_by_side(tmp_path / "pairs")
+    folders = tmp_path / "folders"
+    for i, (a, b) in enumerate(pairs):
+        for name, image in (("testA", a), ("truth/B2A", a), ("testB", b), ("truth/A2B", b)):
+            (folders / name).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(folders / name / f"{i:03d}.png")
+    ckpt = untrained_checkpoint(tmp_path / "p2p.pt", "pix2pix", direction=direction)
+    side = evaluate(ckpt, tmp_path / "pairs", out_dir=tmp_path / "ev")
+    apart = evaluate(ckpt, folders)
+    name = "A2B" if direction == "AtoB" else "B2A"
+    assert side["test_layout"] == "side_by_side" and apart["test_layout"] == "folders"
+    assert set(side["directions"]) == {name}
+    rep = side["directions"][name]
+    assert rep["images"] == 3 and math.isfinite(rep["psnr"])
+    assert rep == apart["directions"][name]
+    for (a, b), item in zip(pairs, rep["per_image"], strict=True):
+        assert item["identity_psnr"] == psnr(a, b)
+    with Image.open(tmp_path / "ev" / "eval_grid.png") as grid:
+        assert grid.size == (3 * 34 + 2, 3 * 34 + 2)  # input | output | truth, 32 px cells
+
+
+def test_evaluate_side_by_side_grayscale_half(tmp_path):
+    """pix2pix with a grayscale input: the A half is read as gray, the B half as RGB."""
+    pairs = _write_side_by_side(tmp_path / "pairs", n=2)
+    ckpt = untrained_checkpoint(tmp_path / "p2p.pt", "pix2pix", input_nc=1)
+    rep = evaluate(ckpt, tmp_path / "pairs")["directions"]["A2B"]
+    for (a, b), item in zip(pairs, rep["per_image"], strict=True):
+        gray = np.asarray(Image.fromarray(a).convert("L"))
+        assert item["identity_psnr"] == psnr(np.repeat(gray[:, :, None], 3, axis=2), b)
+        assert math.isfinite(item["psnr"]) and 0 < item["ssim"] <= 1
+
+
+def test_evaluate_side_by_side_odd_width_is_an_error(tmp_path):
+    (tmp_path / "pairs" / "test").mkdir(parents=True)
+    Image.new("RGB", (33, 16)).save(tmp_path / "pairs" / "test" / "odd.png")
+    ckpt = untrained_checkpoint(tmp_path / "p2p.pt", "pix2pix")
+    with pytest.raises(DataError, match="width 33 is odd"):
+        evaluate(ckpt, tmp_path / "pairs")

@@ -120,6 +120,11 @@ class AlignedDataset(Dataset[dict[str, Any]]):
             raise DataError(f"{a_path}: {exc}") from exc
         return {"A": real_a, "B": real_b, "A_path": str(a_path), "B_path": str(b_path)}
 
+    def load_pair(self, index: int) -> tuple[Image.Image, Image.Image]:
+        """Pair ``index`` as stored (no resize, crop or flip): A and B in their domains' modes."""
+        a_path, b_path = self.pairs[index]
+        return self._load_pair(a_path, b_path)
+
     def _load_pair(self, a_path: Path, b_path: Path) -> tuple[Image.Image, Image.Image]:
         """Decode a pair into images of equal size, A and B in their domains' modes."""
         if a_path == b_path:

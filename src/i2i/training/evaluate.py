@@ -14,8 +14,10 @@ precisely what each number means.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -28,11 +30,23 @@ from PIL import Image
 from torch import nn
 
 from i2i.checkpoint import load_trained_networks
-from i2i.data import DataError, TranslationRange, list_images, load_rgb, translation_ranges
+from i2i.data import (
+    AlignedDataset,
+    DataError,
+    TranslationRange,
+    list_images,
+    load_rgb,
+    translation_ranges,
+)
 from i2i.models import ShapeRule, get_family, options_from_dict
 
 from .metrics import mean_pairwise_l1, nearest_members, psnr, psnr_of_mse, ssim
 from .monitor import image_grid
+
+logger = logging.getLogger(__name__)
+
+# Loads one test image of a direction: uint8 (H, W, C) input and its truth (None if absent).
+EvalImageLoader = Callable[[], tuple[np.ndarray, np.ndarray | None]]
 
 # Which test folder feeds which direction, and which direction undoes it (for the cycle).
 _DIRECTIONS = {"A2B": ("testA", "B2A"), "B2A": ("testB", "A2B")}
@@ -86,6 +100,88 @@ def translator_style_dim(translator: nn.Module, family_style_dim: int) -> int:
             f"positive integer, got {found!r}"
         )
     return found
+
+
+def translator_channels(translator: nn.Module, name: str) -> int:
+    """A translator's ``in_channels`` or ``out_channels`` (``name``): 1 (gray) or 3 (RGB)."""
+    found = getattr(translator, name, None)
+    if isinstance(found, bool) or found not in (1, 3):
+        raise ValueError(
+            f"{type(translator).__name__}: a translator's {name} must be 1 (grayscale) or 3 "
+            f"(RGB), got {found!r}"
+        )
+    return int(found)
+
+
+def _hwc(image: Image.Image) -> np.ndarray:
+    """A decoded image as uint8 (H, W, C): C is 1 for mode "L", 3 for "RGB"."""
+    array = np.asarray(image)
+    return array[:, :, None] if array.ndim == 2 else array
+
+
+def load_image(path: str | os.PathLike[str], channels: int) -> np.ndarray:
+    """An image file as uint8 (H, W, channels): RGB for 3, grayscale (PIL "L") for 1."""
+    return _hwc(load_rgb(path, channels))
+
+
+def as_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """A uint8 HWC image with ``channels`` channels: gray repeated, or RGB to PIL's "L"."""
+    if image.shape[2] == channels:
+        return image
+    if channels == 3:
+        return np.repeat(image, 3, axis=2)
+    return _hwc(Image.fromarray(image).convert("L"))
+
+
+def side_by_side_test(data_root: Path) -> bool:
+    """Whether the test split is ``test/`` of [A | B] pairs: it exists and testA/ does not."""
+    return (data_root / "test").is_dir() and not (data_root / "testA").is_dir()
+
+
+def eval_images(
+    data_root: Path, direction: str, in_channels: int, out_channels: int
+) -> list[tuple[str, EvalImageLoader]]:
+    """A direction's test images, sorted: ``[(file name, load)]``.
+
+    From ``test/`` when :func:`side_by_side_test` (each image split as
+    :class:`~i2i.data.AlignedDataset` splits it: the direction's source half is the input
+    and the other half its truth), else from testA/ (A2B) or testB/ (B2A) with the truth
+    in ``truth/<direction>/`` where it exists. Inputs have ``in_channels`` channels,
+    truths ``out_channels``.
+    """
+    folder = data_root / _DIRECTIONS[direction][0]
+    if side_by_side_test(data_root):
+        a_to_b = direction == "A2B"
+        pairs = AlignedDataset(
+            data_root,
+            "test",
+            channels_a=in_channels if a_to_b else out_channels,
+            channels_b=out_channels if a_to_b else in_channels,
+        )
+
+        def load_pair(index: int) -> tuple[np.ndarray, np.ndarray | None]:
+            img_a, img_b = pairs.load_pair(index)
+            source, target = (img_a, img_b) if a_to_b else (img_b, img_a)
+            return _hwc(source), _hwc(target)
+
+        return [(path.name, partial(load_pair, i)) for i, (path, _) in enumerate(pairs.pairs)]
+
+    truth_dir = data_root / "truth" / direction
+
+    def load_file(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+        real = load_image(path, in_channels)
+        truth_path = truth_dir / path.relative_to(folder)
+        if not truth_path.is_file():
+            return real, None
+        truth = load_image(truth_path, out_channels)
+        if truth.shape[:2] != real.shape[:2]:
+            raise DataError(
+                f"{truth_path}: size {truth.shape[1]}x{truth.shape[0]} differs from {path} "
+                f"{real.shape[1]}x{real.shape[0]}"
+            )
+        return real, truth
+
+    return [(path.name, partial(load_file, path)) for path in list_images(folder)]
 
 
 def _resize(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -180,8 +276,11 @@ def evaluate(
     num_samples: int = 8,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Translate testA/testB with a checkpoint's translators and report quality.
+    """Translate the test split with a checkpoint's translators and report quality.
 
+    The test split is testA/ and testB/ (truth in `truth/<direction>/`), or, in a dataset
+    with ``test/`` and no testA/, the [A | B] pairs of ``test/`` (see :func:`eval_images`).
+    Images are read with the channels the translators take (1: grayscale) and give.
     For each direction: PSNR/SSIM of the output against `truth/<direction>/` (when the
     dataset has it), the same for the untranslated input (the identity baseline), and
     the PSNR of the cycle reconstruction against the input (when the checkpoint has the
@@ -214,6 +313,7 @@ def evaluate(
         "style_dim": style_dim,
         "num_samples": count,
         "seed": seed,
+        "test_layout": "side_by_side" if side_by_side_test(data_root) else "folders",
         "directions": {},
     }
 
@@ -222,18 +322,24 @@ def evaluate(
         return style_codes(seed, stream, index, k, dim) if dim else None
 
     grid_rows: list[list[np.ndarray]] = []
-    for direction, (folder, back) in _DIRECTIONS.items():
+    if report["test_layout"] == "side_by_side":
+        logger.info("%s: evaluating the [A | B] pairs in test/ (no testA/)", data_root)
+    for direction, (_, back) in _DIRECTIONS.items():
         if direction not in translators:
             continue
-        files = list_images(data_root / folder)
+        images = eval_images(
+            data_root,
+            direction,
+            translator_channels(translators[direction], "in_channels"),
+            translator_channels(translators[direction], "out_channels"),
+        )
         if max_images:
-            files = files[:max_images]
-        truth_dir = data_root / "truth" / direction
+            images = images[:max_images]
         valid = ranges.get(direction)
-        rep = DirectionReport(images=len(files), samples=count)
+        rep = DirectionReport(images=len(images), samples=count)
         fits: list[tuple[float, float]] = []
-        for i, path in enumerate(files):
-            real = np.asarray(load_rgb(path))
+        for i, (name, load) in enumerate(images):
+            real, truth = load()
             fakes = translate_image(
                 translators[direction],
                 real,
@@ -241,27 +347,23 @@ def evaluate(
                 torch_device,
                 styles(direction, _STYLE_STREAMS[direction], i, count),
             )  # (K, H, W, C)
-            item: dict[str, Any] = {"file": path.name}
+            item: dict[str, Any] = {"file": name}
             if back in translators:
                 back_style = styles(back, _CYCLE_STREAMS[direction], i, 1)
                 cycled = translate_image(
                     translators[back], fakes[0], rule, torch_device, back_style
                 )
                 item["cycle_psnr"] = psnr(cycled[0], real)
-            truth_path = truth_dir / path.relative_to(data_root / folder)
-            truth = None
-            if truth_path.is_file():
-                truth = np.asarray(load_rgb(truth_path))
-                if truth.shape != real.shape:
-                    raise DataError(
-                        f"{truth_path}: size {truth.shape} differs from {path} {real.shape}"
-                    )
+            if truth is not None:
+                # The identity baseline compares the input in the truth's channels (a
+                # grayscale input repeated to RGB, an RGB one reduced to PIL's luma).
+                same = as_channels(real, truth.shape[2])
                 # A multimodal model's figure is the mean over its K outputs.
                 item.update(
                     psnr=_finite_mean([psnr(fake, truth) for fake in fakes]),
                     ssim=float(np.mean([ssim(fake, truth) for fake in fakes])),
-                    identity_psnr=psnr(real, truth),
-                    identity_ssim=ssim(real, truth),
+                    identity_psnr=psnr(same, truth),
+                    identity_ssim=ssim(same, truth),
                 )
             if valid is not None:
                 fits += _score_range(item, fakes, real, valid)
