@@ -121,3 +121,55 @@ def test_unet_dropout_flag_cannot_matter(tmp_path):
     x = torch.rand(1, 3, 128, 128) * 2 - 1
     with torch.no_grad():
         assert torch.equal(nets["g"](x), ref(x))
+
+
+def _pre_041_file(path: Path, seed: int, **arch) -> tuple[torch.nn.Module, list[str]]:
+    """A reference file as PyTorch < 0.4.1 saved it: BatchNorm without num_batches_tracked."""
+    ref = _reference_file(path, seed=seed, **arch)
+    state = torch.load(path, weights_only=True)
+    removed = sorted(k for k in state if k.endswith(".num_batches_tracked"))
+    for key in removed:
+        del state[key]
+    torch.save(state, path)
+    return ref, removed
+
+
+def test_files_without_num_batches_tracked_import_and_say_so(tmp_path):
+    ref, removed = _pre_041_file(tmp_path / "old.pth", seed=5)
+    assert removed  # the U-Net's BatchNorms
+    summary = import_pix2pix(
+        tmp_path / "m.pt", g=tmp_path / "old.pth", options=Pix2PixOptions(**TINY)
+    )
+    assert sorted(summary["filled_keys"]) == removed and summary["dropped_keys"] == []
+    state = load_checkpoint(tmp_path / "m.pt")["networks"]["g"]
+    for key in removed:
+        assert state[key].dtype == torch.int64 and state[key].item() == 0
+    _, nets = load_trained_networks(tmp_path / "m.pt")
+    x = torch.rand(1, 3, 128, 128) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(nets["g"](x), ref(x))
+    # A current file fills nothing.
+    _reference_file(tmp_path / "new.pth", seed=5)
+    new = import_pix2pix(tmp_path / "n.pt", g=tmp_path / "new.pth", options=Pix2PixOptions(**TINY))
+    assert new["filled_keys"] == []
+
+
+@pytest.mark.parametrize("also", ["running_mean", "weight"])
+def test_other_missing_keys_are_still_refused(tmp_path, also):
+    """Only a lone missing counter is filled; a BatchNorm without its statistics or weights
+    is a different network and stays an error."""
+    _, removed = _pre_041_file(tmp_path / "old.pth", seed=6)
+    state = torch.load(tmp_path / "old.pth", weights_only=True)
+    gone = removed[0].replace("num_batches_tracked", also)
+    del state[gone]
+    torch.save(state, tmp_path / "old.pth")
+    with pytest.raises(ImportError_, match=r"missing key\(s\)") as info:
+        import_pix2pix(tmp_path / "m.pt", g=tmp_path / "old.pth", options=Pix2PixOptions(**TINY))
+    assert gone in str(info.value)
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_old_file_with_wrong_flags_still_gets_the_hint(tmp_path):
+    _pre_041_file(tmp_path / "old.pth", seed=7, ngf=8)
+    with pytest.raises(ImportError_, match="The file fits with: --ngf 8"):
+        import_pix2pix(tmp_path / "m.pt", g=tmp_path / "old.pth", options=Pix2PixOptions(**TINY))
