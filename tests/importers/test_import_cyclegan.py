@@ -92,3 +92,25 @@ def test_foreign_and_missing_files(tmp_path):
         import_cyclegan(tmp_path / "m.pt", g_a=tmp_path / "absent.pth")
     with pytest.raises(ImportError_, match="at least one"):
         import_cyclegan(tmp_path / "m.pt")
+
+
+def test_batch_norm_files_without_num_batches_tracked(tmp_path):
+    """PyTorch < 0.4.1 saved BatchNorm without num_batches_tracked: filled with 0, reported."""
+    ref = _reference_file(tmp_path / "g.pth", seed=4, norm="batch")
+    state = torch.load(tmp_path / "g.pth", weights_only=True)
+    removed = sorted(k for k in state if k.endswith(".num_batches_tracked"))
+    assert len(removed) == 17  # BatchNorms in ResNet-6
+    torch.save({k: v for k, v in state.items() if k not in removed}, tmp_path / "g.pth")
+    opts = CycleGANOptions(**TINY, norm="batch")
+    summary = import_cyclegan(tmp_path / "m.pt", g_a=tmp_path / "g.pth", options=opts)
+    assert sorted(summary["filled_keys"]["g_ab"]) == removed
+    assert summary["dropped_keys"]["g_ab"] == []
+    _, nets = load_trained_networks(tmp_path / "m.pt")
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(nets["g_ab"](x), ref(x))
+    # Without the running statistics too, the file is still refused.
+    del state[removed[0].replace("num_batches_tracked", "running_var")]
+    torch.save({k: v for k, v in state.items() if k not in removed}, tmp_path / "g.pth")
+    with pytest.raises(ImportError_, match="missing key"):
+        import_cyclegan(tmp_path / "m2.pt", g_a=tmp_path / "g.pth", options=opts)

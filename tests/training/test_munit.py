@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -16,7 +17,12 @@ from i2i.training.vgg import REFERENCE_NAMES, VGG16Features, load_perceptual_net
 from tests.training.test_unit import (
     assert_every_network_learns,
     assert_exact_resume,
+    assert_terms_match,
+    differ,
     family_config,
+    hand_dis_loss,
+    hand_gen_loss,
+    l1,
     trainer_and_batch,
 )
 
@@ -72,6 +78,103 @@ def test_one_step_changes_every_network(tiny_dataset, gan_mode):
         for name, weight in (("adv", 1), ("recon_x", 10), ("recon_s", 1), ("recon_c", 1))
     )
     assert losses["gen_total"] == pytest.approx(expected, rel=1e-5)
+
+
+MUNIT_HAND_WEIGHTS = {
+    "gan_w": 1.5,
+    "recon_x_w": 3.0,
+    "recon_s_w": 0.7,
+    "recon_c_w": 0.4,
+    "recon_x_cyc_w": 2.5,
+}
+
+
+@pytest.mark.parametrize("gan_mode", ["lsgan", "vanilla"])
+def test_every_loss_term_matches_the_reference_trainer_by_hand(tiny_dataset, gan_mode):
+    """Each logged term of one step, recomputed as the reference's MUNIT_Trainer does.
+
+    Following NVlabs/MUNIT trainer.py line by line with the networks' own encode/decode
+    and the discriminators' per-scale outputs (not i2i's loss code): dis_update on the
+    initial networks, then gen_update with the initial generators and the discriminators
+    after the dis step. Each update draws s_a then s_b from the global RNG first; the cycle
+    is on, so x_aba and x_bab (decoded with the encoded styles s_a_prime, s_b_prime) count.
+    """
+    cfg = family_config("munit", tiny_dataset, gan_mode=gan_mode, loss=MUNIT_HAND_WEIGHTS)
+    trainer, networks, batch = trainer_and_batch(cfg)
+    initial = copy.deepcopy(networks)
+    torch.manual_seed(1234)
+    logged = trainer.step(batch)
+    assert all(differ(initial, networks, name) for name in networks)
+
+    w = MUNIT_HAND_WEIGHTS
+    style_dim = options_from_dict("munit", cfg.model).style_dim
+    x_a, x_b = batch["A"], batch["B"]
+    n = x_a.shape[0]
+    gen_a, gen_b = initial["gen_a"], initial["gen_b"]
+    torch.manual_seed(1234)
+    with torch.no_grad():
+        # dis_update: random styles, encode, decode (cross domain), D loss.
+        s_a = torch.randn(n, style_dim, 1, 1)
+        s_b = torch.randn(n, style_dim, 1, 1)
+        c_a, _ = gen_a.encode(x_a)
+        c_b, _ = gen_b.encode(x_b)
+        x_ba = gen_a.decode(c_b, s_a)
+        x_ab = gen_b.decode(c_a, s_b)
+        dis_a = hand_dis_loss(initial["dis_a"], x_ba, x_a, gan_mode)
+        dis_b = hand_dis_loss(initial["dis_b"], x_ab, x_b, gan_mode)
+        expected = {
+            "dis_a": dis_a,
+            "dis_b": dis_b,
+            "dis_total": w["gan_w"] * dis_a + w["gan_w"] * dis_b,
+        }
+        # gen_update, against the discriminators the dis step produced.
+        d_a, d_b = networks["dis_a"], networks["dis_b"]
+        s_a = torch.randn(n, style_dim, 1, 1)
+        s_b = torch.randn(n, style_dim, 1, 1)
+        c_a, s_a_prime = gen_a.encode(x_a)
+        c_b, s_b_prime = gen_b.encode(x_b)
+        x_a_recon = gen_a.decode(c_a, s_a_prime)
+        x_b_recon = gen_b.decode(c_b, s_b_prime)
+        x_ba = gen_a.decode(c_b, s_a)
+        x_ab = gen_b.decode(c_a, s_b)
+        c_b_recon, s_a_recon = gen_a.encode(x_ba)
+        c_a_recon, s_b_recon = gen_b.encode(x_ab)
+        x_aba = gen_a.decode(c_a_recon, s_a_prime)
+        x_bab = gen_b.decode(c_b_recon, s_b_prime)
+        gen = {
+            "gen_recon_x_a": l1(x_a_recon, x_a),
+            "gen_recon_x_b": l1(x_b_recon, x_b),
+            "gen_recon_s_a": l1(s_a_recon, s_a),
+            "gen_recon_s_b": l1(s_b_recon, s_b),
+            "gen_recon_c_a": l1(c_a_recon, c_a),
+            "gen_recon_c_b": l1(c_b_recon, c_b),
+            "gen_cycrecon_x_a": l1(x_aba, x_a),
+            "gen_cycrecon_x_b": l1(x_bab, x_b),
+            "gen_adv_a": hand_gen_loss(d_a, x_ba, gan_mode),
+            "gen_adv_b": hand_gen_loss(d_b, x_ab, gan_mode),
+        }
+        gen["gen_total"] = (
+            w["gan_w"] * gen["gen_adv_a"]
+            + w["gan_w"] * gen["gen_adv_b"]
+            + w["recon_x_w"] * gen["gen_recon_x_a"]
+            + w["recon_s_w"] * gen["gen_recon_s_a"]
+            + w["recon_c_w"] * gen["gen_recon_c_a"]
+            + w["recon_x_w"] * gen["gen_recon_x_b"]
+            + w["recon_s_w"] * gen["gen_recon_s_b"]
+            + w["recon_c_w"] * gen["gen_recon_c_b"]
+            + w["recon_x_cyc_w"] * gen["gen_cycrecon_x_a"]
+            + w["recon_x_cyc_w"] * gen["gen_cycrecon_x_b"]
+        )
+        expected.update(gen)
+        # The adversarial terms see the updated discriminators, not the initial ones; the
+        # cycle decodes with the encoded style, not the random one.
+        stale = hand_gen_loss(initial["dis_a"], x_ba, gan_mode)
+        random_style_cycle = l1(gen_a.decode(c_a_recon, s_a), x_a)
+    assert_terms_match(logged, expected)
+    assert float(stale) != pytest.approx(logged["gen_adv_a"], rel=1e-5, abs=1e-6)
+    assert float(random_style_cycle) != pytest.approx(
+        logged["gen_cycrecon_x_a"], rel=1e-5, abs=1e-6
+    )
 
 
 def test_cycle_term_with_a_positive_weight(tiny_dataset):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from i2i.checkpoint import load_checkpoint
 from i2i.data import TransformOptions, UnalignedDataset
@@ -107,6 +109,142 @@ def test_totals_are_the_reference_weighted_sums(tiny_dataset):
     assert (w.gan_w, w.recon_x_w, w.recon_kl_w, w.recon_x_cyc_w, w.recon_kl_cyc_w) == (
         1.0, 10.0, 0.01, 10.0, 0.01,
     )  # fmt: skip
+
+
+def hand_dis_loss(dis, fake, real, mode: str) -> torch.Tensor:
+    """The reference's MsImageDis.calc_dis_loss, written out: per scale, fake -> 0, real -> 1."""
+    loss = torch.zeros(())
+    for out0, out1 in zip(dis(fake), dis(real), strict=True):
+        if mode == "lsgan":
+            loss = loss + torch.mean((out0 - 0) ** 2) + torch.mean((out1 - 1) ** 2)
+        else:  # the reference's nsgan
+            loss = loss + torch.mean(
+                F.binary_cross_entropy(torch.sigmoid(out0), torch.zeros_like(out0))
+                + F.binary_cross_entropy(torch.sigmoid(out1), torch.ones_like(out1))
+            )
+    return loss
+
+
+def hand_gen_loss(dis, fake, mode: str) -> torch.Tensor:
+    """The reference's MsImageDis.calc_gen_loss, written out: every scale's output -> 1."""
+    loss = torch.zeros(())
+    for out0 in dis(fake):
+        if mode == "lsgan":
+            loss = loss + torch.mean((out0 - 1) ** 2)
+        else:
+            loss = loss + torch.mean(
+                F.binary_cross_entropy(torch.sigmoid(out0), torch.ones_like(out0))
+            )
+    return loss
+
+
+def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The reference's recon_criterion."""
+    return torch.mean(torch.abs(a - b))
+
+
+def assert_terms_match(logged: dict[str, float], expected: dict[str, torch.Tensor]) -> None:
+    """Every logged loss equals its hand-computed value, and nothing is left unchecked."""
+    assert set(logged) == set(expected)
+    for name, value in expected.items():
+        assert logged[name] == pytest.approx(float(value), rel=1e-5, abs=1e-6), name
+
+
+def differ(a: dict[str, torch.nn.Module], b: dict[str, torch.nn.Module], name: str) -> bool:
+    """Whether network `name` has different weights in the two network sets."""
+    pa, pb = a[name].state_dict(), b[name].state_dict()
+    return any(not torch.equal(pa[k], pb[k]) for k in pa)
+
+
+UNIT_HAND_WEIGHTS = {
+    "gan_w": 1.5,
+    "recon_x_w": 3.0,
+    "recon_kl_w": 0.2,
+    "recon_x_cyc_w": 4.0,
+    "recon_kl_cyc_w": 0.3,
+}
+
+
+@pytest.mark.parametrize("gan_mode", ["lsgan", "vanilla"])
+@pytest.mark.parametrize("share", [True, False])
+def test_every_loss_term_matches_the_reference_trainer_by_hand(tiny_dataset, gan_mode, share):
+    """Each logged term of one step, recomputed as the reference's UNIT_Trainer does.
+
+    Following mingyuliutw/UNIT trainer.py line by line with the networks' own
+    encode/decode and the discriminators' per-scale outputs (not i2i's loss code):
+    dis_update on the initial networks, then gen_update with the initial generators and
+    the discriminators after the dis step (the gen step leaves them alone). Both draw
+    their encoder noise from the global RNG in the reference's order.
+    """
+    cfg = family_config(
+        "unit", tiny_dataset, gan_mode=gan_mode, model={"share": share}, loss=UNIT_HAND_WEIGHTS
+    )
+    trainer, networks, batch = trainer_and_batch(cfg)
+    initial = copy.deepcopy(networks)  # one deepcopy: shared layers stay shared
+    torch.manual_seed(1234)
+    logged = trainer.step(batch)
+    assert differ(initial, networks, "dis_a") and differ(initial, networks, "dis_b")
+    assert differ(initial, networks, "gen_a") and differ(initial, networks, "gen_b")
+
+    w = UNIT_HAND_WEIGHTS
+    x_a, x_b = batch["A"], batch["B"]
+    gen_a, gen_b = initial["gen_a"], initial["gen_b"]
+    torch.manual_seed(1234)
+    with torch.no_grad():
+        # dis_update: encode, decode (cross domain), D loss.
+        h_a, n_a = gen_a.encode(x_a)
+        h_b, n_b = gen_b.encode(x_b)
+        x_ba = gen_a.decode(h_b + n_b)
+        x_ab = gen_b.decode(h_a + n_a)
+        dis_a = hand_dis_loss(initial["dis_a"], x_ba, x_a, gan_mode)
+        dis_b = hand_dis_loss(initial["dis_b"], x_ab, x_b, gan_mode)
+        expected = {
+            "dis_a": dis_a,
+            "dis_b": dis_b,
+            "dis_total": w["gan_w"] * dis_a + w["gan_w"] * dis_b,
+        }
+        # gen_update, against the discriminators the dis step produced.
+        d_a, d_b = networks["dis_a"], networks["dis_b"]
+        h_a, n_a = gen_a.encode(x_a)
+        h_b, n_b = gen_b.encode(x_b)
+        x_a_recon = gen_a.decode(h_a + n_a)
+        x_b_recon = gen_b.decode(h_b + n_b)
+        x_ba = gen_a.decode(h_b + n_b)
+        x_ab = gen_b.decode(h_a + n_a)
+        h_b_recon, n_b_recon = gen_a.encode(x_ba)
+        h_a_recon, n_a_recon = gen_b.encode(x_ab)
+        x_aba = gen_a.decode(h_a_recon + n_a_recon)
+        x_bab = gen_b.decode(h_b_recon + n_b_recon)
+        gen = {
+            "gen_recon_x_a": l1(x_a_recon, x_a),
+            "gen_recon_x_b": l1(x_b_recon, x_b),
+            "gen_recon_kl_a": torch.mean(h_a**2),
+            "gen_recon_kl_b": torch.mean(h_b**2),
+            "gen_cyc_x_a": l1(x_aba, x_a),
+            "gen_cyc_x_b": l1(x_bab, x_b),
+            "gen_recon_kl_cyc_aba": torch.mean(h_a_recon**2),
+            "gen_recon_kl_cyc_bab": torch.mean(h_b_recon**2),
+            "gen_adv_a": hand_gen_loss(d_a, x_ba, gan_mode),
+            "gen_adv_b": hand_gen_loss(d_b, x_ab, gan_mode),
+        }
+        gen["gen_total"] = (
+            w["gan_w"] * gen["gen_adv_a"]
+            + w["gan_w"] * gen["gen_adv_b"]
+            + w["recon_x_w"] * gen["gen_recon_x_a"]
+            + w["recon_kl_w"] * gen["gen_recon_kl_a"]
+            + w["recon_x_w"] * gen["gen_recon_x_b"]
+            + w["recon_kl_w"] * gen["gen_recon_kl_b"]
+            + w["recon_x_cyc_w"] * gen["gen_cyc_x_a"]
+            + w["recon_kl_cyc_w"] * gen["gen_recon_kl_cyc_aba"]
+            + w["recon_x_cyc_w"] * gen["gen_cyc_x_b"]
+            + w["recon_kl_cyc_w"] * gen["gen_recon_kl_cyc_bab"]
+        )
+        expected.update(gen)
+        # The adversarial terms see the updated discriminators: with the initial ones the
+        # values differ (so this test tells the two apart).
+        stale = hand_gen_loss(initial["dis_a"], x_ba, gan_mode)
+    assert_terms_match(logged, expected)
+    assert float(stale) != pytest.approx(logged["gen_adv_a"], rel=1e-5, abs=1e-6)
 
 
 def test_cycle_weight_zero_drops_the_cycle_terms_and_weights_apply(tiny_dataset):

@@ -3,7 +3,10 @@
 The reference saves each generator's bare state dict. Its keys equal ours (i2i's
 networks reproduce the reference's module structure), so conversion is: read the file
 without unpickling objects, drop what the reference itself drops (`module.` prefixes,
-InstanceNorm running statistics saved by PyTorch < 0.4), check every key and shape
+InstanceNorm running statistics saved by PyTorch < 0.4), fill in the BatchNorm
+`num_batches_tracked` counters that files saved before PyTorch 0.4.1 lack (as PyTorch's
+own BatchNorm loading does: they only matter when training with momentum=None and are
+not used to translate), check every key and shape
 against the architecture the flags describe, and explain any mismatch in plain words.
 """
 
@@ -60,6 +63,28 @@ def _drop_instance_norm_stats(state: dict[str, torch.Tensor], net: nn.Module) ->
     return dropped
 
 
+def _fill_num_batches_tracked(
+    state: dict[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
+) -> list[str]:
+    """Add a zero ``num_batches_tracked`` for each BatchNorm whose other statistics are there.
+
+    Files saved before PyTorch 0.4.1 have running_mean/running_var but no counter; a
+    BatchNorm missing its running_mean too is a real mismatch and is left to be reported.
+    """
+    filled = []
+    for key in expected:
+        owner, _, leaf = key.rpartition(".")
+        if (
+            leaf == "num_batches_tracked"
+            and key not in state
+            and f"{owner}.running_mean" in state
+            and f"{owner}.running_var" in state
+        ):
+            state[key] = torch.zeros((), dtype=torch.long)
+            filled.append(key)
+    return filled
+
+
 def _fits(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> bool:
     return set(state) == set(expected) and all(
         state[k].shape == expected[k].shape for k in expected
@@ -83,6 +108,7 @@ def _diagnose(state: dict[str, torch.Tensor], opts: CycleGANOptions) -> list[str
                     )
                 expected = net.state_dict()
                 trimmed = {k: v for k, v in state.items() if k in expected or not _is_stat(k)}
+                _fill_num_batches_tracked(trimmed, expected)
                 if _fits(trimmed, expected):
                     return _flags_that_differ(opts, candidate)
     return []
@@ -107,12 +133,17 @@ def _is_stat(key: str) -> bool:
 
 def fit_state_dict(
     path: Path, net: nn.Module, opts: CycleGANOptions
-) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Read `path` and make it load into `net` exactly, or raise ImportError_ saying why."""
+) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+    """Read `path` and make it load into `net` exactly, or raise ImportError_ saying why.
+
+    Returns the state dict, the stale InstanceNorm statistics dropped and the BatchNorm
+    ``num_batches_tracked`` counters filled in with zero (files older than PyTorch 0.4.1).
+    """
     original = read_state_dict(path)
     state = dict(original)
     dropped = _drop_instance_norm_stats(state, net)
     expected = net.state_dict()
+    filled = _fill_num_batches_tracked(state, expected)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong_shape = [k for k in set(state) & set(expected) if state[k].shape != expected[k].shape]
@@ -138,7 +169,7 @@ def fit_state_dict(
                 ". It matches no CycleGAN/pix2pix generator of the reference with these channels"
             )
         raise ImportError_(message)
-    return {k: state[k].to(expected[k].dtype) for k in expected}, dropped
+    return {k: state[k].to(expected[k].dtype) for k in expected}, dropped, filled
 
 
 def import_cyclegan(
@@ -156,7 +187,9 @@ def import_cyclegan(
         g_b: the reference's G_B file (B to A), optional.
         options: the architecture the files were trained with (the reference's flags).
 
-    Returns a summary: directions imported, keys dropped, source hashes, output path.
+    Returns a summary: directions imported, keys dropped (stale InstanceNorm statistics)
+    and filled (zero BatchNorm ``num_batches_tracked`` of pre-0.4.1 files) per network,
+    source hashes, output path.
     """
     if g_a is None and g_b is None:
         raise ImportError_("give at least one generator file (--g-a and/or --g-b)")
@@ -165,15 +198,22 @@ def import_cyclegan(
     networks = family.build(opts)
     sources = {"g_ab": g_a, "g_ba": g_b}
     converted: dict[str, dict[str, torch.Tensor]] = {}
-    summary: dict[str, Any] = {"out": str(out), "directions": [], "dropped_keys": {}, "sources": {}}
+    summary: dict[str, Any] = {
+        "out": str(out),
+        "directions": [],
+        "dropped_keys": {},
+        "filled_keys": {},
+        "sources": {},
+    }
     direction_of = {net: d for d, net in family.directions.items()}
     for name, source in sources.items():
         if source is None:
             continue
         path = Path(source)
-        converted[name], dropped = fit_state_dict(path, networks[name], opts)
+        converted[name], dropped, filled = fit_state_dict(path, networks[name], opts)
         summary["directions"].append(direction_of[name])
         summary["dropped_keys"][name] = dropped
+        summary["filled_keys"][name] = filled
         summary["sources"][name] = {"file": str(path), "sha256": sha256_file(path)}
     model_config = asdict(opts)
     config = {"family": "cyclegan", "model": model_config}

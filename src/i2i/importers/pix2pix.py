@@ -35,7 +35,9 @@ def import_pix2pix(
         options: the architecture and direction it was trained with (the reference's
             flags; ``input_nc`` is the generator's input, domain B under ``BtoA``).
 
-    Returns a summary: the direction imported, keys dropped, source hash, output path.
+    Returns a summary: the direction imported, keys dropped (stale InstanceNorm
+    statistics) and filled (zero BatchNorm ``num_batches_tracked`` of files saved before
+    PyTorch 0.4.1), source hash, output path.
     """
     opts = options or Pix2PixOptions()
     path = Path(g)
@@ -51,7 +53,7 @@ def import_pix2pix(
         init_type=opts.init_type,
         init_gain=opts.init_gain,
     )
-    state, dropped = fit_state_dict(path, generator, g_opts)
+    state, dropped, filled = fit_state_dict(path, generator, g_opts)
     source = {"file": str(path), "sha256": sha256_file(path)}
     payload = make_checkpoint(
         family="pix2pix",
@@ -65,5 +67,6 @@ def import_pix2pix(
         "out": str(out),
         "direction": pix2pix_direction(opts),
         "dropped_keys": dropped,
+        "filled_keys": filled,
         "source": source,
     }
