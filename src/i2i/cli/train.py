@@ -163,6 +163,11 @@ def run_import_cyclegan(args: argparse.Namespace) -> int:
         output_nc=args.output_nc,
     )
     summary = import_cyclegan(args.out, g_a=args.g_a, g_b=args.g_b, options=options)
+    filled = sum(len(v) for v in summary.get("filled_keys", {}).values())
+    if filled:
+        print(
+            f"note: {filled} BatchNorm num_batches_tracked counters missing (an old file): set to 0"
+        )
     dropped = sum(len(v) for v in summary["dropped_keys"].values())
     print(
         f"wrote {args.out} with direction(s) {', '.join(summary['directions'])}"
@@ -185,6 +190,11 @@ def run_import_pix2pix(args: argparse.Namespace) -> int:
         direction=args.direction,
     )
     summary = import_pix2pix(args.out, g=args.g, options=options)
+    filled = len(summary.get("filled_keys", []))
+    if filled:
+        print(
+            f"note: {filled} BatchNorm num_batches_tracked counters missing (an old file): set to 0"
+        )
     dropped = len(summary["dropped_keys"])
     print(
         f"wrote {args.out} with direction {summary['direction']}"
