@@ -12,7 +12,6 @@ on real images and on fakes drawn through the image pools.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,6 +22,7 @@ from torch import nn
 from .config import ConfigError, TrainConfig
 from .losses import gan_loss, gradient_penalty, reconstruction_loss
 from .pool import ImagePool
+from .steps import StepHelpers
 
 
 def set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
@@ -31,7 +31,7 @@ def set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
             p.requires_grad_(flag)
 
 
-class CycleGANTrainer:
+class CycleGANTrainer(StepHelpers):
     """Holds the optimisers and image pools of a CycleGAN run and performs its steps.
 
     Args:
@@ -78,23 +78,8 @@ class CycleGANTrainer:
         }
         self.pool_a = ImagePool(cfg.pool_size, seed=cfg.seed * 1_000_003 + 1)  # fakes of A
         self.pool_b = ImagePool(cfg.pool_size, seed=cfg.seed * 1_000_003 + 2)  # fakes of B
-        fp16 = cfg.amp == "fp16"
-        self.scalers = {
-            name: torch.amp.GradScaler(device.type, enabled=fp16) for name in self.optimizers
-        }
+        self.scalers = self.make_scalers()
         self.last_visuals: dict[str, torch.Tensor] = {}
-
-    def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.cfg.amp == "off":
-            return contextlib.nullcontext()
-        dtype = torch.float16 if self.cfg.amp == "fp16" else torch.bfloat16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
-
-    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
-        if self.cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
 
     def step(self, batch: dict[str, Any]) -> dict[str, float]:
         """One optimisation step on a batch {"A": (N,C,H,W), "B": (N,C,H,W)}; returns losses."""
@@ -161,12 +146,6 @@ class CycleGANTrainer:
         if mode == "wgangp":
             loss = loss + self.cfg.lambda_gp * gradient_penalty(net, real, fake)
         return loss
-
-    def _backward_and_step(self, name: str, loss: torch.Tensor) -> None:
-        scaler = self.scalers[name]
-        scaler.scale(loss).backward()
-        scaler.step(self.optimizers[name])
-        scaler.update()
 
     def visual_rows(self) -> Iterator[tuple[str, ...]]:
         """Rows of the sample grid: each row a sequence of visual names."""

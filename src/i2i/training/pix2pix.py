@@ -16,7 +16,6 @@ real_b).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +32,7 @@ from .config import TrainConfig, loss_options
 from .cyclegan import set_requires_grad
 from .losses import gan_loss, gradient_penalty
 from .pool import ImagePool
+from .steps import StepHelpers
 
 
 @dataclass
@@ -46,7 +46,7 @@ class Pix2PixLossOptions:
             raise ValueError(f"lambda_l1 must be >= 0, got {self.lambda_l1}")
 
 
-class Pix2PixTrainer:
+class Pix2PixTrainer(StepHelpers):
     """Holds the optimisers (and the pair pool) of a pix2pix run and performs its steps.
 
     Args:
@@ -84,10 +84,7 @@ class Pix2PixTrainer:
             ),
         }
         self.pool = ImagePool(cfg.pool_size, seed=cfg.seed * 1_000_003 + 3)  # fake pairs
-        fp16 = cfg.amp == "fp16"
-        self.scalers = {
-            name: torch.amp.GradScaler(device.type, enabled=fp16) for name in self.optimizers
-        }
+        self.scalers = self.make_scalers()
         self.last_visuals: dict[str, torch.Tensor] = {}
 
     @staticmethod
@@ -106,18 +103,6 @@ class Pix2PixTrainer:
             seed=cfg.seed,
             skip_bad_images=cfg.data.skip_bad_images,
         )
-
-    def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.cfg.amp == "off":
-            return contextlib.nullcontext()
-        dtype = torch.float16 if self.cfg.amp == "fp16" else torch.bfloat16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
-
-    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
-        if self.cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
 
     def step(self, batch: dict[str, Any]) -> dict[str, float]:
         """One optimisation step on a batch {"A": (N,C,H,W), "B": (N,C,H,W)}; returns losses."""
@@ -162,12 +147,6 @@ class Pix2PixTrainer:
         out["d"] = float(loss_d.detach())
         out["g_total"] = float(loss_g.detach())
         return out
-
-    def _backward_and_step(self, name: str, loss: torch.Tensor) -> None:
-        scaler = self.scalers[name]
-        scaler.scale(loss).backward()
-        scaler.step(self.optimizers[name])
-        scaler.update()
 
     def visual_rows(self) -> Iterator[tuple[str, ...]]:
         """Rows of the sample grid: input, output, truth."""

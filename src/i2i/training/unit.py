@@ -23,7 +23,6 @@ sums that are minimised.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
@@ -35,6 +34,7 @@ from torch import nn
 from .config import ConfigError, TrainConfig, loss_options
 from .cyclegan import set_requires_grad
 from .losses import gan_loss
+from .steps import StepHelpers
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def unique_parameters(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
     return out
 
 
-class TwoDomainTrainer:
+class TwoDomainTrainer(StepHelpers):
     """What the UNIT and MUNIT trainers share: optimisers, scalers, autocast, visuals.
 
     Subclasses set ``loss_options_type`` and implement ``step`` and ``_make_visuals``.
@@ -164,10 +164,7 @@ class TwoDomainTrainer:
             "dis": adam([networks["dis_a"], networks["dis_b"]]),
             "gen": adam([networks["gen_a"], networks["gen_b"]]),
         }
-        fp16 = cfg.amp == "fp16"
-        self.scalers = {
-            name: torch.amp.GradScaler(device.type, enabled=fp16) for name in self.optimizers
-        }
+        self.scalers = self.make_scalers()
         self.vgg: nn.Module | None = None
         if self.loss.vgg_w > 0:
             from .vgg import load_perceptual_network
@@ -183,24 +180,6 @@ class TwoDomainTrainer:
             log.warning("loss.vgg_weights is set but loss.vgg_w is 0: no perceptual term")
         self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self._visuals: dict[str, torch.Tensor] | None = None
-
-    def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.cfg.amp == "off":
-            return contextlib.nullcontext()
-        dtype = torch.float16 if self.cfg.amp == "fp16" else torch.bfloat16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
-
-    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
-        if self.cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
-
-    def _backward_and_step(self, name: str, loss: torch.Tensor) -> None:
-        scaler = self.scalers[name]
-        scaler.scale(loss).backward()
-        scaler.step(self.optimizers[name])
-        scaler.update()
 
     def _dis_update(
         self, x_a: torch.Tensor, x_ba: torch.Tensor, x_b: torch.Tensor, x_ab: torch.Tensor
