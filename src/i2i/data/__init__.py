@@ -2,6 +2,7 @@
 
 from i2i.data.aligned import AlignedDataset
 from i2i.data.folders import IMG_EXTENSIONS, DataError, is_image_file, list_images, load_rgb
+from i2i.data.labelled import LabelledDataset, domain_folders, labelled_domains
 from i2i.data.sample import (
     SAMPLE_TASKS,
     SampleTask,
@@ -25,6 +26,9 @@ from i2i.data.unaligned import UnalignedDataset
 __all__ = [
     "AlignedDataset",
     "IMG_EXTENSIONS",
+    "LabelledDataset",
+    "domain_folders",
+    "labelled_domains",
     "PREPROCESS_MODES",
     "SAMPLE_TASKS",
     "DataError",

@@ -30,21 +30,33 @@ from i2i.models.registry import (
     ShapeRule,
     StyleEncoderFactory,
     TranslatorFactory,
+    checked_domains,
     create_networks,
+    direction_target,
     get_family,
     list_families,
     options_from_dict,
     register_family,
+    target_direction,
 )
 from i2i.models.translators import (
+    DomainTranslator,
+    FixedDomainTranslator,
     ImageStyleEncoder,
     ImageTranslator,
     StyleTranslator,
+    domain_translators,
     translators_by_direction,
 )
 from i2i.models.unit import UNITOptions
 
 __all__ = [
+    "DomainTranslator",
+    "FixedDomainTranslator",
+    "checked_domains",
+    "direction_target",
+    "domain_translators",
+    "target_direction",
     "DISCRIMINATOR_ARCHS",
     "GENERATOR_ARCHS",
     "CycleGANOptions",

@@ -8,6 +8,7 @@ Training, export and serving look families up here instead of branching on names
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -15,13 +16,52 @@ from typing import Any
 
 from torch import nn
 
-from i2i.models.translators import translators_by_direction
+from i2i.models.translators import domain_translators, translators_by_direction
 from i2i.shapes import ShapeRule
 
 # (networks, options) -> {direction: translator}
 TranslatorFactory = Callable[[Mapping[str, nn.Module], Any], dict[str, nn.Module]]
 # (networks, options) -> {direction: style encoder of that direction's target domain}
 StyleEncoderFactory = Callable[[Mapping[str, nn.Module], Any], dict[str, nn.Module]]
+# (networks, options) -> float module (x [N, C_in, H, W] in [-1, 1], domain int64 [N]) -> y
+ConditionalFactory = Callable[[Mapping[str, nn.Module], Any], nn.Module]
+# (networks, options, seed) -> {metric name: value}, extra numbers `i2i eval` reports
+MetricsFactory = Callable[[Mapping[str, nn.Module], Any, int], dict[str, float]]
+
+# A domain name of a multi-domain model: it becomes part of direction and file names.
+DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+# The direction that translates any image into domain d is named TARGET_PREFIX + d.
+TARGET_PREFIX = "to_"
+
+
+def target_direction(domain: str) -> str:
+    """The direction name of translation into ``domain`` in a multi-domain model."""
+    return TARGET_PREFIX + domain
+
+
+def direction_target(direction: str) -> str | None:
+    """The target domain a multi-domain direction name (``to_<domain>``) names, else None."""
+    if direction.startswith(TARGET_PREFIX) and len(direction) > len(TARGET_PREFIX):
+        return direction[len(TARGET_PREFIX) :]
+    return None
+
+
+def checked_domains(domains: Any) -> tuple[str, ...]:
+    """``domains`` (a list or tuple of names) as a tuple, or ValueError saying what is wrong."""
+    if isinstance(domains, str) or not isinstance(domains, (list, tuple)):
+        raise ValueError(f"domains must be a list of names, got {domains!r}")
+    names = tuple(domains)
+    if len(names) < 2:
+        raise ValueError(f"a multi-domain model needs at least 2 domains, got {list(names)}")
+    for name in names:
+        if not isinstance(name, str) or not DOMAIN_NAME.match(name):
+            raise ValueError(
+                f"domain name {name!r} must start with a letter or digit and hold only "
+                "letters, digits, '_' and '-'"
+            )
+    if len(set(names)) != len(names):
+        raise ValueError(f"domain names must be unique, got {list(names)}")
+    return names
 
 
 @dataclass(frozen=True)
@@ -52,6 +92,20 @@ class ModelFamily:
             S]`` (its ``in_channels`` and ``style_dim`` attributes say C and S), in eval
             mode. Exported beside the translators, so a reference image can set the style.
             None for families without one.
+        multi_domain: the model translates between any number of named domains, listed in
+            its options' ``domains`` field (a tuple of names; the trainer fills it from the
+            data folders when a config leaves it out). Its directions are then
+            ``to_<domain>``, one per target (any source), instead of :attr:`directions`,
+            which stays empty; see :meth:`direction_names`.
+        conditional: multi-domain families only: ``(networks, options) -> module`` whose
+            ``forward(x, domain)`` maps float ``x`` [N, C_in, H, W] in [-1, 1] and int64
+            target indices ``domain`` [N] (into ``options.domains``) to float [N, C_out, H,
+            W] in [-1, 1]. The default :attr:`translators` wrap it into one fused translator
+            per target (:class:`~i2i.models.translators.FixedDomainTranslator`); export also
+            writes it whole, so requests for different targets can share a batch.
+        metrics: optional ``(networks, options, seed) -> {name: value}``: numbers beyond
+            PSNR/SSIM that ``i2i eval`` reports for a model of this family (for example the
+            two-step model's latent MSE on held-out generator samples).
     """
 
     name: str
@@ -65,6 +119,9 @@ class ModelFamily:
     translators: TranslatorFactory = None  # type: ignore[assignment]
     style_dim: int = 0
     style_encoders: StyleEncoderFactory | None = None
+    multi_domain: bool = False
+    conditional: ConditionalFactory | None = None
+    metrics: MetricsFactory | None = None
 
     def __post_init__(self) -> None:
         if not dataclasses.is_dataclass(self.options_type):
@@ -81,6 +138,28 @@ class ModelFamily:
             raise ValueError(f"family {self.name!r}: style_dim must be >= 0, got {self.style_dim}")
         if self.style_encoders is not None and self.style_dim == 0:
             raise ValueError(f"family {self.name!r}: style_encoders needs a style_dim above 0")
+        if self.multi_domain:
+            if self.conditional is None:
+                raise ValueError(f"family {self.name!r}: a multi-domain family needs conditional")
+            if self.directions:
+                raise ValueError(
+                    f"family {self.name!r}: a multi-domain family's directions come from its "
+                    "domains (to_<domain>); leave directions empty"
+                )
+            if "domains" not in {f.name for f in dataclasses.fields(self.options_type)}:
+                raise ValueError(
+                    f"family {self.name!r}: a multi-domain family's options need a domains field"
+                )
+        elif self.conditional is not None:
+            raise ValueError(f"family {self.name!r}: conditional is for multi-domain families")
+        if self.translators is None and self.multi_domain:
+            conditional = self.conditional
+            assert conditional is not None
+
+            def by_target(networks: Mapping[str, nn.Module], options: Any) -> dict[str, nn.Module]:
+                return domain_translators(conditional(networks, options), options)
+
+            object.__setattr__(self, "translators", by_target)
         if self.translators is None:
             directions = dict(self.directions)
             # Frozen dataclass: __post_init__ is the one place a field may still be set.
@@ -96,6 +175,20 @@ class ModelFamily:
         if self.style_dim == 0:
             return 0
         return int(getattr(options, "style_dim", self.style_dim))
+
+    def domains_for(self, options: Any) -> tuple[str, ...]:
+        """The domain names of a model built with ``options``: its ``domains`` for a
+        multi-domain family, else ("A", "B")."""
+        if not self.multi_domain:
+            return ("A", "B")
+        return checked_domains(options.domains)
+
+    def direction_names(self, options: Any) -> list[str]:
+        """The directions a model built with ``options`` translates: ``to_<domain>`` per
+        domain for a multi-domain family, else :attr:`directions`' keys."""
+        if not self.multi_domain:
+            return list(self.directions)
+        return [target_direction(d) for d in self.domains_for(options)]
 
 
 _FAMILIES: dict[str, ModelFamily] = {}

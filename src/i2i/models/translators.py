@@ -186,3 +186,78 @@ class ImageStyleEncoder(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.encoder(_image_to_float(image, self.in_channels)).flatten(1)
+
+
+class DomainTranslator(nn.Module):
+    """A multi-domain translator: ``(uint8 [N, H, W, C_in], int64 [N]) -> uint8 [N, H, W,
+    C_out]``, each image translated into the domain its index names.
+
+    Args:
+        conditional: ``forward(x, domain)``: float (N, C_in, H, W) in [-1, 1] and int64 (N,)
+            target indices -> float (N, C_out, H, W) in [-1, 1].
+        in_channels, out_channels: 1 or 3.
+        num_domains: how many domains the indices may name.
+    """
+
+    def __init__(
+        self, conditional: nn.Module, in_channels: int, out_channels: int, num_domains: int
+    ) -> None:
+        super().__init__()
+        if num_domains < 2:
+            raise ValueError(f"num_domains must be >= 2, got {num_domains}")
+        self.conditional = conditional
+        self.in_channels = _check_channels(in_channels, "in_channels")
+        self.out_channels = _check_channels(out_channels, "out_channels")
+        self.num_domains = num_domains
+
+    def forward(self, image: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        if domain.dtype != torch.int64 or domain.dim() != 1:
+            raise ValueError(
+                f"expected int64 target domain indices [N], got {domain.dtype} with shape "
+                f"{tuple(domain.shape)}"
+            )
+        if not torch.jit.is_tracing():
+            if domain.shape[0] != image.shape[0]:
+                raise ValueError(
+                    f"expected one target domain per image (N = {image.shape[0]}), got "
+                    f"{domain.shape[0]}"
+                )
+            if bool(((domain < 0) | (domain >= self.num_domains)).any()):
+                raise ValueError(
+                    f"target domain indices must lie in [0, {self.num_domains}), got "
+                    f"{domain.tolist()}"
+                )
+        x = _image_to_float(image, self.in_channels)
+        return _float_to_image(self.conditional(x, domain))
+
+
+class FixedDomainTranslator(nn.Module):
+    """One target of a :class:`DomainTranslator`, fused: ``uint8 [N, H, W, C_in] -> uint8
+    [N, H, W, C_out]`` (plain contract 2), translating every image into domain ``index``."""
+
+    def __init__(self, translator: DomainTranslator, index: int) -> None:
+        super().__init__()
+        if not 0 <= index < translator.num_domains:
+            raise ValueError(f"index must lie in [0, {translator.num_domains}), got {index}")
+        self.translator = translator
+        self.index = index
+        self.in_channels = translator.in_channels
+        self.out_channels = translator.out_channels
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        # The index is a constant of the graph; N follows the batch.
+        domain = torch.full_like(image[:, 0, 0, 0], self.index, dtype=torch.int64)
+        return self.translator(image, domain)
+
+
+def domain_translators(conditional: nn.Module, options: object) -> dict[str, nn.Module]:
+    """``{"to_<domain>": FixedDomainTranslator}`` for every domain in ``options.domains``, in
+    eval mode, all sharing one :class:`DomainTranslator` around ``conditional``."""
+    domains = tuple(getattr(options, "domains"))  # noqa: B009 (options are any dataclass)
+    whole = DomainTranslator(
+        conditional,
+        int(getattr(options, "input_nc")),  # noqa: B009
+        int(getattr(options, "output_nc")),  # noqa: B009
+        len(domains),
+    ).eval()
+    return {f"to_{d}": FixedDomainTranslator(whole, i).eval() for i, d in enumerate(domains)}

@@ -24,7 +24,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from i2i.checkpoint import CheckpointManager, make_checkpoint
-from i2i.data import DataError, TransformOptions, UnalignedDataset
+from i2i.data import (
+    DataError,
+    LabelledDataset,
+    TransformOptions,
+    UnalignedDataset,
+    labelled_domains,
+)
 from i2i.models import get_family, options_from_dict
 
 from . import distributed
@@ -40,6 +46,8 @@ TRAINERS: dict[str, str] = {
     "pix2pix": "i2i.training.pix2pix:Pix2PixTrainer",
     "unit": "i2i.training.unit:UNITTrainer",
     "munit": "i2i.training.munit:MUNITTrainer",
+    "twostep": "i2i.training.twostep:TwoStepTrainer",
+    "stargan": "i2i.training.stargan:StarGANTrainer",
 }
 
 
@@ -75,6 +83,31 @@ def unaligned_dataset(cfg: TrainConfig, options: Any, transform: TransformOption
         seed=cfg.seed,
         skip_bad_images=cfg.data.skip_bad_images,
     )
+
+
+def labelled_dataset(cfg: TrainConfig, options: Any, transform: TransformOptions) -> Any:
+    """The training data of the multi-domain families: images labelled by domain folder,
+    in the model's domain order (see :mod:`i2i.data.labelled`)."""
+    return LabelledDataset(
+        cfg.data.root,
+        phase="train",
+        transform=transform,
+        channels=options.input_nc,
+        domains=list(options.domains),
+        seed=cfg.seed,
+        skip_bad_images=cfg.data.skip_bad_images,
+    )
+
+
+def fill_domains(cfg: TrainConfig, family: Any) -> None:
+    """A multi-domain config without ``model.domains`` gets the data's domain names, so the
+    saved config (and every checkpoint) records the order the networks were built for."""
+    if family.multi_domain and not cfg.model.get("domains"):
+        try:
+            cfg.model["domains"] = labelled_domains(cfg.data.root)
+        except DataError as exc:
+            raise ConfigError(f"model.domains is not set and the data names none: {exc}") from exc
+        log.info("domains from %s: %s", cfg.data.root, ", ".join(cfg.model["domains"]))
 
 
 class ResumeError(ValueError):
@@ -141,6 +174,11 @@ def epoch_batches(
 def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = False) -> RunSummary:
     """Train `cfg` into `out_dir`; with `resume`, continue from `out_dir`'s latest checkpoint."""
     out_dir = Path(out_dir)
+    try:
+        family = get_family(cfg.family)
+    except KeyError as exc:
+        raise ConfigError(f"family: {exc.args[0]}") from exc
+    fill_domains(cfg, family)
     manager = CheckpointManager(out_dir, keep_last=cfg.keep_last)
     checkpoint = None
     if resume:
@@ -159,7 +197,6 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
         manager.remove_temporary_files()
     device = distributed.device_for(dist, pick_device(cfg.device))
     try:
-        family = get_family(cfg.family)
         options = options_from_dict(cfg.family, cfg.model)
     except (KeyError, ValueError) as exc:
         raise ConfigError(f"model: {exc.args[0] if exc.args else exc}") from exc
@@ -252,7 +289,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
         payload = make_checkpoint(
             family=cfg.family,
             config=cfg.to_dict(),
-            domains=["A", "B"],
+            domains=list(family.domains_for(options)),
             networks={n: m.state_dict() for n, m in networks.items()},
             step=step,
             epoch=epoch,
