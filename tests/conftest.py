@@ -41,6 +41,14 @@ TINY_MODEL_OPTIONS: dict[str, dict] = {
         "num_scales": 2,
     },
     "unit": {"gen_dim": 4, "n_res": 1, "dis_dim": 4, "dis_n_layer": 2, "num_scales": 2},
+    "twostep": {
+        "domains": ["A", "B"],
+        "z_dim": 8,
+        "ngf": 4,
+        "ndf": 4,
+        "nef": 4,
+        "image_size": 32,
+    },
 }
 
 

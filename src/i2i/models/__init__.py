@@ -13,6 +13,7 @@ from i2i.models import (
     cyclegan,  # registers "cyclegan"
     munit,  # registers "munit"
     pix2pix,  # registers "pix2pix"
+    twostep,  # registers "twostep"
     unit,  # registers "unit"
 )
 from i2i.models.cyclegan import CycleGANOptions
@@ -48,6 +49,7 @@ from i2i.models.translators import (
     domain_translators,
     translators_by_direction,
 )
+from i2i.models.twostep import TwoStepOptions
 from i2i.models.unit import UNITOptions
 
 __all__ = [
@@ -69,6 +71,7 @@ __all__ = [
     "StyleEncoderFactory",
     "StyleTranslator",
     "TranslatorFactory",
+    "TwoStepOptions",
     "UNITOptions",
     "build_discriminator",
     "build_generator",
@@ -82,5 +85,6 @@ __all__ = [
     "pix2pix",
     "register_family",
     "translators_by_direction",
+    "twostep",
     "unit",
 ]
