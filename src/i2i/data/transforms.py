@@ -1,4 +1,5 @@
-"""The reference's preprocessing (resize, crop, scale width, flip) without torchvision.
+"""The reference's preprocessing (resize, crop, scale width, flip) without torchvision,
+plus the two-step paper's random rotation and zoom (off by default).
 
 Every random choice is drawn from an explicit `numpy.random.Generator`, never from a
 global RNG, so the same generator state gives the same tensor in any process: that is
@@ -34,12 +35,21 @@ class TransformOptions:
         load_size: the size images are resized to (the width for the scale_width modes).
         crop_size: the side of the random square crop.
         no_flip: turn off the random horizontal flip.
+        rotate: rotate by a random angle in [-rotate, rotate] degrees after the flip (0:
+            off); corners the rotation uncovers are black, so pair it with ``zoom``.
+        zoom: zoom in by a random factor in [1, 1 + zoom] about the centre, keeping the
+            size (0: off).
+
+    With ``rotate`` and ``zoom`` off nothing more is drawn from the generator, so the
+    other settings give the same images as before these options existed.
     """
 
     preprocess: str = "resize_and_crop"
     load_size: int = 286
     crop_size: int = 256
     no_flip: bool = False
+    rotate: float = 0.0
+    zoom: float = 0.0
 
     def __post_init__(self) -> None:
         if self.preprocess not in PREPROCESS_MODES:
@@ -58,6 +68,12 @@ class TransformOptions:
                 f"crop_size ({self.crop_size}) is larger than load_size ({self.load_size}): "
                 f"preprocess {self.preprocess!r} resizes to load_size before cropping"
             )
+        for name, limit in (("rotate", 180.0), ("zoom", 10.0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            if not 0.0 <= value <= limit:
+                raise ValueError(f"{name} must lie in [0, {limit:g}], got {value!r}")
 
 
 def apply_transform(
@@ -86,7 +102,25 @@ def apply_transform(
 
     if not opts.no_flip and rng.random() < 0.5:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if opts.rotate > 0:
+        angle = float(rng.uniform(-opts.rotate, opts.rotate))
+        img = img.rotate(angle, resample=Image.Resampling.BICUBIC)
+    if opts.zoom > 0:
+        img = zoom_in(img, float(rng.uniform(1.0, 1.0 + opts.zoom)))
     return to_tensor(np.asarray(img))
+
+
+def zoom_in(img: Image.Image, factor: float) -> Image.Image:
+    """Enlarge ``img`` by ``factor`` (>= 1, BICUBIC) and crop its centre back to its size."""
+    if factor < 1:
+        raise ValueError(f"zoom factor must be >= 1, got {factor}")
+    w, h = img.size
+    zw, zh = max(w, round(w * factor)), max(h, round(h * factor))
+    if (zw, zh) == (w, h):
+        return img
+    big = img.resize((zw, zh), Image.Resampling.BICUBIC)
+    x, y = (zw - w) // 2, (zh - h) // 2
+    return big.crop((x, y, x + w, y + h))
 
 
 def scale_width(img: Image.Image, width: int, min_height: int) -> Image.Image:

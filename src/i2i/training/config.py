@@ -46,6 +46,8 @@ class DataConfig:
     load_size: int = 286
     crop_size: int = 256
     no_flip: bool = False
+    rotate: float = 0.0  # random rotation of up to this many degrees either way (0: off)
+    zoom: float = 0.0  # random zoom-in by a factor in [1, 1 + zoom] (0: off)
     serial: bool = False
     num_workers: int = 2
     skip_bad_images: bool = False
@@ -136,6 +138,7 @@ def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
 # name only a family, and overrides like `--set family=unit` on the defaults.)
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "pix2pix": {"gan_mode": "vanilla", "pool_size": 0},
+    "twostep": {"gan_mode": "vanilla", "pool_size": 0, "n_epochs_decay": 0},
     **{
         family: {
             "lr": 1e-4,

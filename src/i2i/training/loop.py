@@ -60,6 +60,12 @@ def trainer_class(family: str) -> Any:
     ``build_dataset(cfg, options, transform)`` (a static method); the default reads
     unaligned ``trainA``/``trainB`` folders. A class attribute ``paired = True`` says the
     family trains on aligned pairs (the demo then writes the aligned sample layout).
+
+    A trainer may also define ``plan_steps(data_steps) -> (fed, total)``: given the steps
+    the epochs hold, how many of them read batches (at most ``data_steps``) and how many
+    steps the run takes in all. Steps past ``fed`` call ``step(None)``: they take no data
+    (the two-step model's encoder step, which trains on the generator's own samples).
+    Without it, every step reads a batch and the epochs decide the length.
     """
     try:
         target = TRAINERS[family]
@@ -232,6 +238,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
             load_size=cfg.data.load_size,
             crop_size=cfg.data.crop_size,
             no_flip=cfg.data.no_flip,
+            rotate=cfg.data.rotate,
+            zoom=cfg.data.zoom,
         )
     except ValueError as exc:
         raise ConfigError(f"data: {exc}") from exc
@@ -252,8 +260,13 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
         )
     )
     total_steps = steps_per_epoch * n_epochs_total
+    fed = total_steps  # steps that read a batch; the rest call trainer.step(None)
+    plan = getattr(trainer, "plan_steps", None)
+    if plan is not None:
+        fed, total_steps = plan(total_steps)
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
+    fed = min(fed, total_steps)
 
     step, epoch, batch_index = 0, 1, 0
     if checkpoint is not None:
@@ -314,9 +327,26 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
     losses: dict[str, float] = {}
     last_saved: Path | None = None
     stop = GracefulStop()
+
+    def report() -> None:
+        """Log the step just taken and advance per-step schedules."""
+        if monitor is not None:
+            if step % cfg.log_every == 0 or step == total_steps:
+                lrs = {n: o.param_groups[0]["lr"] for n, o in trainer.optimizers.items()}
+                monitor.log_losses(step, epoch, losses, lrs)
+            if step % cfg.sample_every == 0:
+                monitor.log_samples(step, _grid(trainer))
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
+        if per_step:  # after logging, so the log shows the rate this step used
+            for sched in schedulers.values():
+                sched.step()
+
+    halted = False
     try:
         with stop:
-            while epoch <= n_epochs_total and step < total_steps:
+            while epoch <= n_epochs_total and step < fed:
                 dataset.set_epoch(epoch)
                 batches = epoch_batches(
                     len(dataset),
@@ -340,26 +370,16 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
                     losses = trainer.step(batch)
                     step += 1
                     batch_index += 1
-                    if monitor is not None:
-                        if step % cfg.log_every == 0 or step == total_steps:
-                            lrs = {
-                                n: o.param_groups[0]["lr"] for n, o in trainer.optimizers.items()
-                            }
-                            monitor.log_losses(step, epoch, losses, lrs)
-                        if step % cfg.sample_every == 0:
-                            monitor.log_samples(step, _grid(trainer))
-                    if progress is not None:
-                        progress.update(1)
-                        progress.set_postfix(
-                            {k: f"{v:.3f}" for k, v in losses.items()}, refresh=False
-                        )
-                    if per_step:  # after logging, so the log shows the rate this step used
-                        for sched in schedulers.values():
-                            sched.step()
-                    if step >= total_steps or stop.agreed(dist):
+                    report()
+                    if step >= total_steps:
+                        break
+                    if stop.agreed(dist):
+                        halted = True
                         break
                     if step % cfg.save_every == 0:
                         last_saved = save()
+                    if step >= fed and batch_index < len(batches):
+                        break  # the data part of the run ends mid-epoch
                 else:  # the epoch is complete
                     if not per_step:
                         for sched in schedulers.values():
@@ -367,6 +387,15 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
                     epoch, batch_index = epoch + 1, 0
                     continue
                 break
+            # The steps that take no data (see trainer_class), after the epochs.
+            while not halted and step < total_steps:
+                losses = trainer.step(None)
+                step += 1
+                report()
+                if step >= total_steps or stop.agreed(dist):
+                    break
+                if step % cfg.save_every == 0:
+                    last_saved = save()
     except BaseException as exc:
         if monitor is not None:
             monitor.close()  # keep what was logged; the last checkpoint stays as it was

@@ -1,0 +1,267 @@
+"""Two-step training (Dong et al., seed 004): an AC-GAN over all domains, then the encoder.
+
+Step 1 (the epochs, on the labelled images): each step draws ``z ~ U(-1, 1)`` and random
+target domains ``c``, makes ``fake = g(z, c)``, updates d on the real batch (real/fake
+and its true domains) and the detached fakes (fake, and their drawn domains, as in the
+AC-GAN paper; ``loss.d_cls_fake: false`` keeps the seed paper's equation 2, reals only),
+then updates g with d frozen: real/fake toward real plus the domains it was asked for.
+
+Step 2 (``loss.encoder_steps`` more steps, after the epochs, reading no data): g is frozen
+in eval mode; each step draws a batch of ``(z, c)`` over every domain, and e learns
+``MSE(e(g(z, c)), z)``. The loop calls ``step(None)`` for these steps (see
+:func:`i2i.training.loop.trainer_class`, ``plan_steps``).
+
+Losses, unweighted: d_real, d_fake, d_cls_real, d_cls_fake, g_gan, g_cls (step 1) and
+e_mse (step 2); ``d`` and ``g_total`` are the weighted sums minimised in step 1.
+
+Starting at step 2: ``loss.generator_checkpoint: PATH`` loads g and d from a two-step
+checkpoint (any i2i checkpoint of this family, read weights-only) and the run trains the
+encoder only. The trainer state (``phase``, the latent sampler's RNG, e's optimiser and
+scaler) makes resume exact in either step. e's optimiser is the trainer's own, at a
+constant ``lr`` (the paper's Adam for step 2): the loop's epoch schedules do not reach it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from i2i.checkpoint import CheckpointError, load_checkpoint
+from i2i.models import options_from_dict
+from i2i.models.twostep import TwoStepOptions, sample_latents
+
+from .config import ConfigError, TrainConfig, loss_options
+from .cyclegan import set_requires_grad
+from .loop import labelled_dataset
+from .losses import gan_loss
+from .steps import StepHelpers
+
+log = logging.getLogger(__name__)
+
+GAN_MODES = ("vanilla", "lsgan")
+
+
+@dataclass
+class TwoStepLossOptions:
+    """The two-step model's ``loss.*`` keys."""
+
+    lambda_cls: float = 1.0  # weight of the domain-classification terms (d and g)
+    d_cls_fake: bool = True  # d also classifies the fakes (AC-GAN); false: reals only
+    encoder_steps: int = 20_000  # step 2's length (the paper's 20,000)
+    generator_checkpoint: str = ""  # a step-1 checkpoint: skip step 1, train e on its g
+
+    def __post_init__(self) -> None:
+        if self.lambda_cls < 0:
+            raise ValueError(f"lambda_cls must be >= 0, got {self.lambda_cls}")
+        if self.encoder_steps < 0:
+            raise ValueError(f"encoder_steps must be >= 0, got {self.encoder_steps}")
+
+
+class TwoStepTrainer(StepHelpers):
+    """Holds the optimisers and the latent sampler of a two-step run and performs its steps.
+
+    Args:
+        cfg: the run's configuration (``loss.*`` as :class:`TwoStepLossOptions`).
+        networks: g, d and e (already on ``device``); these are what checkpoints store.
+        device: where the batches go.
+        wrap: turns a network into the module the step calls (DDP, torch.compile).
+    """
+
+    network_names = ("g", "d", "e")
+    build_dataset = staticmethod(labelled_dataset)
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        networks: dict[str, nn.Module],
+        device: torch.device,
+        wrap: Callable[[nn.Module], nn.Module] | None = None,
+    ) -> None:
+        if cfg.gan_mode not in GAN_MODES:
+            raise ConfigError(
+                f"gan_mode={cfg.gan_mode!r}: the two-step model trains with "
+                f"{' or '.join(GAN_MODES)}"
+            )
+        self.cfg = cfg
+        self.loss = loss_options(cfg, TwoStepLossOptions)
+        self.options: TwoStepOptions = options_from_dict("twostep", cfg.model)
+        self.device = device
+        self.networks = networks
+        wrap = wrap or (lambda m: m)
+        self.g, self.d, self.e = (wrap(networks[n]) for n in ("g", "d", "e"))
+        betas = (cfg.beta1, cfg.beta2)
+
+        def adam(name: str) -> torch.optim.Optimizer:
+            return torch.optim.Adam(
+                networks[name].parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay
+            )
+
+        # g and d follow the loop's schedule over the epochs of step 1; e is stepped here.
+        self.optimizers = {"g": adam("g"), "d": adam("d")}
+        self.encoder_optimizer = adam("e")
+        self.scalers = self.make_scalers()
+        self.scalers["e"] = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+        self.rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 11)  # z and c draws
+        self.phase = 1
+        self._visuals: dict[str, torch.Tensor] = {}
+        self._reconstruct: tuple[torch.Tensor, torch.Tensor] | None = None
+        if self.loss.generator_checkpoint:
+            self._load_generator(self.loss.generator_checkpoint)
+
+    def plan_steps(self, data_steps: int) -> tuple[int, int]:
+        """(steps that read a batch, steps in all): step 1 takes the epochs' steps, step 2
+        ``encoder_steps`` more; from a generator checkpoint, step 2 only."""
+        if self.loss.generator_checkpoint:
+            return 0, self.loss.encoder_steps
+        return data_steps, data_steps + self.loss.encoder_steps
+
+    def _load_generator(self, path: str) -> None:
+        try:
+            checkpoint = load_checkpoint(path)
+        except CheckpointError as exc:
+            raise ConfigError(f"loss.generator_checkpoint: {exc}") from exc
+        if checkpoint["family"] != "twostep":
+            raise ConfigError(
+                f"loss.generator_checkpoint: {path} is a {checkpoint['family']!r} checkpoint, "
+                "not a two-step one"
+            )
+        saved = list(checkpoint["domains"])
+        if saved != list(self.options.domains):
+            raise ConfigError(
+                f"loss.generator_checkpoint: {path} was trained on domains {saved}; this run "
+                f"has {list(self.options.domains)} (set model.domains to the checkpoint's)"
+            )
+        if "g" not in checkpoint["networks"]:
+            raise ConfigError(f"loss.generator_checkpoint: {path} holds no generator g")
+        for name in ("g", "d"):
+            if name not in checkpoint["networks"]:
+                continue
+            try:
+                self.networks[name].load_state_dict(checkpoint["networks"][name])
+            except RuntimeError as exc:
+                raise ConfigError(
+                    f"loss.generator_checkpoint: {path}: network {name!r} does not match this "
+                    f"run's model options ({str(exc).splitlines()[0]}); use the step-1 run's "
+                    "model section"
+                ) from exc
+        log.info("step 2 from %s (step %d of its run)", path, checkpoint["step"])
+
+    def step(self, batch: dict[str, Any] | None) -> dict[str, float]:
+        """One step: step 1 on a labelled batch, step 2 (the encoder) when batch is None."""
+        if batch is None:
+            return self._encoder_step()
+        if self.phase != 1:
+            raise RuntimeError("a batch of images arrived in step 2, which trains on samples")
+        return self._gan_step(batch)
+
+    def _draw(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        z, domains = sample_latents(n, self.options, self.rng)
+        return z.to(self.device), domains.to(self.device)
+
+    def _gan_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        mode, lam = self.cfg.gan_mode, self.loss.lambda_cls
+        real = self._to_device(batch["image"])
+        labels = batch["domain"].to(self.device)
+        z, fake_labels = self._draw(real.shape[0])
+        with self.autocast():
+            fake = self.g(z, fake_labels)
+
+        # Discriminator: real images with their domains, detached fakes with theirs.
+        set_requires_grad([self.networks["d"]], True)
+        self.optimizers["d"].zero_grad(set_to_none=True)
+        losses: dict[str, torch.Tensor] = {}
+        with self.autocast():
+            src_real, cls_real = self.d(real)
+            src_fake, cls_fake = self.d(fake.detach())
+            losses["d_real"] = gan_loss(src_real, True, mode)
+            losses["d_fake"] = gan_loss(src_fake, False, mode)
+            losses["d_cls_real"] = F.cross_entropy(cls_real.float(), labels)
+            losses["d_cls_fake"] = F.cross_entropy(cls_fake.float(), fake_labels)
+            cls_d = losses["d_cls_real"]
+            if self.loss.d_cls_fake:
+                cls_d = cls_d + losses["d_cls_fake"]
+            loss_d = losses["d_real"] + losses["d_fake"] + lam * cls_d
+        self._backward_and_step("d", loss_d)
+
+        # Generator, d frozen (the unwrapped d: under DDP its gradients are not wanted).
+        d_plain = self.networks["d"]
+        set_requires_grad([d_plain], False)
+        self.optimizers["g"].zero_grad(set_to_none=True)
+        with self.autocast():
+            src, cls = d_plain(fake)
+            losses["g_gan"] = gan_loss(src, True, mode)
+            losses["g_cls"] = F.cross_entropy(cls.float(), fake_labels)
+            loss_g = losses["g_gan"] + lam * losses["g_cls"]
+        self._backward_and_step("g", loss_g)
+        set_requires_grad([d_plain], True)
+
+        self._visuals = {"real": real.detach(), "fake": fake.detach()}
+        self._reconstruct = None
+        out = {name: float(value.detach()) for name, value in losses.items()}
+        out["d"] = float(loss_d.detach())
+        out["g_total"] = float(loss_g.detach())
+        return out
+
+    def _enter_step2(self) -> None:
+        """Freeze g (eval mode: its batch norm uses the statistics step 1 gathered) and d."""
+        self.phase = 2
+        self.networks["g"].eval()
+        set_requires_grad([self.networks["g"], self.networks["d"]], False)
+
+    def _encoder_step(self) -> dict[str, float]:
+        if self.phase == 1:
+            log.info("step 2: training the encoder on the generator's samples")
+            self._enter_step2()
+        z, domains = self._draw(self.cfg.batch_size)
+        with torch.no_grad(), self.autocast():
+            samples = self.networks["g"](z, domains)
+        if self.cfg.channels_last:
+            samples = samples.contiguous(memory_format=torch.channels_last)
+        self.encoder_optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            z_hat = self.e(samples)
+            loss = F.mse_loss(z_hat.float(), z)
+        scaler = self.scalers["e"]
+        scaler.scale(loss).backward()
+        scaler.step(self.encoder_optimizer)
+        scaler.update()
+        self._visuals = {"sample": samples.detach()}
+        self._reconstruct = (z_hat.detach().float(), domains)
+        return {"e_mse": float(loss.detach())}
+
+    @property
+    def last_visuals(self) -> dict[str, torch.Tensor]:
+        """The last step's images; in step 2 also g(e(sample)), made only when asked for."""
+        if self._reconstruct is not None and "reconstruction" not in self._visuals:
+            z_hat, domains = self._reconstruct
+            with torch.no_grad():  # g is in eval mode: nothing it holds changes
+                self._visuals["reconstruction"] = self.networks["g"](z_hat, domains)
+        return self._visuals
+
+    def visual_rows(self) -> Iterator[tuple[str, ...]]:
+        """Step 1: real images, then fakes; step 2: samples, then g(e(sample), c)."""
+        yield ("real", "fake") if self.phase == 1 else ("sample", "reconstruction")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything beyond networks and the g/d optimisers that an exact resume needs."""
+        return {
+            "phase": self.phase,
+            "rng": self.rng.get_state(),
+            "encoder_optimizer": self.encoder_optimizer.state_dict(),
+            "scalers": {name: s.state_dict() for name, s in self.scalers.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.set_state(state["rng"])
+        self.encoder_optimizer.load_state_dict(state["encoder_optimizer"])
+        for name, s in self.scalers.items():
+            if state["scalers"].get(name):
+                s.load_state_dict(state["scalers"][name])
+        if int(state["phase"]) == 2:
+            self._enter_step2()
