@@ -216,7 +216,8 @@ class DomainTranslator(nn.Module):
                 f"expected int64 target domain indices [N], got {domain.dtype} with shape "
                 f"{tuple(domain.shape)}"
             )
-        if not torch.jit.is_tracing():
+        # Not while exporting: torch.export cannot branch on the indices' values.
+        if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
             if domain.shape[0] != image.shape[0]:
                 raise ValueError(
                     f"expected one target domain per image (N = {image.shape[0]}), got "

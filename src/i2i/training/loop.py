@@ -346,7 +346,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
     halted = False
     try:
         with stop:
-            while epoch <= n_epochs_total and step < fed:
+            while epoch <= n_epochs_total and step < total_steps:
                 dataset.set_epoch(epoch)
                 batches = epoch_batches(
                     len(dataset),
@@ -357,6 +357,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
                     dist.rank,
                     dist.world_size,
                 )
+                if step >= fed and batch_index < len(batches):
+                    break  # the rest of the run reads no data (see plan_steps)
                 loader = DataLoader(
                     dataset,
                     batch_sampler=batches[batch_index:],
