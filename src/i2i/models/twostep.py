@@ -119,7 +119,9 @@ class DomainCode(nn.Module):
     def forward(self, domain: torch.Tensor) -> torch.Tensor:
         if self.embedding is not None:
             return self.embedding(domain)
-        return F.embedding(domain, self.eye)
+        eye = self.eye
+        assert isinstance(eye, torch.Tensor)
+        return F.embedding(domain, eye)
 
 
 class ConditionalGenerator(nn.Module):
