@@ -142,3 +142,12 @@ def test_latent_mse_is_the_encoders_error_on_seeded_generator_samples() -> None:
     networks["g"].train()
     latent_mse(networks, options, seed=5, n_samples=4)
     assert networks["g"].training and not networks["e"].training
+
+
+def test_translators_need_both_g_and_e() -> None:
+    options = _options()
+    networks = create_networks("twostep", options)
+    family = get_family("twostep")
+    assert family.translators({"g": networks["g"]}, options) == {}
+    assert family.translators({"e": networks["e"], "d": networks["d"]}, options) == {}
+    assert sorted(family.translators(networks, options)) == ["to_A", "to_B"]

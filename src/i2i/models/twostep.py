@@ -36,6 +36,7 @@ from torch import nn
 
 from i2i.models.networks import init_weights
 from i2i.models.registry import ModelFamily, checked_domains, register_family
+from i2i.models.translators import domain_translators
 from i2i.shapes import ShapeRule
 
 log = logging.getLogger(__name__)
@@ -241,6 +242,16 @@ def twostep_conditional(networks: Mapping[str, nn.Module], options: TwoStepOptio
     return TwoStepTranslation(networks["e"], networks["g"]).eval()
 
 
+def twostep_translators(
+    networks: Mapping[str, nn.Module], options: TwoStepOptions
+) -> dict[str, nn.Module]:
+    """``{"to_<domain>": fused G(E(x), domain)}`` per domain; empty without both g and e
+    (every direction needs both)."""
+    if "g" not in networks or "e" not in networks:
+        return {}
+    return domain_translators(twostep_conditional(networks, options), options)
+
+
 def sample_latents(
     n: int, options: TwoStepOptions, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -307,6 +318,7 @@ TWOSTEP = register_family(
         ),
         multi_domain=True,
         conditional=twostep_conditional,
+        translators=twostep_translators,
         metrics=twostep_metrics,
     )
 )
