@@ -41,6 +41,14 @@ TINY_MODEL_OPTIONS: dict[str, dict] = {
         "num_scales": 2,
     },
     "unit": {"gen_dim": 4, "n_res": 1, "dis_dim": 4, "dis_n_layer": 2, "num_scales": 2},
+    "stargan": {
+        "domains": ["A", "B"],
+        "conv_dim": 4,
+        "repeat_num": 1,
+        "d_conv_dim": 4,
+        "d_repeat_num": 3,
+        "image_size": 32,
+    },
 }
 
 
