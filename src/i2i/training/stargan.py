@@ -25,10 +25,11 @@ Logged terms are unweighted, as the reference logs them; ``d`` and ``g_total`` a
 weighted sums. The g terms appear on the steps that train g only.
 
 Mixed precision. Under ``amp: fp16`` the input gradient of the penalty is taken of the
-*scaled* critic output (so small fp16 gradients do not flush to zero) and divided by the
-scale before the norm, which is computed in float32, as PyTorch's AMP recipe for gradient
-penalties does; a step whose scaled gradients overflow gives an infinite penalty, and the
-GradScaler then skips the update and lowers its scale. Under ``bf16`` there is no scaler.
+*scaled* critic output (so small fp16 gradients do not flush to zero) and unscaled before
+the norm, which is computed in float32, as PyTorch's AMP recipe for gradient penalties
+does (see :func:`input_gradient_penalty`); a step whose scaled gradients still overflow
+gives an infinite penalty, and the GradScaler then skips the update and lowers its scale,
+as for any other overflow. Under ``bf16`` there is no scaler.
 """
 
 from __future__ import annotations
@@ -75,21 +76,27 @@ class StarGANLossOptions:
 def input_gradient_penalty(
     critic: Callable[[torch.Tensor], torch.Tensor],
     x_hat: torch.Tensor,
-    scale: float = 1.0,
     scaler: torch.amp.GradScaler | None = None,
 ) -> torch.Tensor:
-    """``mean((||d critic(x_hat).sum() / d x_hat||_2 - 1) ** 2)``, differentiable in the
-    critic's weights (``create_graph=True``).
+    """``mean((||d critic(x_hat).sum() / d x_hat||_2 - 1) ** 2)`` over the batch,
+    differentiable in the critic's weights (``create_graph=True``); ``x_hat`` must require
+    grad.
 
-    ``x_hat`` must require grad. With an enabled ``scaler`` the gradient is taken of the
-    scaled output and divided by ``scale`` (the scaler's current scale) again.
+    With an enabled ``scaler`` (fp16), the gradient is taken of the scaled *mean* output
+    (each output's gradient is then ``scale / n``, where the sum's ``scale`` would overflow
+    fp16) and multiplied by ``n / scale`` in float32: the same penalty, computed without
+    underflow or overflow.
     """
     out = critic(x_hat)
-    total = out.float().sum()  # grad_outputs of ones, as the reference's
-    if scaler is not None and scaler.is_enabled():
-        total = scaler.scale(total)
-    (grad,) = torch.autograd.grad(total, x_hat, create_graph=True)
-    grad = grad.float().flatten(1) / scale
+    if scaler is None or not scaler.is_enabled():
+        # grad_outputs of ones, as the reference's
+        (grad,) = torch.autograd.grad(out.float().sum(), x_hat, create_graph=True)
+    else:
+        scale = float(scaler.get_scale())
+        scaled = scaler.scale(out.float().mean())
+        (grad,) = torch.autograd.grad(scaled, x_hat, create_graph=True)
+        grad = grad.float() * (out.numel() / scale)
+    grad = grad.float().flatten(1)
     return ((grad.norm(2, dim=1) - 1.0) ** 2).mean()
 
 
@@ -196,11 +203,9 @@ class StarGANTrainer(StepHelpers):
             out_src, _ = self.d(x_fake)
             losses["d_fake"] = out_src.float().mean()
         x_hat = (alpha * x_real + (1 - alpha) * x_fake.float()).requires_grad_(True)
-        scaler = self.scalers["d"]
-        scale = float(scaler.get_scale()) if scaler.is_enabled() else 1.0
         with self.autocast():
             losses["d_gp"] = input_gradient_penalty(
-                lambda x: self.d(x)[0], x_hat, scale=scale, scaler=scaler
+                lambda x: self.d(x)[0], x_hat, scaler=self.scalers["d"]
             )
         loss_d = (
             losses["d_real"]
