@@ -4,6 +4,7 @@ penalty through to d's gradients), mixed precision, exact resume across a g step
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from torch.utils.data import default_collate
 from i2i.checkpoint import load_checkpoint
 from i2i.data import TransformOptions
 from i2i.models import get_family, options_from_dict
-from i2i.training import ConfigError, TrainConfig, train
+from i2i.training import ConfigError, TrainConfig, load_config, train
 from i2i.training.stargan import StarGANTrainer
 from tests.conftest import TINY_MODEL_OPTIONS, tiny_config, write_images
 from tests.training.test_resume import _assert_same_state, _losses
@@ -232,3 +233,19 @@ def test_a_run_on_the_unaligned_layout_records_its_domains(
 def test_bad_settings_are_config_errors(labelled: Path, tmp_path: Path, changes, message) -> None:
     with pytest.raises(ConfigError, match=message):
         train(config(labelled, max_steps=1, **changes), tmp_path / "run")
+
+
+@pytest.mark.parametrize("preset", ["stargan", "stargan-tiny"])
+def test_presets_build_and_crop_to_the_critic_size(preset: str) -> None:
+    cfg = load_config(preset)
+    assert cfg.family == "stargan" and cfg.gan_mode == "wgangp" and cfg.pool_size == 0
+    assert "domains" not in cfg.model  # the data names them
+    options = options_from_dict("stargan", {**cfg.model, "domains": DOMAINS})
+    assert cfg.data.crop_size == options.image_size
+    get_family("stargan").shape_rule(options).check(cfg.data.crop_size, cfg.data.crop_size)
+    loss = StarGANTrainer(
+        dataclasses.replace(cfg, model={**cfg.model, "domains": DOMAINS}),
+        get_family("stargan").build(options),
+        torch.device("cpu"),
+    ).loss
+    assert (loss.lambda_cls, loss.lambda_rec, loss.lambda_gp, loss.n_critic) == (1, 10, 10, 5)
