@@ -107,6 +107,17 @@ def test_bad_options_say_what_is_wrong(changes: dict, message: str) -> None:
         StarGANOptions(**{**TINY, **changes})
 
 
+def test_translators_need_g() -> None:
+    family = get_family("stargan")
+    options = options_from_dict("stargan", TINY)
+    assert family.translators({"d": tiny_networks()["d"]}, options) == {}
+    assert sorted(family.translators(tiny_networks(), options)) == [
+        "to_day",
+        "to_dusk",
+        "to_night",
+    ]
+
+
 def test_networks_need_the_domains() -> None:
     with pytest.raises(ValueError, match="at least 2 domains"):
         create_networks("stargan", {**TINY, "domains": []})

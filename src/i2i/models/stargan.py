@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from i2i.models.registry import ModelFamily, checked_domains, register_family
+from i2i.models.translators import domain_translators
 from i2i.shapes import ShapeRule
 
 
@@ -242,6 +243,16 @@ def stargan_conditional(networks: Mapping[str, nn.Module], options: Any) -> nn.M
     return StarGANConditional(g).eval()
 
 
+def stargan_translators(
+    networks: Mapping[str, nn.Module], options: StarGANOptions
+) -> dict[str, nn.Module]:
+    """``{"to_<domain>": FixedDomainTranslator}`` around :func:`stargan_conditional`, in eval
+    mode; empty when ``g`` is not in ``networks``."""
+    if "g" not in networks:
+        return {}
+    return domain_translators(stargan_conditional(networks, options), options)
+
+
 def stargan_shape_rule(options: StarGANOptions) -> ShapeRule:
     """g takes any multiple of 4 (two stride-2 convolutions, undone exactly), from 8: instance
     norm needs more than one cell at the 1/4 scale."""
@@ -262,5 +273,6 @@ STARGAN = register_family(
         ),
         multi_domain=True,
         conditional=stargan_conditional,
+        translators=stargan_translators,
     )
 )
