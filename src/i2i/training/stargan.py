@@ -203,9 +203,13 @@ class StarGANTrainer(StepHelpers):
             out_src, _ = self.d(x_fake)
             losses["d_fake"] = out_src.float().mean()
         x_hat = (alpha * x_real + (1 - alpha) * x_fake.float()).requires_grad_(True)
+        # The penalty goes through the plain d: torch.compile cannot differentiate twice, and
+        # under DDP the penalty's gradient still reaches the reducer, summed with the other
+        # terms' into each weight's one gradient of this backward pass.
+        d_plain = self.networks["d"]
         with self.autocast():
             losses["d_gp"] = input_gradient_penalty(
-                lambda x: self.d(x)[0], x_hat, scaler=self.scalers["d"]
+                lambda x: d_plain(x)[0], x_hat, scaler=self.scalers["d"]
             )
         loss_d = (
             losses["d_real"]
@@ -221,7 +225,6 @@ class StarGANTrainer(StepHelpers):
         # Generator, every n_critic-th step, with d frozen. The unwrapped d is used: under
         # DDP its gradients are not wanted (and would never be reduced).
         if (self.steps + 1) % lw.n_critic == 0:
-            d_plain = self.networks["d"]
             set_requires_grad([d_plain], False)
             self.optimizers["g"].zero_grad(set_to_none=True)
             with self.autocast():
