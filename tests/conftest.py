@@ -49,6 +49,14 @@ TINY_MODEL_OPTIONS: dict[str, dict] = {
         "nef": 4,
         "image_size": 32,
     },
+    "stargan": {
+        "domains": ["A", "B"],
+        "conv_dim": 4,
+        "repeat_num": 1,
+        "d_conv_dim": 4,
+        "d_repeat_num": 3,
+        "image_size": 32,
+    },
 }
 
 

@@ -13,6 +13,7 @@ from i2i.models import (
     cyclegan,  # registers "cyclegan"
     munit,  # registers "munit"
     pix2pix,  # registers "pix2pix"
+    stargan,  # registers "stargan"
     twostep,  # registers "twostep"
     unit,  # registers "unit"
 )
@@ -40,6 +41,7 @@ from i2i.models.registry import (
     register_family,
     target_direction,
 )
+from i2i.models.stargan import StarGANOptions
 from i2i.models.translators import (
     DomainTranslator,
     FixedDomainTranslator,
@@ -68,6 +70,7 @@ __all__ = [
     "ModelFamily",
     "Pix2PixOptions",
     "ShapeRule",
+    "StarGANOptions",
     "StyleEncoderFactory",
     "StyleTranslator",
     "TranslatorFactory",
@@ -84,6 +87,7 @@ __all__ = [
     "options_from_dict",
     "pix2pix",
     "register_family",
+    "stargan",
     "translators_by_direction",
     "twostep",
     "unit",

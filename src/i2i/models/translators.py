@@ -216,7 +216,8 @@ class DomainTranslator(nn.Module):
                 f"expected int64 target domain indices [N], got {domain.dtype} with shape "
                 f"{tuple(domain.shape)}"
             )
-        # Not while exporting: torch.export cannot branch on the indices' values.
+        # Checked in eager mode only: the exporters (TorchScript tracing, torch.export) cannot
+        # branch on a tensor's values, and the graph's runtime rejects no index by itself.
         if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
             if domain.shape[0] != image.shape[0]:
                 raise ValueError(

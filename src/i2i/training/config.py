@@ -151,6 +151,8 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
         }
         for family in ("unit", "munit")
     },
+    # StarGAN: a WGAN-GP critic, Adam 1e-4, no image pool (its loss weights are loss.*).
+    "stargan": {"gan_mode": "wgangp", "lr": 1e-4, "pool_size": 0},
 }
 
 

@@ -1,0 +1,278 @@
+"""StarGAN (Choi et al., 2018): one generator for translation between any number of domains.
+
+The generator ``g`` takes an image and the *target* domain as one-hot label maps (one
+constant channel per domain, concatenated to the image's channels) and returns the image
+translated into that domain. The discriminator ``d`` is a PatchGAN with two heads: a
+real/fake map (the WGAN-GP critic) and a domain classifier (logits over the domains).
+Architectures follow the reference (yunjey/stargan ``model.py``):
+
+=========  ======  ==================================================================
+reference  i2i     role
+=========  ======  ==================================================================
+``G``      ``g``   7x7 conv, 2 strided 4x4 convs down, ``repeat_num`` residual blocks,
+                   2 transposed 4x4 convs up, 7x7 conv, tanh; instance norm, ReLU,
+                   zero padding, no biases
+``D``      ``d``   ``d_repeat_num`` strided 4x4 convs (LeakyReLU 0.01), then a 3x3 conv
+                   to one real/fake map (``src``) and a conv with kernel
+                   ``image_size / 2 ** d_repeat_num`` to the domain logits (``cls``)
+=========  ======  ==================================================================
+
+Domains are single labels (RaFD-style, one domain per image): the classifier is trained
+with softmax cross-entropy. CelebA's multi-attribute labels (binary cross-entropy) are not
+supported.
+
+Instance norm and eval mode. The reference builds its instance norms with
+``track_running_stats=True``, yet never calls ``eval()``: its sampling and ``test()`` run
+the generator in training mode, so every translation it produces normalises with the
+image's own statistics, and the running averages it gathers are never used. i2i builds
+``g``'s instance norms with ``track_running_stats=False``: per-image statistics in
+training, in eval mode, in ``i2i eval`` and in the exported graphs alike. An exported
+translator therefore computes exactly the function the trained model computed (and the
+reference's test images), and a translation does not depend on the rest of the batch.
+A reference ``G.ckpt`` holds ``running_mean``/``running_var`` buffers that i2i's ``g``
+does not have; they can be dropped on import (they never influence an output).
+
+Sizes. ``g`` is fully convolutional: any size that is a multiple of 4 (two stride-2
+downsamplings, undone exactly by the transposed convolutions), at least 8 (instance norm
+needs more than one cell at the 1/4 scale). ``d``'s classifier kernel
+ties it to ``image_size``, so training crops must be ``image_size`` square.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from i2i.models.registry import ModelFamily, checked_domains, register_family
+from i2i.models.translators import domain_translators
+from i2i.shapes import ShapeRule
+
+
+@dataclass
+class StarGANOptions:
+    """Architecture options, with the reference's defaults (``main.py``) and names.
+
+    ``domains`` is filled from the data's domain folders when a config leaves it out; its
+    order is the order of the one-hot labels and of the classifier's logits.
+    """
+
+    domains: tuple[str, ...] = ()
+    input_nc: int = 3
+    output_nc: int = 3  # must equal input_nc: g translates its own output back (rec loss)
+    conv_dim: int = 64  # the reference's g_conv_dim
+    repeat_num: int = 6  # g_repeat_num: residual blocks of g
+    d_conv_dim: int = 64
+    d_repeat_num: int = 6  # strided convolutions of d
+    image_size: int = 128  # the size d is built for (its classifier kernel)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.domains, str) or not isinstance(self.domains, (list, tuple)):
+            raise ValueError(f"domains must be a list of names, got {self.domains!r}")
+        self.domains = tuple(self.domains)
+        if self.domains:
+            checked_domains(self.domains)
+        for key in ("input_nc", "output_nc"):
+            if getattr(self, key) not in (1, 3):
+                raise ValueError(
+                    f"{key} must be 1 (grayscale) or 3 (RGB), got {getattr(self, key)}"
+                )
+        if self.output_nc != self.input_nc:
+            raise ValueError(
+                f"output_nc ({self.output_nc}) must equal input_nc ({self.input_nc}): StarGAN "
+                "translates between domains of one kind of image (and back, for its "
+                "reconstruction loss)"
+            )
+        for key in ("conv_dim", "d_conv_dim", "d_repeat_num"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.repeat_num < 0:
+            raise ValueError(f"repeat_num must be >= 0, got {self.repeat_num}")
+        cells = 2**self.d_repeat_num
+        if self.image_size < cells or self.image_size % cells:
+            raise ValueError(
+                f"image_size ({self.image_size}) must be a multiple of 2 ** d_repeat_num "
+                f"({cells}): the discriminator halves it d_repeat_num times and its "
+                "classifier's kernel covers what is left"
+            )
+
+    @property
+    def num_domains(self) -> int:
+        """How many domains (one-hot channels, classifier logits) the networks have."""
+        return len(checked_domains(self.domains))
+
+
+def _instance_norm(channels: int) -> nn.InstanceNorm2d:
+    # Per-image statistics in every mode: see the module docstring.
+    return nn.InstanceNorm2d(channels, affine=True, track_running_stats=False)
+
+
+class ResidualBlock(nn.Module):
+    """x + (conv 3x3, IN, ReLU, conv 3x3, IN)(x), without biases (the reference's)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.main = nn.Sequential(
+            nn.Conv2d(dim, dim, kernel_size=3, stride=1, padding=1, bias=False),
+            _instance_norm(dim),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(dim, dim, kernel_size=3, stride=1, padding=1, bias=False),
+            _instance_norm(dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.main(x)
+
+
+class StarGANGenerator(nn.Module):
+    """``g(x, c)``: x float (N, input_nc, H, W) in [-1, 1] and target labels c float (N, K)
+    (one-hot) -> (N, output_nc, H, W) in [-1, 1]; H and W multiples of 4."""
+
+    def __init__(
+        self, input_nc: int, output_nc: int, num_domains: int, conv_dim: int, repeat_num: int
+    ) -> None:
+        super().__init__()
+        self.input_nc = input_nc
+        self.output_nc = output_nc
+        self.num_domains = num_domains
+        layers: list[nn.Module] = [
+            nn.Conv2d(input_nc + num_domains, conv_dim, kernel_size=7, padding=3, bias=False),
+            _instance_norm(conv_dim),
+            nn.ReLU(inplace=True),
+        ]
+        dim = conv_dim
+        for _ in range(2):  # down-sampling
+            layers += [
+                nn.Conv2d(dim, dim * 2, kernel_size=4, stride=2, padding=1, bias=False),
+                _instance_norm(dim * 2),
+                nn.ReLU(inplace=True),
+            ]
+            dim *= 2
+        layers += [ResidualBlock(dim) for _ in range(repeat_num)]
+        for _ in range(2):  # up-sampling
+            layers += [
+                nn.ConvTranspose2d(dim, dim // 2, kernel_size=4, stride=2, padding=1, bias=False),
+                _instance_norm(dim // 2),
+                nn.ReLU(inplace=True),
+            ]
+            dim //= 2
+        layers += [
+            nn.Conv2d(dim, output_nc, kernel_size=7, padding=3, bias=False),
+            nn.Tanh(),
+        ]
+        self.main = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        # Zero padding matters here: the label maps are constant, and reflection padding
+        # would keep them constant, so instance norm would remove them (the reference's note).
+        maps = c.to(x.dtype)[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
+        return self.main(torch.cat([x, maps], dim=1))
+
+
+class StarGANDiscriminator(nn.Module):
+    """``d(x) -> (src (N, 1, H/2**r, W/2**r), cls (N, K))`` for x of ``image_size`` square."""
+
+    def __init__(
+        self, input_nc: int, num_domains: int, image_size: int, conv_dim: int, repeat_num: int
+    ) -> None:
+        super().__init__()
+        self.image_size = image_size
+        layers: list[nn.Module] = [
+            nn.Conv2d(input_nc, conv_dim, kernel_size=4, stride=2, padding=1),
+            nn.LeakyReLU(0.01),
+        ]
+        dim = conv_dim
+        for _ in range(1, repeat_num):
+            layers += [
+                nn.Conv2d(dim, dim * 2, kernel_size=4, stride=2, padding=1),
+                nn.LeakyReLU(0.01),
+            ]
+            dim *= 2
+        self.main = nn.Sequential(*layers)
+        self.conv_src = nn.Conv2d(dim, 1, kernel_size=3, stride=1, padding=1, bias=False)
+        kernel = image_size // 2**repeat_num
+        self.conv_cls = nn.Conv2d(dim, num_domains, kernel_size=kernel, bias=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.main(x)
+        return self.conv_src(h), self.conv_cls(h).flatten(1)
+
+
+def one_hot(domain: torch.Tensor, num_domains: int, dtype: torch.dtype) -> torch.Tensor:
+    """int64 (N,) indices -> (N, num_domains) one-hot of ``dtype``; an index outside [0, K)
+    gives a row of zeros. Built by comparison with ``arange``, so it traces into ONNX."""
+    classes = torch.arange(num_domains, device=domain.device, dtype=domain.dtype)
+    return (domain[:, None] == classes[None, :]).to(dtype)
+
+
+class StarGANConditional(nn.Module):
+    """``forward(x, domain)``: float (N, C, H, W) in [-1, 1] and int64 (N,) target indices ->
+    ``g(x, one_hot(domain))``, the family's conditional module (see the registry)."""
+
+    def __init__(self, generator: StarGANGenerator) -> None:
+        super().__init__()
+        self.generator = generator
+        self.num_domains = generator.num_domains
+
+    def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        return self.generator(x, one_hot(domain, self.num_domains, x.dtype))
+
+
+def build_stargan(options: StarGANOptions) -> dict[str, nn.Module]:
+    """Build ``g`` and ``d`` (in the reference's order) with PyTorch's default initialisation,
+    as the reference does."""
+    o = options
+    k = o.num_domains
+    g = StarGANGenerator(o.input_nc, o.output_nc, k, o.conv_dim, o.repeat_num)
+    d = StarGANDiscriminator(o.input_nc, k, o.image_size, o.d_conv_dim, o.d_repeat_num)
+    return {"g": g, "d": d}
+
+
+def stargan_conditional(networks: Mapping[str, nn.Module], options: Any) -> nn.Module:
+    """The conditional translator of the registry: ``g`` with index targets, in eval mode."""
+    g = networks["g"]
+    if not isinstance(g, StarGANGenerator):
+        raise TypeError(f"networks['g'] must be a StarGANGenerator, got {type(g).__name__}")
+    if g.num_domains != options.num_domains:
+        raise ValueError(
+            f"g was built for {g.num_domains} domains, the options name {options.num_domains}"
+        )
+    return StarGANConditional(g).eval()
+
+
+def stargan_translators(
+    networks: Mapping[str, nn.Module], options: StarGANOptions
+) -> dict[str, nn.Module]:
+    """``{"to_<domain>": FixedDomainTranslator}`` around :func:`stargan_conditional`, in eval
+    mode; empty when ``g`` is not in ``networks``."""
+    if "g" not in networks:
+        return {}
+    return domain_translators(stargan_conditional(networks, options), options)
+
+
+def stargan_shape_rule(options: StarGANOptions) -> ShapeRule:
+    """g takes any multiple of 4 (two stride-2 convolutions, undone exactly), from 8: instance
+    norm needs more than one cell at the 1/4 scale."""
+    return ShapeRule(multiple_of=4, min_size=8)
+
+
+STARGAN = register_family(
+    ModelFamily(
+        name="stargan",
+        options_type=StarGANOptions,
+        build=build_stargan,
+        generators=("g",),
+        directions={},
+        shape_rule=stargan_shape_rule,
+        description=(
+            "StarGAN: one generator for any number of domains (target as one-hot label maps), "
+            "WGAN-GP PatchGAN with a domain classifier"
+        ),
+        multi_domain=True,
+        conditional=stargan_conditional,
+        translators=stargan_translators,
+    )
+)
