@@ -193,7 +193,7 @@ def test_norm_layer() -> None:
 @pytest.mark.parametrize("arch", GENERATOR_ARCHS)
 @pytest.mark.parametrize("norm", ["instance", "batch"])
 def test_generator_forward_and_backward(arch: str, norm: str) -> None:
-    size = {"unet_128": 128, "unet_256": 256}.get(arch, 32)
+    size = {"unet_64": 64, "unet_128": 128, "unet_256": 256}.get(arch, 32)
     net = build_generator(arch, 3, 2, ngf=2, norm=norm, dropout=True)
     x = torch.rand(2, 3, size, size) * 2 - 1
     y = net(x)

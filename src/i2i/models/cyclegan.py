@@ -28,6 +28,7 @@ from i2i.models.networks import (
     GENERATOR_ARCHS,
     INIT_TYPES,
     NORMS,
+    UNET_LEVELS,
     build_discriminator,
     build_generator,
 )
@@ -35,7 +36,7 @@ from i2i.models.registry import ModelFamily, register_family
 from i2i.models.translators import translators_by_direction
 from i2i.shapes import ShapeRule
 
-_UNET_SIZES = {"unet_128": 128, "unet_256": 256}
+_UNET_SIZES = {arch: 2**levels for arch, levels in UNET_LEVELS.items()}
 
 
 @dataclass
@@ -66,13 +67,16 @@ class CycleGANOptions:
 
 
 def generator_shape_rule(arch: str) -> ShapeRule:
-    """Image sizes a generator accepts: fixed for U-Nets, multiples of 4 for ResNets.
+    """Image sizes a generator accepts: fixed for U-Nets, multiples of 16 for DiscoGAN's
+    encoder-decoder (four halvings), multiples of 4 for ResNets.
 
     A ResNet generator halves the image twice and reflect-pads the 1/4-scale feature map
     by one, which needs two cells: no side below 8.
     """
     if arch in _UNET_SIZES:
         return ShapeRule(fixed_size=_UNET_SIZES[arch])
+    if arch == "discogan":
+        return ShapeRule(multiple_of=16, min_size=16)
     return ShapeRule(multiple_of=4, min_size=8)
 
 

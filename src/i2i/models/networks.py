@@ -1,4 +1,4 @@
-"""Generators and discriminators of CycleGAN and pix2pix.
+"""Generators and discriminators of CycleGAN and pix2pix (and DiscoGAN's, for its preset).
 
 The module tree mirrors ``models/networks.py`` of junyanz/pytorch-CycleGAN-and-pix2pix
 layer for layer: the same ``nn.Sequential`` attributes (``model``, ``conv_block``, ``net``)
@@ -20,8 +20,18 @@ NormFactory = Callable[[int], nn.Module]
 NORMS = ("instance", "batch", "none")
 PADDING_TYPES = ("reflect", "replicate", "zero")
 INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
-GENERATOR_ARCHS = ("resnet_9blocks", "resnet_6blocks", "unet_128", "unet_256")
-DISCRIMINATOR_ARCHS = ("basic", "n_layers", "pixel")
+GENERATOR_ARCHS = (
+    "resnet_9blocks",
+    "resnet_6blocks",
+    "unet_128",
+    "unet_256",
+    "unet_32",
+    "unet_64",
+    "discogan",
+)
+DISCRIMINATOR_ARCHS = ("basic", "n_layers", "pixel", "discogan")
+# U-Net generators take one image size: 2**levels, which the bottleneck brings to 1x1.
+UNET_LEVELS = {"unet_32": 5, "unet_64": 6, "unet_128": 7, "unet_256": 8}
 
 _WEIGHTED_LAYERS = (
     nn.Conv1d,
@@ -329,6 +339,107 @@ class PixelDiscriminator(nn.Module):
         return self.net(x)  # (N, input_nc, H, W) -> (N, 1, H, W) logits
 
 
+DISCOGAN_DOWNSAMPLINGS = 4  # the generator's encoder and the discriminator: 64 px -> 4x4
+
+
+class DiscoGANGenerator(nn.Module):
+    """DiscoGAN's encoder-decoder (Kim et al. 2017; SKTBrain/DiscoGAN ``Generator``).
+
+    Four 4x4 stride-2 convolutions (ngf, 2, 4, 8 ngf; LeakyReLU 0.2, a norm after all but
+    the first), then four 4x4 stride-2 transposed convolutions back (norm and ReLU after all
+    but the last). No residual blocks, no skip connections. The reference ends in a sigmoid
+    for [0, 1] images; i2i's images are in [-1, 1], so this one ends in tanh. Its layers
+    have no bias (batch norm follows); with instance or no norm the normalised layers get
+    one by the CycleGAN rule. ``use_dropout`` (not in DiscoGAN) adds dropout 0.5 after the
+    first two upsamplings, where the pix2pix U-Net has it. Sides must be multiples of 16.
+    """
+
+    def __init__(
+        self,
+        input_nc: int,
+        output_nc: int,
+        ngf: int = 64,
+        norm: str = "batch",
+        use_dropout: bool = False,
+    ) -> None:
+        super().__init__()
+        self.input_nc = input_nc
+        self.output_nc = output_nc
+        make_norm = norm_layer(norm)
+        bias = _conv_bias(norm)
+        layers: list[nn.Module] = [
+            nn.Conv2d(input_nc, ngf, kernel_size=4, stride=2, padding=1, bias=False),
+            nn.LeakyReLU(0.2, True),
+        ]
+        channels = ngf
+        for _ in range(DISCOGAN_DOWNSAMPLINGS - 1):  # (N, C, H, W) -> (N, 2C, H/2, W/2)
+            layers += [
+                nn.Conv2d(channels, channels * 2, kernel_size=4, stride=2, padding=1, bias=bias),
+                make_norm(channels * 2),
+                nn.LeakyReLU(0.2, True),
+            ]
+            channels *= 2
+        for i in range(DISCOGAN_DOWNSAMPLINGS - 1):  # (N, C, H, W) -> (N, C/2, 2H, 2W)
+            layers += [
+                nn.ConvTranspose2d(
+                    channels, channels // 2, kernel_size=4, stride=2, padding=1, bias=bias
+                ),
+                make_norm(channels // 2),
+                nn.ReLU(True),
+            ]
+            if use_dropout and i < 2:
+                layers.append(nn.Dropout(0.5))
+            channels //= 2
+        layers += [
+            nn.ConvTranspose2d(ngf, output_nc, kernel_size=4, stride=2, padding=1, bias=False),
+            nn.Tanh(),
+        ]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)  # (N, input_nc, H, W) -> (N, output_nc, H, W) in [-1, 1]
+
+
+class DiscoGANDiscriminator(nn.Module):
+    """DiscoGAN's discriminator (SKTBrain/DiscoGAN ``Discriminator``), returning logits.
+
+    Four 4x4 stride-2 convolutions (ndf, 2, 4, 8 ndf; LeakyReLU 0.2, a norm after all but
+    the first) and a 4x4 convolution without padding to one channel: one score for a
+    64 px image, a (H/16 - 3) x (W/16 - 3) map for larger ones. The reference applies a
+    sigmoid and BCE; i2i's ``vanilla`` GAN loss is the same on the logits. Its feature-
+    matching outputs are not used (see docs/variants.md). Sides must be at least 64.
+    """
+
+    min_size = 2**DISCOGAN_DOWNSAMPLINGS * 4
+
+    def __init__(self, input_nc: int, ndf: int = 64, norm: str = "batch") -> None:
+        super().__init__()
+        make_norm = norm_layer(norm)
+        bias = _conv_bias(norm)
+        layers: list[nn.Module] = [
+            nn.Conv2d(input_nc, ndf, kernel_size=4, stride=2, padding=1, bias=False),
+            nn.LeakyReLU(0.2, True),
+        ]
+        channels = ndf
+        for _ in range(DISCOGAN_DOWNSAMPLINGS - 1):
+            layers += [
+                nn.Conv2d(channels, channels * 2, kernel_size=4, stride=2, padding=1, bias=bias),
+                make_norm(channels * 2),
+                nn.LeakyReLU(0.2, True),
+            ]
+            channels *= 2
+        layers.append(nn.Conv2d(channels, 1, kernel_size=4, stride=1, padding=0, bias=False))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if min(x.shape[-2:]) < self.min_size:
+            raise ValueError(
+                f"the DiscoGAN discriminator needs images of at least {self.min_size} px, "
+                f"got {tuple(x.shape[-2:])}"
+            )
+        return self.model(x)  # (N, input_nc, H, W) -> (N, 1, H/16 - 3, W/16 - 3) logits
+
+
 def init_weights(net: nn.Module, init_type: str = "normal", init_gain: float = 0.02) -> None:
     """Initialise ``net`` in place from the global torch RNG, as the reference does.
 
@@ -376,10 +487,10 @@ def build_generator(
         net = ResnetGenerator(input_nc, output_nc, ngf, norm, dropout, n_blocks=9)
     elif arch == "resnet_6blocks":
         net = ResnetGenerator(input_nc, output_nc, ngf, norm, dropout, n_blocks=6)
-    elif arch == "unet_128":
-        net = UnetGenerator(input_nc, output_nc, 7, ngf, norm, dropout)
+    elif arch in UNET_LEVELS:
+        net = UnetGenerator(input_nc, output_nc, UNET_LEVELS[arch], ngf, norm, dropout)
     else:
-        net = UnetGenerator(input_nc, output_nc, 8, ngf, norm, dropout)
+        net = DiscoGANGenerator(input_nc, output_nc, ngf, norm, dropout)
     init_weights(net, init_type, init_gain)
     return net
 
@@ -395,7 +506,8 @@ def build_discriminator(
 ) -> nn.Module:
     """Build and initialise a discriminator by the reference's architecture name (``netD``).
 
-    ``n_layers`` is used by ``"n_layers"`` only; ``"basic"`` is the 3-layer 70x70 PatchGAN.
+    ``n_layers`` is used by ``"n_layers"`` only; ``"basic"`` is the 3-layer 70x70 PatchGAN;
+    ``"discogan"`` is DiscoGAN's (64 px and larger).
     """
     _check_choice("discriminator architecture", arch, DISCRIMINATOR_ARCHS)
     _check_choice("init type", init_type, INIT_TYPES)
@@ -404,6 +516,8 @@ def build_discriminator(
         net = NLayerDiscriminator(input_nc, ndf, n_layers=3, norm=norm)
     elif arch == "n_layers":
         net = NLayerDiscriminator(input_nc, ndf, n_layers=n_layers, norm=norm)
+    elif arch == "discogan":
+        net = DiscoGANDiscriminator(input_nc, ndf, norm=norm)
     else:
         net = PixelDiscriminator(input_nc, ndf, norm=norm)
     init_weights(net, init_type, init_gain)

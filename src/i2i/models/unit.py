@@ -26,6 +26,12 @@ under its own keys. The reference's master branch (the code whose checkpoints
 ``i2i import unit`` reads) shares nothing: ``share=False``. A trainer must give each shared
 parameter to its optimiser once.
 
+Without the VAE. ``vae=False`` makes the encoders deterministic: ``encode`` returns zero
+noise in training too, so every code decoded is the encoder's output, and the trainer drops
+the KL terms (their weights must be 0). With the weight sharing this is the CoGAN-style
+coupling of the ``cogan`` preset: two auto-encoders tied in their high-level layers, no
+sampling (see docs/variants.md). The exported translation is the same either way.
+
 Options map to the reference's YAML as: ``input_dim_a``/``input_dim_b`` (top level);
 ``gen.dim`` -> ``gen_dim``, ``gen.activ`` -> ``gen_activ``, ``gen.n_downsample`` ->
 ``n_downsample``, ``gen.n_res`` -> ``n_res``, ``gen.pad_type`` -> ``gen_pad_type``;
@@ -74,6 +80,7 @@ class UNITOptions:
     gen_pad_type: str = "reflect"
     share: bool = True  # tie the encoders' last / decoders' first n_shared res blocks
     n_shared: int = 1
+    vae: bool = True  # false: deterministic encoders, no latent noise (the cogan preset)
     dis_dim: int = 64
     dis_norm: str = "none"
     dis_activ: str = "lrelu"
@@ -128,7 +135,8 @@ class VAEGen(nn.Module):
 
     ``enc`` is a :class:`~i2i.models.unit_blocks.ContentEncoder` with instance norm,
     ``dec`` a :class:`~i2i.models.unit_blocks.Decoder` with instance-norm residual blocks.
-    The latent code is Gaussian with mean ``enc(x)`` and unit variance.
+    The latent code is Gaussian with mean ``enc(x)`` and unit variance; with ``vae=False``
+    it is ``enc(x)`` itself.
     """
 
     def __init__(
@@ -139,9 +147,11 @@ class VAEGen(nn.Module):
         n_res: int = 4,
         activ: str = "relu",
         pad_type: str = "reflect",
+        vae: bool = True,
     ) -> None:
         super().__init__()
         self.input_dim = input_dim
+        self.vae = vae
         self.enc = ContentEncoder(n_downsample, n_res, input_dim, dim, "in", activ, pad_type)
         self.dec = Decoder(
             n_downsample, n_res, self.enc.output_dim, input_dim, "in", activ, pad_type
@@ -151,10 +161,12 @@ class VAEGen(nn.Module):
         """``(hiddens, noise)``: the latent mean and a sample of N(0, 1) noise of its shape.
 
         In training mode the noise is ``randn_like(hiddens)`` (the trainer decodes
-        ``hiddens + noise``); in eval mode it is zeros, so ``hiddens + noise`` is the mean.
+        ``hiddens + noise``); in eval mode, or without the VAE, it is zeros, so
+        ``hiddens + noise`` is the mean (and no random numbers are drawn).
         """
         hiddens = self.enc(images)
-        noise = torch.randn_like(hiddens) if self.training else torch.zeros_like(hiddens)
+        sample = self.training and self.vae
+        noise = torch.randn_like(hiddens) if sample else torch.zeros_like(hiddens)
         return hiddens, noise
 
     def decode(self, hiddens: torch.Tensor) -> torch.Tensor:
@@ -211,7 +223,7 @@ def build_unit(options: UNITOptions) -> dict[str, nn.Module]:
     """
     o = options
     gen_a, gen_b = (
-        VAEGen(channels, o.gen_dim, o.n_downsample, o.n_res, o.gen_activ, o.gen_pad_type)
+        VAEGen(channels, o.gen_dim, o.n_downsample, o.n_res, o.gen_activ, o.gen_pad_type, o.vae)
         for channels in (o.input_dim_a, o.input_dim_b)
     )
     if o.share:

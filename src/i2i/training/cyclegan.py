@@ -8,21 +8,46 @@ fed real B], idt_ba [loss_idt_B], d_b [loss_D_A], d_a [loss_D_B].
 Order of one step (as the reference's optimize_parameters): forward both cycles;
 update both generators with the discriminators frozen; then update both discriminators
 on real images and on fakes drawn through the image pools.
+
+``loss.n_critic`` (default 1: the above, every step) trains the discriminators more often
+than the generators, as WGAN-GP critics are: the generators are updated on steps 1,
+1 + n_critic, 1 + 2 n_critic, ... (counting from 1; the step above), and every other step
+only updates the discriminators, on fakes of the current generators. Such a step reports
+the generator losses of the last generator step along with its own discriminator losses,
+and the sample images stay those of the last generator step. The step counter is part of
+the trainer's state, so a resumed run keeps the schedule.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 from torch import nn
 
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, loss_options
 from .losses import gan_loss, gradient_penalty, reconstruction_loss
 from .pool import ImagePool
 from .steps import StepHelpers
+
+
+@dataclass
+class CycleGANLossOptions:
+    """CycleGAN's ``loss.*`` keys. Its loss weights are top-level keys (``lambda_a``,
+    ``lambda_b``, ``lambda_identity``, ``cycle_loss``, ``lambda_gp``); this holds the rest.
+
+    ``n_critic``: discriminator updates per generator update (1: CycleGAN's alternation;
+    the DualGAN preset's WGAN-GP critic takes more).
+    """
+
+    n_critic: int = 1
+
+    def __post_init__(self) -> None:
+        if self.n_critic < 1:
+            raise ValueError(f"n_critic must be at least 1, got {self.n_critic}")
 
 
 def set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
@@ -51,12 +76,18 @@ class CycleGANTrainer(StepHelpers):
         device: torch.device,
         wrap: Callable[[nn.Module], nn.Module] | None = None,
     ) -> None:
-        if cfg.loss:
+        allowed = {f.name for f in fields(CycleGANLossOptions)}
+        misplaced = [key for key in cfg.loss if key not in allowed]
+        if misplaced:
             raise ConfigError(
                 f"loss: CycleGAN takes its loss weights from the top-level keys (lambda_a, "
-                f"lambda_b, lambda_identity, cycle_loss), not loss.{', loss.'.join(cfg.loss)}"
+                f"lambda_b, lambda_identity, cycle_loss, lambda_gp); its loss section takes "
+                f"{', '.join('loss.' + k for k in sorted(allowed))} only, not "
+                f"loss.{', loss.'.join(misplaced)}"
             )
+        _check_crop_fits_discriminators(cfg)
         self.cfg = cfg
+        self.loss = loss_options(cfg, CycleGANLossOptions)
         self.device = device
         self.networks = networks
         wrap = wrap or (lambda m: m)
@@ -68,23 +99,35 @@ class CycleGANTrainer(StepHelpers):
                 itertools.chain(networks["g_ab"].parameters(), networks["g_ba"].parameters()),
                 lr=cfg.lr,
                 betas=betas,
+                weight_decay=cfg.weight_decay,
             ),
             # Reference order: D_A (our d_b) then D_B (our d_a).
             "d": torch.optim.Adam(
                 itertools.chain(networks["d_b"].parameters(), networks["d_a"].parameters()),
                 lr=cfg.lr,
                 betas=betas,
+                weight_decay=cfg.weight_decay,
             ),
         }
         self.pool_a = ImagePool(cfg.pool_size, seed=cfg.seed * 1_000_003 + 1)  # fakes of A
         self.pool_b = ImagePool(cfg.pool_size, seed=cfg.seed * 1_000_003 + 2)  # fakes of B
         self.scalers = self.make_scalers()
         self.last_visuals: dict[str, torch.Tensor] = {}
+        self.steps_done = 0  # steps taken, for the n_critic schedule
+        self.last_g_losses: dict[str, float] = {}  # reported again on critic-only steps
 
     def step(self, batch: dict[str, Any]) -> dict[str, float]:
-        """One optimisation step on a batch {"A": (N,C,H,W), "B": (N,C,H,W)}; returns losses."""
+        """One optimisation step on a batch {"A": (N,C,H,W), "B": (N,C,H,W)}; returns losses.
+
+        Updates the generators and then the discriminators, or with ``loss.n_critic`` > 1
+        only the discriminators on all but every n_critic-th step (see the module docstring).
+        """
         cfg = self.cfg
         real_a, real_b = self._to_device(batch["A"]), self._to_device(batch["B"])
+        generator_step = self.steps_done % self.loss.n_critic == 0
+        self.steps_done += 1
+        if not generator_step:
+            return self._critic_step(real_a, real_b)
         with self.autocast():
             fake_b = self.g_ab(real_a)
             rec_a = self.g_ba(fake_b)
@@ -120,11 +163,7 @@ class CycleGANTrainer(StepHelpers):
 
         # Discriminators, on real images and pooled fakes.
         set_requires_grad([d_a_plain, d_b_plain], True)
-        self.optimizers["d"].zero_grad(set_to_none=True)
-        with self.autocast():
-            losses["d_b"] = self._discriminator_loss(self.d_b, real_b, self.pool_b.query(fake_b))
-            losses["d_a"] = self._discriminator_loss(self.d_a, real_a, self.pool_a.query(fake_a))
-        self._backward_and_step("d", losses["d_b"] + losses["d_a"])
+        losses.update(self._update_discriminators(real_a, real_b, fake_a, fake_b))
 
         self.last_visuals = {
             "real_a": real_a.detach(),
@@ -136,7 +175,33 @@ class CycleGANTrainer(StepHelpers):
         }
         out = {name: float(value.detach()) for name, value in losses.items()}
         out["g_total"] = float(loss_g.detach())
+        self.last_g_losses = {k: v for k, v in out.items() if k not in ("d_a", "d_b")}
         return out
+
+    def _critic_step(self, real_a: torch.Tensor, real_b: torch.Tensor) -> dict[str, float]:
+        """Update only the discriminators, on fakes of the current generators."""
+        with torch.no_grad(), self.autocast():
+            fake_b = self.g_ab(real_a)
+            fake_a = self.g_ba(real_b)
+        losses = self._update_discriminators(real_a, real_b, fake_a, fake_b)
+        out = dict(self.last_g_losses)
+        out.update({name: float(value.detach()) for name, value in losses.items()})
+        return out
+
+    def _update_discriminators(
+        self,
+        real_a: torch.Tensor,
+        real_b: torch.Tensor,
+        fake_a: torch.Tensor,
+        fake_b: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """One optimiser step of both discriminators: real images against pooled fakes."""
+        self.optimizers["d"].zero_grad(set_to_none=True)
+        with self.autocast():
+            d_b = self._discriminator_loss(self.d_b, real_b, self.pool_b.query(fake_b))
+            d_a = self._discriminator_loss(self.d_a, real_a, self.pool_a.query(fake_a))
+        self._backward_and_step("d", d_b + d_a)
+        return {"d_b": d_b, "d_a": d_a}
 
     def _discriminator_loss(
         self, net: nn.Module, real: torch.Tensor, fake: torch.Tensor
@@ -158,11 +223,34 @@ class CycleGANTrainer(StepHelpers):
             "pool_a": self.pool_a.state_dict(),
             "pool_b": self.pool_b.state_dict(),
             "scalers": {name: s.state_dict() for name, s in self.scalers.items()},
+            "steps_done": self.steps_done,
+            "last_g_losses": dict(self.last_g_losses),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.pool_a.load_state_dict(state["pool_a"], self.device)
         self.pool_b.load_state_dict(state["pool_b"], self.device)
+        # Checkpoints from before n_critic lack the counter; they could only have n_critic 1,
+        # where it has no effect.
+        self.steps_done = int(state.get("steps_done", 0))
+        self.last_g_losses = dict(state.get("last_g_losses", {}))
         for name, s in self.scalers.items():
             if state["scalers"].get(name):
                 s.load_state_dict(state["scalers"][name])
+
+
+def _check_crop_fits_discriminators(cfg: TrainConfig) -> None:
+    """ConfigError, before any step, when training crops are smaller than DiscoGAN's
+    discriminator takes (64 px)."""
+    from i2i.models.networks import DiscoGANDiscriminator
+
+    if cfg.model.get("netD") != "discogan":
+        return
+    if cfg.data.preprocess not in ("crop", "resize_and_crop", "scale_width_and_crop"):
+        return  # whole images: their size is only known when they are read
+    least = DiscoGANDiscriminator.min_size
+    if cfg.data.crop_size < least:
+        raise ConfigError(
+            f"data.crop_size={cfg.data.crop_size} is too small for model.netD=discogan, which "
+            f"takes images of at least {least} px: use larger crops or another netD"
+        )

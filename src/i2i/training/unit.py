@@ -16,6 +16,10 @@ same batch, each with its own encoder noise.
   translation, decode it back (cyc_x) and penalise the KL of the re-encoding (recon_kl_cyc);
   optionally the domain-invariant perceptual term (vgg, see :mod:`i2i.training.vgg`).
 
+Without the VAE (``model.vae: false``, the cogan preset) the encoders add no noise, so
+both updates see deterministic codes, and the four KL terms are neither computed nor
+reported; their weights must be 0 (a nonzero one is a ConfigError, not silently ignored).
+
 Reported losses carry the reference's attribute names without ``loss_`` and are
 unweighted, as the reference logs them; ``gen_total`` and ``dis_total`` are the weighted
 sums that are minimised.
@@ -348,6 +352,13 @@ class UNITTrainer(TwoDomainTrainer):
         wrap: Callable[[nn.Module], nn.Module] | None = None,
     ) -> None:
         super().__init__(cfg, networks, device, wrap)
+        self.vae = bool(getattr(networks["gen_a"], "vae", True))
+        if not self.vae and (self.loss.recon_kl_w or self.loss.recon_kl_cyc_w):
+            raise ConfigError(
+                f"model.vae=false has no KL terms: set loss.recon_kl_w and "
+                f"loss.recon_kl_cyc_w to 0 (got {self.loss.recon_kl_w} and "
+                f"{self.loss.recon_kl_cyc_w})"
+            )
         self.gens = self.wrap(UNITGenerators(networks["gen_a"], networks["gen_b"]))
 
     def step(self, batch: dict[str, Any]) -> dict[str, float]:
@@ -368,13 +379,14 @@ class UNITTrainer(TwoDomainTrainer):
             terms = {
                 "gen_recon_x_a": recon_criterion(out["x_a_recon"], x_a),
                 "gen_recon_x_b": recon_criterion(out["x_b_recon"], x_b),
-                "gen_recon_kl_a": kl_loss(out["h_a"]),
-                "gen_recon_kl_b": kl_loss(out["h_b"]),
-                "gen_recon_kl_cyc_aba": kl_loss(out["h_a_recon"]),
-                "gen_recon_kl_cyc_bab": kl_loss(out["h_b_recon"]),
-                "gen_adv_a": multiscale_gen_loss(dis_a, out["x_ba"], mode),
-                "gen_adv_b": multiscale_gen_loss(dis_b, out["x_ab"], mode),
             }
+            if self.vae:
+                terms["gen_recon_kl_a"] = kl_loss(out["h_a"])
+                terms["gen_recon_kl_b"] = kl_loss(out["h_b"])
+                terms["gen_recon_kl_cyc_aba"] = kl_loss(out["h_a_recon"])
+                terms["gen_recon_kl_cyc_bab"] = kl_loss(out["h_b_recon"])
+            terms["gen_adv_a"] = multiscale_gen_loss(dis_a, out["x_ba"], mode)
+            terms["gen_adv_b"] = multiscale_gen_loss(dis_b, out["x_ab"], mode)
             if cycle:
                 terms["gen_cyc_x_a"] = recon_criterion(out["x_aba"], x_a)
                 terms["gen_cyc_x_b"] = recon_criterion(out["x_bab"], x_b)
