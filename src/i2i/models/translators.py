@@ -216,7 +216,9 @@ class DomainTranslator(nn.Module):
                 f"expected int64 target domain indices [N], got {domain.dtype} with shape "
                 f"{tuple(domain.shape)}"
             )
-        if not torch.jit.is_tracing():
+        # Checked in eager mode only: the exporters (TorchScript tracing, torch.export) cannot
+        # branch on a tensor's values, and the graph's runtime rejects no index by itself.
+        if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
             if domain.shape[0] != image.shape[0]:
                 raise ValueError(
                     f"expected one target domain per image (N = {image.shape[0]}), got "
