@@ -178,3 +178,75 @@ def test_without_the_conditional_graph_each_target_batches_alone(md_repository, 
         assert [r.direction for r in replies] == [f"to_{d}" for d in DOMAINS]
     finally:
         server.close()
+
+
+def test_client_names_the_target_domain(md_server):
+    from i2i.client import Client
+
+    pixels = sample_image(32, 32, seed=4)
+    with Client(md_server.target) as client:
+        by_field = client.translate(pixels, model=MODEL, target_domain="night")
+        by_direction = client.translate(pixels, model=MODEL, direction="to_night")
+        with pytest.raises(ValueError, match="target_domain"):
+            client.translate(pixels, model=MODEL)
+    assert by_field.direction == "to_night"
+    assert np.array_equal(by_field.images[0], by_direction.images[0])
+
+
+def test_translate_command_to_a_domain(md_server, md_repository, tmp_path, capsys):
+    from i2i.cli import main
+    from tests.serving.test_server import decode as decode_image
+
+    source = tmp_path / "in" / "a.png"
+    source.parent.mkdir()
+    pixels = sample_image(32, 32, seed=6)
+    source.write_bytes(png_bytes(pixels))
+    common = ["translate", str(source), "--model", MODEL, "--no-progress"]
+    assert (
+        main([*common, "--server", md_server.target, "--to", "dusk", "--out", str(tmp_path / "s")])
+        == 0
+    )
+    assert (
+        main(
+            [
+                *common,
+                "--repository",
+                str(md_repository),
+                "--to",
+                "dusk",
+                "--out",
+                str(tmp_path / "l"),
+            ]
+        )
+        == 0
+    )
+    reply = md_server.stub().Translate(request(pixels, direction="to_dusk"), timeout=30)
+    served = decode(reply.images[0])
+    for folder in ("s", "l"):
+        written = decode_image(pb.Image(encoded=(tmp_path / folder / "a.png").read_bytes()))
+        assert np.array_equal(written, served), folder
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("where", ["server", "repository"])
+def test_translate_command_unknown_domain_lists_the_domains(
+    md_server, md_repository, tmp_path, capsys, where
+):
+    from i2i.cli import main
+
+    source = tmp_path / "a.png"
+    source.write_bytes(png_bytes(sample_image()))
+    mode = (
+        ["--server", md_server.target]
+        if where == "server"
+        else ["--repository", str(md_repository)]
+    )
+    args = ["translate", str(source), "--model", MODEL, "--out", str(tmp_path / "o"), *mode]
+    assert main([*args, "--to", "noon"]) == 2
+    err = capsys.readouterr().err
+    assert "no domain 'noon'" in err and "day, dusk, night" in err
+    assert main([*args, "--to", "day", "--direction", "to_night"]) == 2
+    assert "different targets" in capsys.readouterr().err
+    assert main(args) == 2
+    assert "--to DOMAIN" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
