@@ -184,10 +184,10 @@ def export_checkpoint(
         if family.multi_domain:
             domains = list(family.domains_for(options))
             for index, domain in enumerate(domains):
-                spec = directions.get(target_direction(domain))
-                if spec is not None:
-                    spec["target_domain"] = domain
-                    spec["domain_index"] = index
+                target = directions.get(target_direction(domain))
+                if target is not None:
+                    target["target_domain"] = domain
+                    target["domain_index"] = index
             conditional = _export_conditional(
                 family.conditional(networks, options),  # type: ignore[misc]
                 options,
