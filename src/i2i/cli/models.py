@@ -198,6 +198,8 @@ def format_manifest(manifest: Mapping[str, Any]) -> str:
         if spec["style"] is not None:
             lines.append(f"  {' ' * len(direction)}  style {_tensor(spec['style'])}")
         lines.append(f"  {' ' * len(direction)}  sizes: {sizes}")
+        if spec.get("target_domain") is not None:
+            lines.append(f"  {' ' * len(direction)}  target domain {spec['target_domain']}")
         encoder = spec.get("style_encoder")
         if encoder is not None:
             encoder_sizes = ShapeRule.from_manifest(encoder["shape_rule"]).describe()
@@ -238,6 +240,8 @@ def _direction(artifact: Mapping[str, Any]) -> str:
     """The artifact's direction, marked when the file is its style encoder."""
     if artifact.get("graph") == "style_encoder":
         return f"{artifact['direction']} style encoder"
+    if artifact.get("graph") == "conditional":
+        return "(every target: conditional)"
     return str(artifact["direction"])
 
 

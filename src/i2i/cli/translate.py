@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 TRANSLATE_DESCRIPTION = (
     "Translate image files (png, jpg, jpeg, webp) with a model, through an i2i server "
-    "(--server) or locally (--repository or --checkpoint, no server). INPUT may be files, "
+    "(--server) or locally (--repository or --checkpoint, no server), in one --direction or, "
+    "for a multi-domain model, --to one of its domains. INPUT may be files, "
     "folders and glob patterns. Outputs go to --out as <stem>.png (.jpg, .webp), or "
     "<stem>_<k>.png for each of --num-samples k = 0, 1, ... (multimodal models, whose style "
     "--style-seed, --style-code or --style-image set); inputs that share a stem keep their folders "
@@ -33,7 +34,16 @@ def add_translate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or globs")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (created)")
     p.add_argument(
-        "--direction", required=True, metavar="NAME", help="translation direction, e.g. A2B"
+        "--direction",
+        metavar="NAME",
+        help="translation direction, e.g. A2B (this or --to is required)",
+    )
+    p.add_argument(
+        "--to",
+        metavar="DOMAIN",
+        help="multi-domain models: the domain to translate into (any source), one of the "
+        "model's domains (i2i models show, or GetModel, lists them); the same as --direction "
+        "to_DOMAIN",
     )
     p.add_argument(
         "--model",
@@ -126,7 +136,32 @@ def add_translate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
+def _check_target_flags(args: argparse.Namespace) -> None:
+    """--direction or --to (both only when they agree); sets args.direction from --to."""
+    if args.direction is None and args.to is None:
+        raise UsageError("name what to translate into: --direction NAME or --to DOMAIN")
+    if args.to is not None:
+        if not args.to:
+            raise UsageError("--to: give a domain name")
+        wanted = f"to_{args.to}"
+        if args.direction is not None and args.direction != wanted:
+            raise UsageError(
+                f"--direction {args.direction} and --to {args.to} name different targets; "
+                f"give one of them"
+            )
+        args.direction = wanted
+
+
+def _check_domain(args: argparse.Namespace, model: str, domains: Sequence[str]) -> None:
+    """UsageError listing a multi-domain model's domains when --to names another."""
+    if args.to is not None and args.to not in domains:
+        raise UsageError(
+            f"model {model!r} has no domain {args.to!r}; its domains: {', '.join(domains)}"
+        )
+
+
 def _check_translate_flags(args: argparse.Namespace) -> None:
+    _check_target_flags(args)
     if args.model is None and args.checkpoint is None:
         raise UsageError("--model NAME is required with --server and --repository")
     if args.server is None:
@@ -253,6 +288,12 @@ def _translate_through_server(args: argparse.Namespace, jobs: Sequence[Job]) -> 
             )
             raise UsageError(f"--server {args.server}: {exc}{hint}") from exc
         directions = {d.name: d for d in info.directions}
+        if args.to is not None and not any(d.target_domain for d in info.directions):
+            raise UsageError(
+                f"model {args.model!r} is not a multi-domain model, so --to does not apply; "
+                f"use --direction ({', '.join(directions) or 'none'})"
+            )
+        _check_domain(args, args.model, list(info.domains))
         if args.direction not in directions:
             raise UsageError(
                 f"model {args.model!r} has no direction {args.direction!r}; "

@@ -67,7 +67,8 @@ class Client(ClientBase):
         image: ImageInput,
         *,
         model: str,
-        direction: str,
+        direction: str = "",
+        target_domain: str = "",
         version: int = 0,
         output_format: str | None = None,
         quality: int = 0,
@@ -84,7 +85,10 @@ class Client(ClientBase):
         Args:
             image: a PNG, JPEG or WebP file's bytes, or a uint8 array (H, W, C), C 1, 3 or 4.
             model: the model's name on the server.
-            direction: e.g. "A2B".
+            direction: e.g. "A2B"; for a multi-domain model "to_<domain>".
+            target_domain: a multi-domain model's target (one of `ModelInfo.domains`),
+                instead of direction ``to_<domain>``; with both given they must agree.
+                An unknown domain is NOT_FOUND, its message listing the model's domains.
             version: 0 for the version the server loaded.
             output_format: "png", "jpeg", "webp", "raw", or None for the server's default
                 (PNG for encoded inputs, raw pixels for arrays).
@@ -110,6 +114,7 @@ class Client(ClientBase):
                 image=image,
                 model=model,
                 direction=direction,
+                target_domain=target_domain,
                 version=version,
                 output_format=output_format,
                 quality=quality,

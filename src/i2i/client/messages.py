@@ -121,7 +121,7 @@ class Frame:
 
     image: ImageInput
     model: str
-    direction: str
+    direction: str = ""  # e.g. "A2B"; may be empty when target_domain is set
     version: int = 0
     output_format: str | None = None
     quality: int = 0
@@ -132,6 +132,8 @@ class Frame:
     style_reference: ImageInput | None = None
     # Made by the client when empty, so errors and retries carry the same id.
     request_id: str = field(default="")
+    # Multi-domain models: the domain to translate into (the same as direction "to_<domain>").
+    target_domain: str = ""
 
 
 def image_message(image: ImageInput, what: str = "image") -> pb.Image:
@@ -198,8 +200,11 @@ def request_message(frame: Frame) -> pb.TranslateRequest:
         raise ValueError(f"num_samples must be at least 1, got {frame.num_samples}")
     if frame.version < 0:
         raise ValueError(f"version must be 0 (the loaded one) or positive, got {frame.version}")
-    if not frame.model or not frame.direction:
-        raise ValueError("model and direction are required, e.g. model='day2dusk', direction='A2B'")
+    if not frame.model or not (frame.direction or frame.target_domain):
+        raise ValueError(
+            "model and a direction (or a multi-domain model's target_domain) are required, "
+            "e.g. model='day2dusk', direction='A2B', or model='seasons', target_domain='winter'"
+        )
     sources = [frame.style_seed, frame.style_code, frame.style_reference]
     if sum(s is not None for s in sources) > 1:
         raise ValueError("give at most one of style_seed, style_code and style_reference")
@@ -222,6 +227,7 @@ def request_message(frame: Frame) -> pb.TranslateRequest:
         output=pb.OutputOptions(format=OUTPUT_FORMATS[frame.output_format], quality=frame.quality),
         size_policy=SIZE_POLICIES[frame.size_policy],
         request_id=frame.request_id or uuid.uuid4().hex,
+        target_domain=frame.target_domain,
     )
 
 

@@ -295,7 +295,7 @@ def _build_one(
         except RepositoryError:
             now = read_manifest(repository, job.model, job.version)["artifacts"]
             if not force and any(
-                a["direction"] == job.direction
+                a.get("direction") == job.direction
                 and artifact_graph(a) == "translator"
                 and target.matches(a)
                 for a in now

@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 INPUT_NAME = "image"
 OUTPUT_NAME = "translated"
 STYLE_NAME = "style"  # the translator's style input and the style encoder's output
+DOMAIN_NAME = "domain"  # a multi-domain conditional graph's target indices, int64 [N]
 MIN_OPSET = 18
 _DIM_NAMES = ("batch", "height", "width")
 _SIMPLIFIERS = ("onnxslim", "onnxsim")
@@ -152,6 +153,82 @@ def export_style_encoder(
         "size_bytes": path.stat().st_size,
         "sha256": sha256_file(path),
     }
+
+
+def export_conditional(
+    translator: nn.Module,
+    path: Path,
+    shape_rule: ShapeRule,
+    channels: int,
+    num_domains: int,
+    opset: int = MIN_OPSET,
+    simplify: bool = False,
+) -> dict[str, Any]:
+    """Export a multi-domain :class:`~i2i.models.translators.DomainTranslator` whole: inputs
+    ``image`` (uint8 [N, H, W, C]) and ``domain`` (int64 [N], each image's target index),
+    output ``translated``; checked like :func:`export_onnx`.
+
+    Returns the keys of :func:`export_onnx`, with ``domain`` (the index input's spec) in
+    place of ``style``.
+
+    Raises:
+        ExportError: as :func:`export_onnx`, for a graph that is not image and domain in,
+            image out.
+    """
+    if num_domains < 2:
+        raise ValueError(f"num_domains must be >= 2, got {num_domains}")
+    path = Path(path)
+    example, dynamic = _example_input(shape_rule, channels)
+    # Two different targets in the example, so no index is specialised into the graph.
+    domain = torch.arange(example.shape[0], dtype=torch.int64) % num_domains
+    model, simplifier = _export(
+        translator,
+        path,
+        (example, domain),
+        (dynamic, {0: dynamic[0]}),  # the same Dim: one index per image
+        [INPUT_NAME, DOMAIN_NAME],
+        [OUTPUT_NAME],
+        opset,
+        simplify,
+    )
+    _check_conditional_io(model, shape_rule, channels, path)
+    save_model(model, path)
+    specs = io_specs(model)
+    return {
+        "file": path.name,
+        "format": "onnx",
+        "precision": "fp32",
+        "opset": default_opset(model),
+        "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
+        "input": specs["inputs"][0],
+        "domain": specs["inputs"][1],
+        "output": specs["outputs"][0],
+        "simplifier": simplifier,
+        "size_bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+    }
+
+
+def _check_conditional_io(
+    model: onnx.ModelProto, shape_rule: ShapeRule, channels: int, path: Path
+) -> None:
+    """Raise ExportError unless the graph is uint8 image + int64 [N] domain -> uint8 image."""
+    specs = io_specs(model)
+    names = [s["name"] for s in specs["inputs"]]
+    if names != [INPUT_NAME, DOMAIN_NAME]:
+        raise ExportError(
+            f"{path}: expected inputs {[INPUT_NAME, DOMAIN_NAME]}, got inputs {names}"
+        )
+    domain = specs["inputs"][1]
+    if domain["dtype"] != "int64" or domain["shape"] != [_DIM_NAMES[0]]:
+        raise ExportError(
+            f"{path}: domain is {domain['dtype']} {domain['shape']}, expected int64 "
+            f"{[_DIM_NAMES[0]]} (one target index per image)"
+        )
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(model)
+    del stripped.graph.input[1]  # the image and output checks are those of a translator
+    _check_io(stripped, shape_rule, channels, path)
 
 
 def _export(

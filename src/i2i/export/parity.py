@@ -54,6 +54,7 @@ def check_parity(
     seed: int = 0,
     reference_onnx: Path | None = None,
     style_dim: int = 0,
+    num_domains: int = 0,
 ) -> dict[str, Any]:
     """Compare ``onnx_path`` (ONNX Runtime, CPU) with the translator or a reference graph.
 
@@ -71,6 +72,9 @@ def check_parity(
             names the file, and the comparison with PyTorch is added as ``against_pytorch``.
         style_dim: S of a multimodal translator; each image then gets its own seeded style
             code (float32 [N, S]), the same for every runtime.
+        num_domains: the number of domains of a multi-domain conditional graph (second
+            input ``domain``, int64 [N]); each batch then names targets in turn from a seeded
+            start, so every target index is checked. 0 for other graphs.
 
     Returns:
         A JSON-serialisable report: ``artifact`` (the file name), ``reference``
@@ -99,6 +103,9 @@ def check_parity(
         for batch in batches:
             images = parity_images(rng, batch, height, width, channels)
             style = parity_styles(rng, batch, style_dim)
+            if num_domains:  # the second input holds target indices instead of styles
+                start = int(rng.integers(num_domains))
+                style = (start + np.arange(batch, dtype=np.int64)) % num_domains
             output = candidate(images, style)
             expected = reference(images, style)
             case = {"batch": batch, "height": height, "width": width}
@@ -116,6 +123,8 @@ def check_parity(
     }
     if style_dim:
         report["styles"] = sum(case["batch"] for case in cases)
+    if num_domains:
+        report["domains"] = num_domains
     if reference_onnx is not None:
         report["reference_file"] = Path(reference_onnx).name
         report["against_pytorch"] = {"cases": pytorch_cases, **overall(pytorch_cases)}
@@ -306,7 +315,9 @@ def _onnx_encoder(path: Path) -> Callable[[np.ndarray], np.ndarray]:
 def _pytorch_runner(translator: nn.Module) -> Runner:
     def run(images: np.ndarray, style: np.ndarray | None = None) -> np.ndarray:
         inputs = [torch.from_numpy(images)]
-        if style is not None:
+        if style is not None and np.issubdtype(style.dtype, np.integer):  # target indices
+            inputs.append(torch.from_numpy(np.ascontiguousarray(style, dtype=np.int64)))
+        elif style is not None:
             inputs.append(torch.from_numpy(np.ascontiguousarray(style, dtype=np.float32)))
         with eval_mode(translator), torch.inference_mode():
             return translator(*inputs).numpy()

@@ -24,13 +24,15 @@ from typing import Any
 import i2i
 from i2i.checkpoint import CheckpointError, load_trained_networks
 from i2i.models import get_family, options_from_dict
-from i2i.repository import read_manifest, sha256_file, write_version
+from i2i.models.registry import target_direction
+from i2i.models.translators import DomainTranslator
+from i2i.repository import CONDITIONAL, read_manifest, sha256_file, write_version
 
 from . import tensorrt
 from .engines import build_checked_engine
 from .errors import ExportError
 from .fp16 import convert_fp16
-from .onnx import export_onnx, export_style_encoder
+from .onnx import export_conditional, export_onnx, export_style_encoder
 from .parity import (
     MIN_PSNR_FP16,
     check_parity,
@@ -178,6 +180,25 @@ def export_checkpoint(
                 directions[direction]["style_encoder"] = spec
                 artifacts.extend(encoder_artifacts)
             log.info("exported %s", direction)
+        conditional = None
+        if family.multi_domain:
+            domains = list(family.domains_for(options))
+            for index, domain in enumerate(domains):
+                target = directions.get(target_direction(domain))
+                if target is not None:
+                    target["target_domain"] = domain
+                    target["domain_index"] = index
+            conditional = _export_conditional(
+                family.conditional(networks, options),  # type: ignore[misc]
+                options,
+                len(domains),
+                folder,
+                rule,
+                artifacts,
+                fp16="onnx-fp16" in formats,
+                opset=opset,
+                simplify=simplify,
+            )
         return {
             "format": "i2i.manifest",
             "format_version": 1,
@@ -188,11 +209,79 @@ def export_checkpoint(
             "domains": list(payload.get("domains", ["A", "B"])),
             "source": source,
             "directions": directions,
+            **({"conditional": conditional} if conditional is not None else {}),
             "artifacts": artifacts,
         }
 
     folder = write_version(repository, name, build, version=version, force=force)
     return folder, read_manifest(repository, name, int(folder.name))
+
+
+CONDITIONAL_FILE = "conditional"  # conditional.onnx, conditional.fp16.onnx
+
+
+def _export_conditional(
+    conditional: Any,
+    options: Any,
+    num_domains: int,
+    folder: Path,
+    rule: Any,
+    artifacts: list[dict[str, Any]],
+    *,
+    fp16: bool,
+    opset: int,
+    simplify: bool,
+) -> dict[str, Any]:
+    """Export a multi-domain model's whole conditional graph (image + int64 domain -> image),
+    FP32 and FP16 if asked, each parity-checked over every target; append its artifacts
+    (``"graph": "conditional"``, no direction) and return the manifest's ``conditional``."""
+    whole = DomainTranslator(
+        conditional, int(options.input_nc), int(options.output_nc), num_domains
+    ).eval()
+    channels = whole.in_channels
+    fp32 = folder / f"{CONDITIONAL_FILE}.onnx"
+    info = export_conditional(
+        whole, fp32, rule, channels, num_domains, opset=opset, simplify=simplify
+    )
+    report = check_parity(whole, fp32, rule, channels, num_domains=num_domains)
+    if not parity_ok_fp32(report):
+        raise ExportError(
+            f"the conditional graph: ONNX Runtime differs from PyTorch: {_summary(report)}"
+        )
+    artifacts.append(
+        _conditional_artifact(
+            _artifact("", "onnx", "fp32", fp32, report, "pytorch", opset=info["opset"])
+        )
+    )
+    if fp16:
+        path16 = folder / f"{CONDITIONAL_FILE}.fp16.onnx"
+        convert_fp16(fp32, path16)
+        report16 = check_parity(
+            whole, path16, rule, channels, reference_onnx=fp32, num_domains=num_domains
+        )
+        if not parity_ok_fp16(report16):
+            raise ExportError(
+                f"the FP16 conditional graph is below {MIN_PSNR_FP16:.0f} dB against FP32: "
+                f"{_summary(report16)}"
+            )
+        artifacts.append(
+            _conditional_artifact(
+                _artifact("", "onnx", "fp16", path16, report16, "onnx-fp32", opset=info["opset"])
+            )
+        )
+    log.info("exported the conditional graph (%d domains)", num_domains)
+    return {
+        "input": info["input"],
+        "domain": info["domain"],
+        "output": info["output"],
+        "shape_rule": rule.to_manifest(),
+    }
+
+
+def _conditional_artifact(artifact: dict[str, Any]) -> dict[str, Any]:
+    """An artifact entry of the conditional graph: ``"graph": "conditional"``, no direction."""
+    del artifact["direction"]
+    return {"graph": CONDITIONAL, **artifact}
 
 
 def _export_style_encoder(

@@ -17,6 +17,12 @@ without ``graph`` holds the direction's translator, so manifests written before 
 encoders existed stay valid and mean what they meant (`artifact_graph`,
 `translator_artifacts`, `style_encoder_artifacts` read them).
 
+Multi-domain models (directions ``to_<domain>``) record each direction's ``target_domain``
+and ``domain_index`` (its place in ``domains``) and, optionally, the whole ``conditional``
+graph ({"input", "domain", "output", "shape_rule"}: uint8 images and int64 target indices
+[N] -> uint8 images), whose files are artifacts with ``"graph": "conditional"`` and no
+direction (`conditional_artifacts`). Both are optional, so older manifests stay valid.
+
 Publication is atomic: `write_version` builds a version in a hidden temporary folder inside
 `<repository>/<name>/` and renames it into place only once its manifest is valid and every
 artifact is on disk, so readers never see a half-written version. Hidden entries (`.tmp-*`,
@@ -47,11 +53,13 @@ from i2i.repository.layout import (
     versions,
 )
 from i2i.repository.schema import (
+    CONDITIONAL,
     FORMAT,
     FORMAT_VERSION,
     STYLE_ENCODER,
     TRANSLATOR,
     artifact_graph,
+    conditional_artifacts,
     load_schema,
     style_encoder_artifacts,
     translator_artifacts,
@@ -68,7 +76,9 @@ __all__ = [
     "STYLE_ENCODER",
     "TRANSLATOR",
     "add_artifacts",
+    "CONDITIONAL",
     "artifact_graph",
+    "conditional_artifacts",
     "engine_differences",
     "gpu_slug",
     "list_models",

@@ -21,7 +21,7 @@ FORMAT = "i2i.manifest"
 FORMAT_VERSION = 1
 _MAX_ERRORS = 10
 # What an artifact's file holds (its "graph"); absent means the translator.
-TRANSLATOR, STYLE_ENCODER = "translator", "style_encoder"
+TRANSLATOR, STYLE_ENCODER, CONDITIONAL = "translator", "style_encoder", "conditional"
 
 
 def artifact_graph(artifact: Mapping[str, Any]) -> str:
@@ -29,12 +29,17 @@ def artifact_graph(artifact: Mapping[str, Any]) -> str:
     return str(artifact.get("graph", TRANSLATOR))
 
 
+def conditional_artifacts(manifest: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The artifacts that hold a multi-domain model's conditional graph, in manifest order."""
+    return [a for a in manifest["artifacts"] if artifact_graph(a) == CONDITIONAL]
+
+
 def translator_artifacts(manifest: Mapping[str, Any], direction: str) -> list[Mapping[str, Any]]:
     """The artifacts of `direction` that hold its translator, in manifest order."""
     return [
         a
         for a in manifest["artifacts"]
-        if a["direction"] == direction and artifact_graph(a) == TRANSLATOR
+        if a.get("direction") == direction and artifact_graph(a) == TRANSLATOR
     ]
 
 
@@ -43,7 +48,7 @@ def style_encoder_artifacts(manifest: Mapping[str, Any], direction: str) -> list
     return [
         a
         for a in manifest["artifacts"]
-        if a["direction"] == direction and artifact_graph(a) == STYLE_ENCODER
+        if a.get("direction") == direction and artifact_graph(a) == STYLE_ENCODER
     ]
 
 
@@ -126,7 +131,13 @@ def _cross_check(manifest: Mapping[str, Any]) -> list[str]:
     directions = manifest["directions"]
     files: dict[str, int] = {}
     for i, artifact in enumerate(manifest["artifacts"]):
-        if artifact["direction"] not in directions:
+        if artifact_graph(artifact) == CONDITIONAL:
+            if "conditional" not in manifest:
+                lines.append(
+                    f"$.artifacts[{i}].graph: a conditional graph, but the manifest declares no "
+                    f"conditional"
+                )
+        elif artifact["direction"] not in directions:
             lines.append(
                 f"$.artifacts[{i}].direction: {artifact['direction']!r} is not a direction of "
                 f"this manifest (directions: {', '.join(directions)})"
@@ -138,7 +149,7 @@ def _cross_check(manifest: Mapping[str, Any]) -> list[str]:
                 f"$.artifacts[{first}]"
             )
         graph = artifact_graph(artifact)
-        spec = directions.get(artifact["direction"])
+        spec = directions.get(artifact.get("direction"))
         if graph == STYLE_ENCODER and spec is not None and "style_encoder" not in spec:
             lines.append(
                 f"$.artifacts[{i}].graph: a style encoder of {artifact['direction']!r}, whose "
@@ -165,7 +176,48 @@ def _cross_check(manifest: Mapping[str, Any]) -> list[str]:
                     f"{_child(where, 'style_encoder')}: declared, but no artifact holds it "
                     f"(graph 'style_encoder')"
                 )
+    lines.extend(_domain_checks(manifest))
     lines.extend(_non_finite(manifest, "$"))
+    return lines
+
+
+def _domain_checks(manifest: Mapping[str, Any]) -> list[str]:
+    """A multi-domain manifest's target domains and indices against its ``domains``, and its
+    conditional graph against its artifacts."""
+    lines: list[str] = []
+    domains = list(manifest["domains"])
+    for direction, spec in manifest["directions"].items():
+        where = _child("$.directions", direction)
+        target, index = spec.get("target_domain"), spec.get("domain_index")
+        if target is None:
+            if index is not None:
+                lines.append(f"{_child(where, 'domain_index')}: given without a target_domain")
+            continue
+        if target not in domains:
+            lines.append(
+                f"{_child(where, 'target_domain')}: {target!r} is not one of the manifest's "
+                f"domains ({', '.join(domains)})"
+            )
+        elif index is not None and (index >= len(domains) or domains[index] != target):
+            lines.append(
+                f"{_child(where, 'domain_index')}: {index} does not name {target!r} in the "
+                f"manifest's domains ({', '.join(domains)}); its index there is "
+                f"{domains.index(target)}"
+            )
+    conditional = manifest.get("conditional")
+    if conditional is not None:
+        try:
+            ShapeRule.from_manifest(conditional["shape_rule"])
+        except ValueError as exc:
+            lines.append(f"$.conditional.shape_rule: {exc}")
+        if not conditional_artifacts(manifest):
+            lines.append("$.conditional: declared, but no artifact holds it (graph 'conditional')")
+        missing = [d for d, s in manifest["directions"].items() if s.get("domain_index") is None]
+        if missing:
+            lines.append(
+                f"$.conditional: declared, but direction(s) {', '.join(missing)} give no "
+                f"domain_index, so requests for them cannot use it"
+            )
     return lines
 
 

@@ -49,6 +49,12 @@ class LocalTranslator:
                     raise LocalTranslatorError("--model is needed with --repository")
                 manifest = read_manifest(repository, model, version)
                 known = list(manifest["directions"])
+                targets = [s.get("target_domain") for s in manifest["directions"].values()]
+                if direction not in known and direction.startswith("to_") and all(targets):
+                    raise LocalTranslatorError(
+                        f"model {model!r} has no domain {direction[3:]!r}; its domains: "
+                        f"{', '.join(manifest['domains'])}"
+                    )
                 if direction not in known:
                     raise LocalTranslatorError(
                         f"model {model!r} has no direction {direction!r}; its directions: "

@@ -58,6 +58,7 @@ class Request:
     quality: int = 0
     size_policy: str = "pad"
     request_id: str = ""
+    target_domain: str = ""  # multi-domain models: the same as direction "to_<domain>"
 
 
 @dataclass(frozen=True)
@@ -276,8 +277,11 @@ class Pipeline:
             )
 
     def lookup(self, request: Request) -> LoadedDirection:
-        """The loaded direction a request names (NotFound with what is loaded otherwise)."""
-        return self.store.direction(request.model, request.version, request.direction)
+        """The loaded direction a request names by direction or target domain (NotFound
+        with what is loaded otherwise)."""
+        return self.store.direction(
+            request.model, request.version, request.direction, request.target_domain
+        )
 
     async def translate(
         self,
@@ -313,7 +317,9 @@ class Pipeline:
             raise InvalidArgument(refusal)
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlineExceeded("the deadline passed while the image was being decoded")
-        work = (prepared.pixels, prepared.style)
+        work: tuple[object, ...] = (prepared.pixels, prepared.style)
+        if direction.domain_index is not None:  # the shared conditional graph's target
+            work = (*work, direction.domain_index)
         # A batch's cost is its pixels, the measure of its memory (--max-batch-pixels).
         pixels = height * width * request.num_samples
         try:

@@ -135,11 +135,14 @@ def _image(message: pb.Image, what: str) -> bytes | RawPixels:
 
 
 def check_names(message: pb.TranslateRequest) -> None:
-    """InvalidArgument unless the request names a model and a direction."""
+    """InvalidArgument unless the request names a model and a direction or target domain."""
     if not message.model:
         raise InvalidArgument("model is empty: name a model (ListModels shows them)")
-    if not message.direction:
-        raise InvalidArgument("direction is empty: name one, for example A2B (GetModel lists them)")
+    if not message.direction and not message.target_domain:
+        raise InvalidArgument(
+            "direction is empty: name one, for example A2B (GetModel lists them), or the "
+            "target_domain of a multi-domain model"
+        )
 
 
 def request_from_proto(message: pb.TranslateRequest) -> Request:
@@ -170,6 +173,7 @@ def request_from_proto(message: pb.TranslateRequest) -> Request:
         quality=message.output.quality,
         size_policy=POLICY_NAMES[message.size_policy],
         request_id=clean_request_id(message.request_id),
+        target_domain=message.target_domain,
     )
 
 
@@ -223,9 +227,11 @@ def model_info(model: LoadedModel) -> pb.ModelInfo:
                 artifact=d.backend.artifact,
                 max_batch=d.max_batch,
                 style_encoder=d.style_encoder is not None,
+                target_domain=d.target_domain or "",
             )
             for d in model.directions.values()
         ],
+        shared_batches=model.shared_batches,
     )
 
 
@@ -289,7 +295,7 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
             # counted under the model and direction it names.
             check_names(parsed)
             loaded = self.pipeline.store.direction(
-                parsed.model, parsed.version or None, parsed.direction
+                parsed.model, parsed.version or None, parsed.direction, parsed.target_domain
             )
             model, direction = loaded.model, loaded.name
             where.update(model=model, direction=direction)

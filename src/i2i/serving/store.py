@@ -20,13 +20,24 @@ import numpy as np
 
 from i2i.repository import RepositoryError, list_models, read_manifest, version_folder
 from i2i.serving.backends import Backend, BackendError, Hardware, load_backend
+from i2i.serving.backends.conditional import (
+    ConditionalBackend,
+    TargetBackend,
+    load_conditional_backend,
+)
 from i2i.serving.backends.style import StyleEncoder, load_style_encoder
 from i2i.serving.batcher import BatchObserver, DynamicBatcher
 from i2i.serving.config import ModelSelection, ServerConfig
-from i2i.serving.errors import NotFound
+from i2i.serving.errors import InvalidArgument, NotFound
 from i2i.shapes import ShapeRule
 
 log = logging.getLogger(__name__)
+
+# The metrics label of a multi-domain model's shared batcher (its batches mix directions).
+CONDITIONAL_LABEL = "conditional"
+# A multi-domain model's directions are "to_<domain>" (i2i.models.registry's names; serving
+# does not import i2i.models, which needs torch).
+TARGET_PREFIX = "to_"
 
 Work = tuple[np.ndarray, "np.ndarray | None"]  # (H, W, C) pixels, (k, S) style or None
 
@@ -99,15 +110,30 @@ def batch_runner(backend: Backend) -> Callable[[Hashable, list[Any]], list[np.nd
     """The batcher's `execute`: stack the requests' images, run once, split the outputs."""
 
     def execute(key: Hashable, works: list[Any]) -> list[np.ndarray]:
-        counts = [1 if style is None else len(style) for _, style in works]
+        counts = [1 if work[1] is None else len(work[1]) for work in works]
         batch = np.stack(
-            [pixels for (pixels, _), k in zip(works, counts, strict=True) for _ in range(k)]
+            [work[0] for work, k in zip(works, counts, strict=True) for _ in range(k)]
         )  # (N, H, W, C_in)
-        styles = [style for _, style in works if style is not None]
+        styles = [work[1] for work in works if work[1] is not None]
         style = np.concatenate(styles) if styles else None  # (N, S)
         outputs = backend.run(batch, style)  # (N, H, W, C_out)
         bounds = np.cumsum([0, *counts])
         return [outputs[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    return execute
+
+
+def conditional_runner(
+    backend: ConditionalBackend,
+) -> Callable[[Hashable, list[Any]], list[np.ndarray]]:
+    """The `execute` of a multi-domain model's shared batcher: works are (pixels, None,
+    target index); one run of the conditional graph translates each into its own target."""
+
+    def execute(key: Hashable, works: list[Any]) -> list[np.ndarray]:
+        batch = np.stack([work[0] for work in works])  # (N, H, W, C_in)
+        domains = np.array([work[2] for work in works], dtype=np.int64)  # (N,)
+        outputs = backend.run_targets(batch, domains)
+        return [outputs[i : i + 1] for i in range(len(works))]
 
     return execute
 
@@ -131,6 +157,10 @@ class LoadedDirection:
     warmup: Warmup | None = None  # what warmed it (None: not warmed, e.g. LocalTranslator)
     warmup_s: float = 0.0  # how long that took
     style_encoder: StyleEncoder | None = field(default=None, repr=False)
+    # Multi-domain models: the domain this direction translates into, and its index in the
+    # model's domains when the direction runs the shared conditional graph (else None).
+    target_domain: str | None = None
+    domain_index: int | None = None
 
     def close(self) -> None:
         """Release the backend and the style encoder."""
@@ -161,6 +191,18 @@ class LoadedModel:
     version: int
     manifest: dict[str, Any]
     directions: dict[str, LoadedDirection]
+    # Multi-domain models whose directions run the conditional graph: one batcher for all.
+    shared_batches: bool = False
+
+    @property
+    def domains(self) -> list[str]:
+        return list(self.manifest["domains"])
+
+    @property
+    def multi_domain(self) -> bool:
+        """Whether the directions are targets (``to_<domain>`` with a target_domain)."""
+        specs = self.manifest["directions"].values()
+        return bool(specs) and all(s.get("target_domain") is not None for s in specs)
 
 
 class ModelStore:
@@ -231,12 +273,20 @@ class ModelStore:
         name, version = manifest["name"], manifest["version"]
         folder = version_folder(self.config.repository, name, version)
         directions: dict[str, LoadedDirection] = {}
-        models[(name, version)] = LoadedModel(name, version, manifest, directions)
+        model = models[(name, version)] = LoadedModel(name, version, manifest, directions)
+        shared = self._load_conditional(folder, manifest, hardware)
+        model.shared_batches = shared is not None
         for direction in manifest["directions"]:
             if self.stop_loading.is_set():
+                if shared is not None and not directions:
+                    shared[0].close()
                 return
             start = time.monotonic()
-            loaded = self._load_direction(folder, manifest, direction, hardware)
+            if shared is not None:
+                loaded = self._target_direction(manifest, direction, *shared)
+            else:
+                loaded = self._load_direction(folder, manifest, direction, hardware)
+            loaded.target_domain = manifest["directions"][direction].get("target_domain")
             seconds = time.monotonic() - start
             log.info(
                 "loaded %s with %s (%s, %s) in %.2f s, of which %s: %.2f s",
@@ -251,6 +301,86 @@ class ModelStore:
             if on_loaded is not None:
                 on_loaded(loaded, seconds)
             directions[direction] = loaded
+
+    def _load_conditional(
+        self, folder: Path, manifest: dict[str, Any], hardware: Hardware
+    ) -> tuple[ConditionalBackend, DynamicBatcher, Warmup, float] | None:
+        """A multi-domain version's conditional graph, warmed, and the one batcher all its
+        directions share; None where it does not serve (see `load_conditional_backend`)."""
+        config = self.config
+        label = f"{manifest['name']}:{manifest['version']}"
+        try:
+            backend = load_conditional_backend(
+                folder,
+                manifest,
+                choice=config.backend,
+                precision=config.precision,
+                hardware=hardware,
+                device_id=config.device_id,
+                threads=config.threads,
+            )
+        except BackendError as exc:
+            raise LoadError(f"{label} conditional graph: {exc}") from None
+        if backend is None:
+            return None
+        max_batch = config.max_batch
+        warmup = plan_warmup(
+            warmup_plan(backend.name, config.warmup),
+            backend.shape_rule,
+            warmup_size=config.warmup_size,
+            max_batch=max_batch,
+        )
+        start = time.monotonic()
+        try:
+            backend.warmup(warmup.size, warmup.size, warmup.batches)
+        except Exception as exc:
+            backend.close()
+            raise LoadError(
+                f"{label} conditional graph: {warmup.describe()} failed on {backend.name}: {exc}"
+            ) from exc
+        warmup_s = time.monotonic() - start
+        batcher = DynamicBatcher(
+            conditional_runner(backend),
+            max_batch=max_batch,
+            max_delay_s=config.max_delay_ms / 1000.0,
+            max_queue=config.max_queue,
+            max_cost=config.max_batch_pixels or None,
+            instances=config.instances,
+            observer=self._observer_for(manifest["name"], CONDITIONAL_LABEL),
+            name=f"{label}:{CONDITIONAL_LABEL}",
+        )
+        log.info(
+            "%s: every target runs the conditional graph %s (%s, %s) in shared batches",
+            label,
+            backend.artifact,
+            backend.name,
+            backend.precision,
+        )
+        return backend, batcher, warmup, warmup_s
+
+    def _target_direction(
+        self,
+        manifest: dict[str, Any],
+        direction: str,
+        backend: ConditionalBackend,
+        batcher: DynamicBatcher,
+        warmup: Warmup,
+        warmup_s: float,
+    ) -> LoadedDirection:
+        """A direction of a multi-domain model that runs the shared conditional graph."""
+        index = manifest["directions"][direction]["domain_index"]
+        return LoadedDirection(
+            model=manifest["name"],
+            version=manifest["version"],
+            name=direction,
+            family=manifest["family"],
+            backend=TargetBackend(backend, index),
+            max_batch=self.config.max_batch,
+            batcher=batcher,
+            warmup=warmup,
+            warmup_s=warmup_s,
+            domain_index=index,
+        )
 
     def _load_direction(
         self, folder: Path, manifest: dict[str, Any], direction: str, hardware: Hardware
@@ -342,16 +472,22 @@ class ModelStore:
     def directions(self) -> list[LoadedDirection]:
         return [d for m in self.models.values() for d in m.directions.values()]
 
-    async def start(self) -> None:
+    def batchers(self) -> list[DynamicBatcher]:
+        """Every batcher once (a multi-domain model's directions may share one)."""
+        found: dict[int, DynamicBatcher] = {}
         for direction in self.directions():
             assert direction.batcher is not None
-            await direction.batcher.start()
+            found.setdefault(id(direction.batcher), direction.batcher)
+        return list(found.values())
+
+    async def start(self) -> None:
+        for batcher in self.batchers():
+            await batcher.start()
 
     async def stop(self, drain: bool = True) -> None:
         """Stop every batcher (answering what they accepted when `drain`), then the backends."""
-        for direction in self.directions():
-            assert direction.batcher is not None
-            await direction.batcher.stop(drain=drain)
+        for batcher in self.batchers():
+            await batcher.stop(drain=drain)
         for direction in self.directions():
             direction.close()
 
@@ -370,15 +506,56 @@ class ModelStore:
             )
         return found
 
-    def direction(self, name: str, version: int | None, direction: str) -> LoadedDirection:
+    def direction(
+        self, name: str, version: int | None, direction: str, target_domain: str = ""
+    ) -> LoadedDirection:
+        """The loaded direction a request names: by `direction`, or for a multi-domain model
+        by `target_domain` (direction ``to_<target_domain>``); both given must agree.
+
+        Raises:
+            NotFound: no such model, version, direction or domain (the message lists what
+                there is).
+            InvalidArgument: neither is given, or `direction` and `target_domain` disagree.
+        """
         model = self.model(name, version)
+        if target_domain:
+            if target_domain not in model.domains or not model.multi_domain:
+                raise NotFound(_no_domain(model, target_domain))
+            wanted = TARGET_PREFIX + target_domain
+            if direction and direction != wanted:
+                raise InvalidArgument(
+                    f"direction {direction!r} and target_domain {target_domain!r} name different "
+                    f"targets: set one of them, or both to the same target ({wanted!r})"
+                )
+            direction = wanted
+        if not direction:
+            raise InvalidArgument(
+                "direction is empty: name one (GetModel lists them), or a target_domain for a "
+                "multi-domain model"
+            )
         found = model.directions.get(direction)
         if found is None:
+            if model.multi_domain and direction.startswith(TARGET_PREFIX):
+                raise NotFound(_no_domain(model, direction[len(TARGET_PREFIX) :]))
             raise NotFound(
                 f"model {name!r} version {model.version} has no direction {direction!r}; its "
                 f"directions: {', '.join(model.directions)}"
             )
         return found
+
+
+def _no_domain(model: LoadedModel, domain: str) -> str:
+    """NOT_FOUND's message for a target domain a model does not have."""
+    if not model.multi_domain:
+        return (
+            f"model {model.name!r} version {model.version} is not a multi-domain model, so it "
+            f"takes no target_domain; name a direction: {', '.join(model.directions)}"
+        )
+    return (
+        f"model {model.name!r} version {model.version} has no domain {domain!r}; its domains: "
+        f"{', '.join(model.domains)} (name one as target_domain, or as direction "
+        f"{TARGET_PREFIX}<domain>)"
+    )
 
 
 def _close_all(models: dict[tuple[str, int], LoadedModel]) -> None:

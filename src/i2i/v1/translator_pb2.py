@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17i2i/v1/translator.proto\x12\x06i2i.v1\"K\n\x08RawImage\x12\x0e\n\x06pixels\x18\x01 \x01(\x0c\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x10\n\x08\x63hannels\x18\x04 \x01(\r\"C\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12\x1f\n\x03raw\x18\x02 \x01(\x0b\x32\x10.i2i.v1.RawImageH\x00\x42\x06\n\x04\x64\x61ta\"\x1b\n\tStyleCode\x12\x0e\n\x06values\x18\x01 \x03(\x02\"h\n\x05Style\x12\x0e\n\x04seed\x18\x01 \x01(\x04H\x00\x12!\n\x04\x63ode\x18\x02 \x01(\x0b\x32\x11.i2i.v1.StyleCodeH\x00\x12\"\n\treference\x18\x03 \x01(\x0b\x32\r.i2i.v1.ImageH\x00\x42\x08\n\x06source\"E\n\rOutputOptions\x12#\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x13.i2i.v1.ImageFormat\x12\x0f\n\x07quality\x18\x02 \x01(\r\"\xfa\x01\n\x10TranslateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x11\n\tdirection\x18\x03 \x01(\t\x12\x1c\n\x05image\x18\x04 \x01(\x0b\x32\r.i2i.v1.Image\x12\x1c\n\x05style\x18\x05 \x01(\x0b\x32\r.i2i.v1.Style\x12\x13\n\x0bnum_samples\x18\x06 \x01(\r\x12%\n\x06output\x18\x07 \x01(\x0b\x32\x15.i2i.v1.OutputOptions\x12\'\n\x0bsize_policy\x18\x08 \x01(\x0e\x32\x12.i2i.v1.SizePolicy\x12\x12\n\nrequest_id\x18\t \x01(\t\"@\n\x06Timing\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x12\n\ncompute_ms\x18\x02 \x01(\x01\x12\x10\n\x08total_ms\x18\x03 \x01(\x01\"\xad\x01\n\x11TranslateResponse\x12\x1d\n\x06images\x18\x01 \x03(\x0b\x32\r.i2i.v1.Image\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\x11\n\tdirection\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x1e\n\x06timing\x18\x06 \x01(\x0b\x32\x0e.i2i.v1.Timing\x12\x12\n\nbatch_size\x18\x07 \x01(\r\"\x13\n\x11ListModelsRequest\"7\n\x12ListModelsResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.i2i.v1.ModelInfo\"1\n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"F\n\tShapeRule\x12\x13\n\x0bmultiple_of\x18\x01 \x01(\r\x12\x12\n\nfixed_size\x18\x02 \x01(\r\x12\x10\n\x08min_size\x18\x03 \x01(\r\"\xd6\x01\n\rDirectionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0einput_channels\x18\x02 \x01(\r\x12\x17\n\x0foutput_channels\x18\x03 \x01(\r\x12%\n\nshape_rule\x18\x04 \x01(\x0b\x32\x11.i2i.v1.ShapeRule\x12\x12\n\nstyle_size\x18\x05 \x01(\r\x12\x0f\n\x07\x62\x61\x63kend\x18\x06 \x01(\t\x12\x10\n\x08\x61rtifact\x18\x07 \x01(\t\x12\x11\n\tmax_batch\x18\x08 \x01(\r\x12\x15\n\rstyle_encoder\x18\t \x01(\x08\"\x87\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\t\x12\x0f\n\x07\x64omains\x18\x04 \x03(\t\x12)\n\ndirections\x18\x05 \x03(\x0b\x32\x15.i2i.v1.DirectionInfo\x12\x0f\n\x07\x63reated\x18\x06 \x01(\t*\x85\x01\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x01\x12\x15\n\x11IMAGE_FORMAT_JPEG\x10\x02\x12\x15\n\x11IMAGE_FORMAT_WEBP\x10\x03\x12\x14\n\x10IMAGE_FORMAT_RAW\x10\x04*n\n\nSizePolicy\x12\x1b\n\x17SIZE_POLICY_UNSPECIFIED\x10\x00\x12\x13\n\x0fSIZE_POLICY_PAD\x10\x01\x12\x16\n\x12SIZE_POLICY_RESIZE\x10\x02\x12\x16\n\x12SIZE_POLICY_REJECT\x10\x03\x32\x97\x02\n\nTranslator\x12@\n\tTranslate\x12\x18.i2i.v1.TranslateRequest\x1a\x19.i2i.v1.TranslateResponse\x12J\n\x0fTranslateStream\x12\x18.i2i.v1.TranslateRequest\x1a\x19.i2i.v1.TranslateResponse(\x01\x30\x01\x12\x43\n\nListModels\x12\x19.i2i.v1.ListModelsRequest\x1a\x1a.i2i.v1.ListModelsResponse\x12\x36\n\x08GetModel\x12\x17.i2i.v1.GetModelRequest\x1a\x11.i2i.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17i2i/v1/translator.proto\x12\x06i2i.v1\"K\n\x08RawImage\x12\x0e\n\x06pixels\x18\x01 \x01(\x0c\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x10\n\x08\x63hannels\x18\x04 \x01(\r\"C\n\x05Image\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12\x1f\n\x03raw\x18\x02 \x01(\x0b\x32\x10.i2i.v1.RawImageH\x00\x42\x06\n\x04\x64\x61ta\"\x1b\n\tStyleCode\x12\x0e\n\x06values\x18\x01 \x03(\x02\"h\n\x05Style\x12\x0e\n\x04seed\x18\x01 \x01(\x04H\x00\x12!\n\x04\x63ode\x18\x02 \x01(\x0b\x32\x11.i2i.v1.StyleCodeH\x00\x12\"\n\treference\x18\x03 \x01(\x0b\x32\r.i2i.v1.ImageH\x00\x42\x08\n\x06source\"E\n\rOutputOptions\x12#\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x13.i2i.v1.ImageFormat\x12\x0f\n\x07quality\x18\x02 \x01(\r\"\x91\x02\n\x10TranslateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x11\n\tdirection\x18\x03 \x01(\t\x12\x1c\n\x05image\x18\x04 \x01(\x0b\x32\r.i2i.v1.Image\x12\x1c\n\x05style\x18\x05 \x01(\x0b\x32\r.i2i.v1.Style\x12\x13\n\x0bnum_samples\x18\x06 \x01(\r\x12%\n\x06output\x18\x07 \x01(\x0b\x32\x15.i2i.v1.OutputOptions\x12\'\n\x0bsize_policy\x18\x08 \x01(\x0e\x32\x12.i2i.v1.SizePolicy\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x15\n\rtarget_domain\x18\n \x01(\t\"@\n\x06Timing\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x12\n\ncompute_ms\x18\x02 \x01(\x01\x12\x10\n\x08total_ms\x18\x03 \x01(\x01\"\xad\x01\n\x11TranslateResponse\x12\x1d\n\x06images\x18\x01 \x03(\x0b\x32\r.i2i.v1.Image\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\x11\n\tdirection\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x1e\n\x06timing\x18\x06 \x01(\x0b\x32\x0e.i2i.v1.Timing\x12\x12\n\nbatch_size\x18\x07 \x01(\r\"\x13\n\x11ListModelsRequest\"7\n\x12ListModelsResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.i2i.v1.ModelInfo\"1\n\x0fGetModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"F\n\tShapeRule\x12\x13\n\x0bmultiple_of\x18\x01 \x01(\r\x12\x12\n\nfixed_size\x18\x02 \x01(\r\x12\x10\n\x08min_size\x18\x03 \x01(\r\"\xed\x01\n\rDirectionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0einput_channels\x18\x02 \x01(\r\x12\x17\n\x0foutput_channels\x18\x03 \x01(\r\x12%\n\nshape_rule\x18\x04 \x01(\x0b\x32\x11.i2i.v1.ShapeRule\x12\x12\n\nstyle_size\x18\x05 \x01(\r\x12\x0f\n\x07\x62\x61\x63kend\x18\x06 \x01(\t\x12\x10\n\x08\x61rtifact\x18\x07 \x01(\t\x12\x11\n\tmax_batch\x18\x08 \x01(\r\x12\x15\n\rstyle_encoder\x18\t \x01(\x08\x12\x15\n\rtarget_domain\x18\n \x01(\t\"\x9f\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\t\x12\x0f\n\x07\x64omains\x18\x04 \x03(\t\x12)\n\ndirections\x18\x05 \x03(\x0b\x32\x15.i2i.v1.DirectionInfo\x12\x0f\n\x07\x63reated\x18\x06 \x01(\t\x12\x16\n\x0eshared_batches\x18\x07 \x01(\x08*\x85\x01\n\x0bImageFormat\x12\x1c\n\x18IMAGE_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10IMAGE_FORMAT_PNG\x10\x01\x12\x15\n\x11IMAGE_FORMAT_JPEG\x10\x02\x12\x15\n\x11IMAGE_FORMAT_WEBP\x10\x03\x12\x14\n\x10IMAGE_FORMAT_RAW\x10\x04*n\n\nSizePolicy\x12\x1b\n\x17SIZE_POLICY_UNSPECIFIED\x10\x00\x12\x13\n\x0fSIZE_POLICY_PAD\x10\x01\x12\x16\n\x12SIZE_POLICY_RESIZE\x10\x02\x12\x16\n\x12SIZE_POLICY_REJECT\x10\x03\x32\x97\x02\n\nTranslator\x12@\n\tTranslate\x12\x18.i2i.v1.TranslateRequest\x1a\x19.i2i.v1.TranslateResponse\x12J\n\x0fTranslateStream\x12\x18.i2i.v1.TranslateRequest\x1a\x19.i2i.v1.TranslateResponse(\x01\x30\x01\x12\x43\n\nListModels\x12\x19.i2i.v1.ListModelsRequest\x1a\x1a.i2i.v1.ListModelsResponse\x12\x36\n\x08GetModel\x12\x17.i2i.v1.GetModelRequest\x1a\x11.i2i.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'i2i.v1.translator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_IMAGEFORMAT']._serialized_start=1439
-  _globals['_IMAGEFORMAT']._serialized_end=1572
-  _globals['_SIZEPOLICY']._serialized_start=1574
-  _globals['_SIZEPOLICY']._serialized_end=1684
+  _globals['_IMAGEFORMAT']._serialized_start=1509
+  _globals['_IMAGEFORMAT']._serialized_end=1642
+  _globals['_SIZEPOLICY']._serialized_start=1644
+  _globals['_SIZEPOLICY']._serialized_end=1754
   _globals['_RAWIMAGE']._serialized_start=35
   _globals['_RAWIMAGE']._serialized_end=110
   _globals['_IMAGE']._serialized_start=112
@@ -46,23 +46,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OUTPUTOPTIONS']._serialized_start=316
   _globals['_OUTPUTOPTIONS']._serialized_end=385
   _globals['_TRANSLATEREQUEST']._serialized_start=388
-  _globals['_TRANSLATEREQUEST']._serialized_end=638
-  _globals['_TIMING']._serialized_start=640
-  _globals['_TIMING']._serialized_end=704
-  _globals['_TRANSLATERESPONSE']._serialized_start=707
-  _globals['_TRANSLATERESPONSE']._serialized_end=880
-  _globals['_LISTMODELSREQUEST']._serialized_start=882
-  _globals['_LISTMODELSREQUEST']._serialized_end=901
-  _globals['_LISTMODELSRESPONSE']._serialized_start=903
-  _globals['_LISTMODELSRESPONSE']._serialized_end=958
-  _globals['_GETMODELREQUEST']._serialized_start=960
-  _globals['_GETMODELREQUEST']._serialized_end=1009
-  _globals['_SHAPERULE']._serialized_start=1011
-  _globals['_SHAPERULE']._serialized_end=1081
-  _globals['_DIRECTIONINFO']._serialized_start=1084
-  _globals['_DIRECTIONINFO']._serialized_end=1298
-  _globals['_MODELINFO']._serialized_start=1301
-  _globals['_MODELINFO']._serialized_end=1436
-  _globals['_TRANSLATOR']._serialized_start=1687
-  _globals['_TRANSLATOR']._serialized_end=1966
+  _globals['_TRANSLATEREQUEST']._serialized_end=661
+  _globals['_TIMING']._serialized_start=663
+  _globals['_TIMING']._serialized_end=727
+  _globals['_TRANSLATERESPONSE']._serialized_start=730
+  _globals['_TRANSLATERESPONSE']._serialized_end=903
+  _globals['_LISTMODELSREQUEST']._serialized_start=905
+  _globals['_LISTMODELSREQUEST']._serialized_end=924
+  _globals['_LISTMODELSRESPONSE']._serialized_start=926
+  _globals['_LISTMODELSRESPONSE']._serialized_end=981
+  _globals['_GETMODELREQUEST']._serialized_start=983
+  _globals['_GETMODELREQUEST']._serialized_end=1032
+  _globals['_SHAPERULE']._serialized_start=1034
+  _globals['_SHAPERULE']._serialized_end=1104
+  _globals['_DIRECTIONINFO']._serialized_start=1107
+  _globals['_DIRECTIONINFO']._serialized_end=1344
+  _globals['_MODELINFO']._serialized_start=1347
+  _globals['_MODELINFO']._serialized_end=1506
+  _globals['_TRANSLATOR']._serialized_start=1757
+  _globals['_TRANSLATOR']._serialized_end=2036
 # @@protoc_insertion_point(module_scope)

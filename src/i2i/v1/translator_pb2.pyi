@@ -76,7 +76,7 @@ class OutputOptions(_message.Message):
     def __init__(self, format: _Optional[_Union[ImageFormat, str]] = ..., quality: _Optional[int] = ...) -> None: ...
 
 class TranslateRequest(_message.Message):
-    __slots__ = ("model", "version", "direction", "image", "style", "num_samples", "output", "size_policy", "request_id")
+    __slots__ = ("model", "version", "direction", "image", "style", "num_samples", "output", "size_policy", "request_id", "target_domain")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DIRECTION_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +86,7 @@ class TranslateRequest(_message.Message):
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     SIZE_POLICY_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_DOMAIN_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     direction: str
@@ -95,7 +96,8 @@ class TranslateRequest(_message.Message):
     output: OutputOptions
     size_policy: SizePolicy
     request_id: str
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., direction: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., style: _Optional[_Union[Style, _Mapping]] = ..., num_samples: _Optional[int] = ..., output: _Optional[_Union[OutputOptions, _Mapping]] = ..., size_policy: _Optional[_Union[SizePolicy, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    target_domain: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., direction: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., style: _Optional[_Union[Style, _Mapping]] = ..., num_samples: _Optional[int] = ..., output: _Optional[_Union[OutputOptions, _Mapping]] = ..., size_policy: _Optional[_Union[SizePolicy, str]] = ..., request_id: _Optional[str] = ..., target_domain: _Optional[str] = ...) -> None: ...
 
 class Timing(_message.Message):
     __slots__ = ("queue_ms", "compute_ms", "total_ms")
@@ -154,7 +156,7 @@ class ShapeRule(_message.Message):
     def __init__(self, multiple_of: _Optional[int] = ..., fixed_size: _Optional[int] = ..., min_size: _Optional[int] = ...) -> None: ...
 
 class DirectionInfo(_message.Message):
-    __slots__ = ("name", "input_channels", "output_channels", "shape_rule", "style_size", "backend", "artifact", "max_batch", "style_encoder")
+    __slots__ = ("name", "input_channels", "output_channels", "shape_rule", "style_size", "backend", "artifact", "max_batch", "style_encoder", "target_domain")
     NAME_FIELD_NUMBER: _ClassVar[int]
     INPUT_CHANNELS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_CHANNELS_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +166,7 @@ class DirectionInfo(_message.Message):
     ARTIFACT_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
     STYLE_ENCODER_FIELD_NUMBER: _ClassVar[int]
+    TARGET_DOMAIN_FIELD_NUMBER: _ClassVar[int]
     name: str
     input_channels: int
     output_channels: int
@@ -173,20 +176,23 @@ class DirectionInfo(_message.Message):
     artifact: str
     max_batch: int
     style_encoder: bool
-    def __init__(self, name: _Optional[str] = ..., input_channels: _Optional[int] = ..., output_channels: _Optional[int] = ..., shape_rule: _Optional[_Union[ShapeRule, _Mapping]] = ..., style_size: _Optional[int] = ..., backend: _Optional[str] = ..., artifact: _Optional[str] = ..., max_batch: _Optional[int] = ..., style_encoder: _Optional[bool] = ...) -> None: ...
+    target_domain: str
+    def __init__(self, name: _Optional[str] = ..., input_channels: _Optional[int] = ..., output_channels: _Optional[int] = ..., shape_rule: _Optional[_Union[ShapeRule, _Mapping]] = ..., style_size: _Optional[int] = ..., backend: _Optional[str] = ..., artifact: _Optional[str] = ..., max_batch: _Optional[int] = ..., style_encoder: _Optional[bool] = ..., target_domain: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "family", "domains", "directions", "created")
+    __slots__ = ("name", "version", "family", "domains", "directions", "created", "shared_batches")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     DOMAINS_FIELD_NUMBER: _ClassVar[int]
     DIRECTIONS_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
+    SHARED_BATCHES_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     family: str
     domains: _containers.RepeatedScalarFieldContainer[str]
     directions: _containers.RepeatedCompositeFieldContainer[DirectionInfo]
     created: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., family: _Optional[str] = ..., domains: _Optional[_Iterable[str]] = ..., directions: _Optional[_Iterable[_Union[DirectionInfo, _Mapping]]] = ..., created: _Optional[str] = ...) -> None: ...
+    shared_batches: bool
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., family: _Optional[str] = ..., domains: _Optional[_Iterable[str]] = ..., directions: _Optional[_Iterable[_Union[DirectionInfo, _Mapping]]] = ..., created: _Optional[str] = ..., shared_batches: _Optional[bool] = ...) -> None: ...
