@@ -101,15 +101,18 @@ def run_data_sample(args: argparse.Namespace) -> int:
         return 0
     if args.task is None or args.out is None:
         raise UsageError("--task and --out are required (see --list for the tasks)")
-    info = make_sample_dataset(
-        args.task,
-        args.out,
-        seed=args.seed,
-        size=args.size,
-        n_train=args.train,
-        n_test=args.test,
-        aligned=args.aligned,
-    )
+    try:
+        info = make_sample_dataset(
+            args.task,
+            args.out,
+            seed=args.seed,
+            size=args.size,
+            n_train=args.train,
+            n_test=args.test,
+            aligned=args.aligned,
+        )
+    except ValueError as exc:  # an unknown task, a bad count, --aligned for gradings
+        raise UsageError(str(exc)) from exc
     counts = info.get("counts", {})
     print(
         f"wrote the {args.task!r} sample dataset ({info['layout']} layout) to {args.out}: "
@@ -235,10 +238,14 @@ def add_commands(sub: Any) -> None:
         "testB/) or, with --aligned, the paired layout pix2pix reads (train/ test/, each image "
         "[A | B] side by side, plus the test halves in testA/ testB/), with the true "
         "translations of the test images in truth/A2B and truth/B2A. day2dusk-range is "
-        "multimodal: any dusk strength in a range is a correct answer.",
+        "multimodal: any dusk strength in a range is a correct answer. gradings is "
+        "multi-domain (day, dusk, night, sepia): the labelled layout train/<domain>/ (each "
+        "domain its own scenes) and test/<domain>/ (the same scenes in every domain under "
+        "equal names, so every ordered pair of domains has its true translation).",
     )
     p.add_argument(
-        "--task", help="which translation, e.g. day2dusk, gray2color, day2dusk-range (see --list)"
+        "--task",
+        help="which translation, e.g. day2dusk, gray2color, day2dusk-range, gradings (see --list)",
     )
     p.add_argument("--out", type=Path, help="folder to write (created)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -246,7 +253,12 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "--train", type=int, default=200, help="training images per domain (default 200)"
     )
-    p.add_argument("--test", type=int, default=24, help="test images per domain (default 24)")
+    p.add_argument(
+        "--test",
+        type=int,
+        default=24,
+        help="test images per domain (default 24; gradings: test scenes, each in every domain)",
+    )
     p.add_argument(
         "--aligned",
         action="store_true",
