@@ -26,6 +26,7 @@ from torch import nn
 from i2i.checkpoint import make_checkpoint, save_checkpoint
 from i2i.models import ModelFamily, ShapeRule, create_networks, register_family
 from i2i.models import registry as _registry
+from i2i.training.loop import labelled_dataset
 
 NAME = "toy-md"
 
@@ -141,3 +142,37 @@ def toy_checkpoint(
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     return save_checkpoint(payload, path)
+
+
+class ToyTrainer:
+    """A trainer for the toy (the loop's trainer interface): L1 between ``to_<own domain>``
+    and the image, one Adam optimiser; on the labelled training data."""
+
+    build_dataset = staticmethod(labelled_dataset)
+
+    def __init__(
+        self, cfg: Any, networks: Mapping[str, nn.Module], device: torch.device, wrap: Any = None
+    ) -> None:
+        self.g = networks["g"]
+        self.device = device
+        self.optimizers = {"g": torch.optim.Adam(self.g.parameters(), lr=cfg.lr)}
+        self.last_visuals: dict[str, torch.Tensor] = {}
+
+    def step(self, batch: Mapping[str, Any]) -> dict[str, float]:
+        """One optimiser step; the losses."""
+        x = batch["image"].to(self.device)
+        domain = batch["domain"].to(self.device)
+        loss = (self.g(x, domain) - x).abs().mean()
+        self.optimizers["g"].zero_grad()
+        loss.backward()
+        self.optimizers["g"].step()
+        return {"l1": float(loss.detach())}
+
+    def visual_rows(self) -> list[tuple[str, ...]]:
+        return []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Nothing beyond the networks and optimiser, which the loop saves."""

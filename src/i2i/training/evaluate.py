@@ -335,17 +335,19 @@ def evaluate(
         d: t.to(torch_device).eval() for d, t in family.translators(networks, options).items()
     }
     if family.multi_domain:
-        report, grid_rows = evaluate_multi_domain(
+        scores, rows = evaluate_multi_domain(
             family, options, translators, rule, data_root, torch_device, max_images, grid_images
         )
-        report = {
-            "checkpoint": str(checkpoint),
-            "step": ckpt["step"],
-            "data": str(data_root),
-            "family": family.name,
-            **report,
-        }
-        return _finish(report, grid_rows, family, networks, options, seed, out_dir)
+        header = {"checkpoint": str(checkpoint), "step": ckpt["step"], "data": str(data_root)}
+        return _finish(
+            {**header, "family": family.name, **scores},
+            rows,
+            family,
+            networks,
+            options,
+            seed,
+            out_dir,
+        )
     # S of this model: its translators say (a family's style_dim is that of its defaults).
     style_dims = {d: translator_style_dim(t, family.style_dim) for d, t in translators.items()}
     style_dim = max(style_dims.values(), default=0)
