@@ -276,11 +276,17 @@ def add_commands(sub: Any) -> None:
         "(MUNIT) gets --num-samples outputs per image from seeded style codes; on a task "
         "whose correct answers form a known family (day2dusk-range) eval also reports "
         "fidelity (PSNR to the nearest correct answer) and diversity (coverage of the range, "
-        "pairwise L1). See README, Evaluate.",
+        "pairwise L1). A multi-domain model (twostep, stargan) is scored on test/<domain>/ "
+        "(the gradings task) for every ordered pair of domains: to_<target> on "
+        "test/<source>/<name> against test/<target>/<name>, with the identity baseline per "
+        "pair and the means. See README, Evaluate.",
     )
     p.add_argument("run", type=Path, help="run folder (uses its latest.pt) or a checkpoint file")
     p.add_argument(
-        "--data", type=Path, required=True, help="dataset folder with testA/ testB/ (truth/)"
+        "--data",
+        type=Path,
+        required=True,
+        help="dataset folder with testA/ testB/ (truth/), or test/<domain>/ (multi-domain)",
     )
     p.add_argument(
         "--out", type=Path, help="where to write eval.json and eval_grid.png (default: the run)"

@@ -320,8 +320,10 @@ def evaluate(
     the PSNR of the cycle reconstruction against the input (when the checkpoint has the
     reverse direction). A multimodal family (style_dim > 0) gets `num_samples` outputs per
     image, one per seeded style code; where the dataset records a family of valid
-    translations, every output is also fitted to it (fidelity, coverage). Writes eval.json
-    and eval_grid.png (input | output(s) | truth rows) into `out_dir` when given.
+    translations, every output is also fitted to it (fidelity, coverage). A multi-domain
+    model is scored per ordered pair of domains instead (:func:`evaluate_multi_domain`); a
+    family with a ``metrics`` hook adds "family_metrics". Writes eval.json and
+    eval_grid.png (input | output(s) | truth rows) into `out_dir` when given.
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
