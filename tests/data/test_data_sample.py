@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from i2i.data import (
+    MULTI_DOMAIN_TASKS,
     SAMPLE_TASKS,
     DataError,
     UnalignedDataset,
@@ -50,8 +51,8 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def test_registry_has_the_known_tasks():
-    assert {"day2dusk", "gray2color", "day2dusk-range"} <= set(sample_task_names())
-    assert set(SAMPLE_TASKS) == set(sample_task_names())
+    assert {"day2dusk", "gray2color", "day2dusk-range", "gradings"} <= set(sample_task_names())
+    assert set(SAMPLE_TASKS) | set(MULTI_DOMAIN_TASKS) == set(sample_task_names())
 
 
 @pytest.mark.parametrize("task", ["day2dusk", "gray2color", "day2dusk-range"])

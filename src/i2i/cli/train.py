@@ -101,15 +101,18 @@ def run_data_sample(args: argparse.Namespace) -> int:
         return 0
     if args.task is None or args.out is None:
         raise UsageError("--task and --out are required (see --list for the tasks)")
-    info = make_sample_dataset(
-        args.task,
-        args.out,
-        seed=args.seed,
-        size=args.size,
-        n_train=args.train,
-        n_test=args.test,
-        aligned=args.aligned,
-    )
+    try:
+        info = make_sample_dataset(
+            args.task,
+            args.out,
+            seed=args.seed,
+            size=args.size,
+            n_train=args.train,
+            n_test=args.test,
+            aligned=args.aligned,
+        )
+    except ValueError as exc:  # an unknown task, a bad count, --aligned for gradings
+        raise UsageError(str(exc)) from exc
     counts = info.get("counts", {})
     print(
         f"wrote the {args.task!r} sample dataset ({info['layout']} layout) to {args.out}: "
@@ -235,10 +238,14 @@ def add_commands(sub: Any) -> None:
         "testB/) or, with --aligned, the paired layout pix2pix reads (train/ test/, each image "
         "[A | B] side by side, plus the test halves in testA/ testB/), with the true "
         "translations of the test images in truth/A2B and truth/B2A. day2dusk-range is "
-        "multimodal: any dusk strength in a range is a correct answer.",
+        "multimodal: any dusk strength in a range is a correct answer. gradings is "
+        "multi-domain (day, dusk, night, sepia): the labelled layout train/<domain>/ (each "
+        "domain its own scenes) and test/<domain>/ (the same scenes in every domain under "
+        "equal names, so every ordered pair of domains has its true translation).",
     )
     p.add_argument(
-        "--task", help="which translation, e.g. day2dusk, gray2color, day2dusk-range (see --list)"
+        "--task",
+        help="which translation, e.g. day2dusk, gray2color, day2dusk-range, gradings (see --list)",
     )
     p.add_argument("--out", type=Path, help="folder to write (created)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -246,7 +253,12 @@ def add_commands(sub: Any) -> None:
     p.add_argument(
         "--train", type=int, default=200, help="training images per domain (default 200)"
     )
-    p.add_argument("--test", type=int, default=24, help="test images per domain (default 24)")
+    p.add_argument(
+        "--test",
+        type=int,
+        default=24,
+        help="test images per domain (default 24; gradings: test scenes, each in every domain)",
+    )
     p.add_argument(
         "--aligned",
         action="store_true",
@@ -264,11 +276,17 @@ def add_commands(sub: Any) -> None:
         "(MUNIT) gets --num-samples outputs per image from seeded style codes; on a task "
         "whose correct answers form a known family (day2dusk-range) eval also reports "
         "fidelity (PSNR to the nearest correct answer) and diversity (coverage of the range, "
-        "pairwise L1). See README, Evaluate.",
+        "pairwise L1). A multi-domain model (twostep, stargan) is scored on test/<domain>/ "
+        "(the gradings task) for every ordered pair of domains: to_<target> on "
+        "test/<source>/<name> against test/<target>/<name>, with the identity baseline per "
+        "pair and the means. See README, Evaluate.",
     )
     p.add_argument("run", type=Path, help="run folder (uses its latest.pt) or a checkpoint file")
     p.add_argument(
-        "--data", type=Path, required=True, help="dataset folder with testA/ testB/ (truth/)"
+        "--data",
+        type=Path,
+        required=True,
+        help="dataset folder with testA/ testB/ (truth/), or test/<domain>/ (multi-domain)",
     )
     p.add_argument(
         "--out", type=Path, help="where to write eval.json and eval_grid.png (default: the run)"

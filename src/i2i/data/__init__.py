@@ -4,14 +4,19 @@ from i2i.data.aligned import AlignedDataset
 from i2i.data.folders import IMG_EXTENSIONS, DataError, is_image_file, list_images, load_rgb
 from i2i.data.labelled import LabelledDataset, domain_folders, labelled_domains
 from i2i.data.sample import (
+    GRADES,
+    MULTI_DOMAIN_TASKS,
     SAMPLE_TASKS,
+    MultiDomainTask,
     SampleTask,
     TranslationRange,
     dusk_grade,
     dusk_grade_strength,
     gray3,
     make_sample_dataset,
+    night_grade,
     sample_task_names,
+    sepia_grade,
     translation_ranges,
 )
 from i2i.data.transforms import (
@@ -30,6 +35,9 @@ __all__ = [
     "domain_folders",
     "labelled_domains",
     "PREPROCESS_MODES",
+    "GRADES",
+    "MULTI_DOMAIN_TASKS",
+    "MultiDomainTask",
     "SAMPLE_TASKS",
     "DataError",
     "SampleTask",
@@ -44,6 +52,8 @@ __all__ = [
     "list_images",
     "load_rgb",
     "make_sample_dataset",
+    "night_grade",
+    "sepia_grade",
     "sample_task_names",
     "to_tensor",
     "to_uint8",

@@ -38,6 +38,20 @@ image (recorded in dataset.json "strengths"), so every member of that family is 
 translation of a domain-A image. truth/A2B holds the member at ``truth`` (mid-range) for
 single-output metrics; "valid_translations" in dataset.json names the family, which
 `i2i eval` reads through :func:`translation_ranges` to score fidelity and diversity.
+
+A multi-domain task (``gradings``, :data:`MULTI_DOMAIN_TASKS`) renders one source crop into
+any number of named domains (day, dusk, night, sepia: fixed colour gradings of the day
+photo, see :data:`GRADES`), in the labelled layout the multi-domain families read
+(:mod:`i2i.data.labelled`; dataset.json "layout": "labelled")::
+
+    <out>/train/<domain>/<domain>_0000.png ...   each domain its own scenes (disjoint sources)
+    <out>/test/<domain>/scene_0000.png ...       the same test scenes in every domain, under
+                                                 equal names: test/<t>/<name> is the true
+                                                 translation of test/<s>/<name> into t
+    <out>/dataset.json                           "domains" is the list of domain names
+
+The photo groups and procedural seeds are dealt to the test split and to one training
+split per domain, so no two domains train on the same source image.
 """
 
 from __future__ import annotations
@@ -119,6 +133,40 @@ def dusk_grade_strength(rgb: np.ndarray, t: float) -> np.ndarray:
     if not 0.0 <= t <= 1.0:
         raise ValueError(f"the dusk strength t must be in [0, 1], got {t!r}")
     return _apply_curve(rgb, (1.0 - t) * _LEVELS + t * _DUSK_CURVE)
+
+
+# The night grade: desaturate toward the 601 luma (keep _NIGHT_SATURATION of the colour,
+# rounded), then a dark, blue per-channel tone curve of the same form as the dusk grade.
+_NIGHT_SATURATION = 0.35
+_NIGHT_LIFT = np.array([0.01, 0.02, 0.05])
+_NIGHT_GAIN = np.array([0.22, 0.32, 0.55])
+_NIGHT_GAMMA = np.array([1.5, 1.35, 1.1])
+_NIGHT_CURVE = _NIGHT_LIFT + (_NIGHT_GAIN - _NIGHT_LIFT) * _LEVELS**_NIGHT_GAMMA
+# The sepia grade: the rounded 601 luma through a warm brown per-channel tone curve.
+_SEPIA_LIFT = np.array([0.08, 0.05, 0.02])
+_SEPIA_GAIN = np.array([1.0, 0.86, 0.64])
+_SEPIA_GAMMA = np.array([0.9, 1.0, 1.15])
+_SEPIA_CURVE = _SEPIA_LIFT + (_SEPIA_GAIN - _SEPIA_LIFT) * _LEVELS**_SEPIA_GAMMA
+
+
+def night_grade(rgb: np.ndarray) -> np.ndarray:
+    """The night grading of uint8 RGB pixels (..., 3): desaturated, then dark and blue.
+
+    Each pixel becomes round(0.35 x + 0.65 luma(x)) per channel (ITU-R 601 luma), then goes
+    through the tone curve y = lift + (gain - lift) * x**gamma per channel, lift (0.01,
+    0.02, 0.05), gain (0.22, 0.32, 0.55), gamma (1.5, 1.35, 1.1), rounded once.
+    """
+    x = rgb.astype(np.float64)
+    luma = x @ _LUMA_601
+    mixed = _NIGHT_SATURATION * x + (1.0 - _NIGHT_SATURATION) * luma[..., None]
+    return _apply_curve(np.clip(np.rint(mixed), 0, 255).astype(np.uint8), _NIGHT_CURVE)
+
+
+def sepia_grade(rgb: np.ndarray) -> np.ndarray:
+    """The sepia grading of uint8 RGB pixels (..., 3): the luma of :func:`gray3` through a
+    warm tone curve per channel, lift (0.08, 0.05, 0.02), gain (1.0, 0.86, 0.64), gamma
+    (0.9, 1.0, 1.15). Colour is lost: sepia -> day has many plausible answers."""
+    return _apply_curve(gray3(rgb), _SEPIA_CURVE)
 
 
 def gray3(rgb: np.ndarray) -> np.ndarray:
@@ -241,9 +289,54 @@ SAMPLE_TASKS: Mapping[str, SampleTask] = MappingProxyType(
 )
 
 
+@dataclass(frozen=True)
+class MultiDomainTask:
+    """A task with any number of named domains: ``grades[d](crop)`` is a crop in domain d.
+
+    Every domain is a known function of one source crop, so for the test scenes (shown in
+    every domain) each ordered pair of domains has its true translation.
+    """
+
+    name: str
+    description: str
+    grades: Mapping[str, Callable[[np.ndarray], np.ndarray]]
+    grade_descriptions: Mapping[str, str]
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        """The domain names, in the order the task lists them (sorted, as folders sort)."""
+        return tuple(self.grades)
+
+
+# The gradings of the `gradings` task, by domain: uint8 RGB (..., 3) -> uint8 RGB.
+GRADES: Mapping[str, Callable[[np.ndarray], np.ndarray]] = MappingProxyType(
+    {"day": _identity, "dusk": dusk_grade, "night": night_grade, "sepia": sepia_grade}
+)
+
+MULTI_DOMAIN_TASKS: Mapping[str, MultiDomainTask] = MappingProxyType(
+    {
+        "gradings": MultiDomainTask(
+            name="gradings",
+            description=(
+                "Multi-domain: the same kind of photos in four fixed colour gradings (day, "
+                "dusk, night, sepia); the test scenes appear in every domain under equal names, "
+                "so every ordered pair of domains has its true translation."
+            ),
+            grades=GRADES,
+            grade_descriptions={
+                "day": "the photo as it is",
+                "dusk": "the day2dusk grade (i2i.data.sample.dusk_grade)",
+                "night": "desaturated, dark and blue (i2i.data.sample.night_grade)",
+                "sepia": "601 luma through a warm brown curve (i2i.data.sample.sepia_grade)",
+            },
+        )
+    }
+)
+
+
 def sample_task_names() -> list[str]:
-    """The names of the built-in sample tasks."""
-    return list(SAMPLE_TASKS)
+    """The names of the built-in sample tasks (two-domain, then multi-domain)."""
+    return [*SAMPLE_TASKS, *MULTI_DOMAIN_TASKS]
 
 
 def make_sample_dataset(
@@ -272,17 +365,32 @@ def make_sample_dataset(
         aligned: write the aligned layout (see the module docstring) instead of the
             unaligned one.
 
+    A multi-domain task (:data:`MULTI_DOMAIN_TASKS`) writes the labelled layout instead:
+    `n_train` images in each train/<domain>/ and `n_test` test scenes, each in every
+    test/<domain>/ (see the module docstring); it has no aligned layout.
+
     Raises:
-        ValueError: unknown task or bad sizes or counts.
+        ValueError: unknown task or bad sizes or counts, or `aligned` for a multi-domain task.
         FileExistsError: `out` already holds a dataset and `overwrite` is False.
         ModuleNotFoundError: scikit-image (the source of the photos) is not installed.
     """
-    if task not in SAMPLE_TASKS:
-        raise ValueError(f"unknown sample task {task!r}; known tasks: {', '.join(SAMPLE_TASKS)}")
+    if task not in SAMPLE_TASKS and task not in MULTI_DOMAIN_TASKS:
+        raise ValueError(
+            f"unknown sample task {task!r}; known tasks: {', '.join(sample_task_names())}"
+        )
     checks = (("seed", seed, 0), ("size", size, 8), ("n_train", n_train, 1), ("n_test", n_test, 1))
     for name, value, least in checks:
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    if task in MULTI_DOMAIN_TASKS:
+        if aligned:
+            raise ValueError(
+                f"{task!r} is a multi-domain task: it is written in the labelled layout "
+                "(train/<domain>/, test/<domain>/) and has no aligned layout"
+            )
+        return _make_multi_domain(
+            MULTI_DOMAIN_TASKS[task], Path(out), seed, size, n_train, n_test, overwrite
+        )
     spec = SAMPLE_TASKS[task]
     out = Path(out)
     _prepare_folder(out, overwrite)
@@ -333,6 +441,68 @@ def make_sample_dataset(
     if spec.a2b_range is not None:
         info["valid_translations"] = {"A2B": spec.a2b_range.to_json()}
         info["strengths"] = writer.strengths
+    (out / "dataset.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return info
+
+
+def _make_multi_domain(
+    spec: MultiDomainTask,
+    out: Path,
+    seed: int,
+    size: int,
+    n_train: int,
+    n_test: int,
+    overwrite: bool,
+) -> dict[str, Any]:
+    """Write a multi-domain task in the labelled layout; return its dataset.json."""
+    _prepare_folder(out, overwrite)
+    domains = spec.domains
+    splits = ("test", *(f"train/{d}" for d in domains))
+    partition = _partition_sources(seed, splits)
+    images = _load_sources(photo_folder(), partition, seed)
+    files: dict[str, dict[str, str]] = {}
+    counts: dict[str, int] = {}
+
+    def crops(split: str, count: int, stream: int) -> Iterator[tuple[int, str, np.ndarray]]:
+        rng = np.random.default_rng([seed, _CROP_STREAM, stream])
+        for i in range(count):
+            source = _pick_source(partition[split], rng)
+            yield i, source, _random_crop(images[source], size, rng)
+
+    width = max(4, len(str(n_test - 1)))
+    for i, source, crop in crops("test", n_test, 0):
+        name = f"scene_{i:0{width}d}.png"
+        for domain in domains:
+            _save_png(spec.grades[domain](crop), out / "test" / domain / name)
+            files.setdefault(f"test/{domain}", {})[name] = source
+    for domain in domains:
+        counts[f"test/{domain}"] = n_test
+    width = max(4, len(str(n_train - 1)))
+    for k, domain in enumerate(domains):
+        split = f"train/{domain}"
+        files[split] = {}
+        for i, source, crop in crops(split, n_train, 1 + k):
+            name = f"{domain}_{i:0{width}d}.png"
+            _save_png(spec.grades[domain](crop), out / split / name)
+            files[split][name] = source
+        counts[split] = n_train
+    info: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "task": spec.name,
+        "layout": "labelled",
+        "description": spec.description,
+        "domains": list(domains),
+        "grades": dict(spec.grade_descriptions),
+        "seed": seed,
+        "size": size,
+        "counts": counts,
+        "truth": "test/<target>/<name> is the true translation of test/<source>/<name>, for "
+        "every ordered pair of domains",
+        "photos_from": f"scikit-image {_skimage_version()} (skimage/data)",
+        "sources": partition,
+        "files": files,
+    }
     (out / "dataset.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info
 
@@ -507,12 +677,14 @@ def procedural_image(seed: int, number: int, side: int = PROCEDURAL_SIDE) -> np.
     return np.rint(np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
-def _partition_sources(seed: int) -> dict[str, list[str]]:
+def _partition_sources(seed: int, splits: tuple[str, ...] = SPLITS) -> dict[str, list[str]]:
     """Deal the photo groups (shuffled by `seed`) and disjoint procedural numbers to splits."""
+    if len(splits) > len(PHOTO_GROUPS):
+        raise ValueError(f"at most {len(PHOTO_GROUPS)} splits of the photos, got {len(splits)}")
     order = np.random.default_rng([seed, _PARTITION_STREAM]).permutation(len(PHOTO_GROUPS))
     partition: dict[str, list[str]] = {}
-    for k, split in enumerate(SPLITS):
-        photos = sorted(name for g in order[k :: len(SPLITS)] for name in PHOTO_GROUPS[g])
+    for k, split in enumerate(splits):
+        photos = sorted(name for g in order[k :: len(splits)] for name in PHOTO_GROUPS[g])
         numbers = range(k * PROCEDURAL_PER_SPLIT, (k + 1) * PROCEDURAL_PER_SPLIT)
         partition[split] = photos + [f"procedural-{n:02d}" for n in numbers]
     return partition

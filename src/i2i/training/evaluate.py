@@ -9,6 +9,13 @@ task such as ``day2dusk-range``, see :func:`i2i.data.sample.translation_ranges`)
 reports fidelity (how close each output is to the nearest correct answer) and diversity
 (how much of the range of correct answers the K outputs cover). README "Evaluate" says
 precisely what each number means.
+
+A multi-domain family (``family.multi_domain``: its directions are ``to_<domain>``) is
+scored on the labelled test split ``test/<domain>/`` (the ``gradings`` sample task): for
+every ordered pair of distinct domains, ``to_<target>`` translates ``test/<source>/<name>``
+and is compared with ``test/<target>/<name>``, the same scene in the target domain, beside
+the identity baseline (the source image against that truth); see
+:func:`evaluate_multi_domain`. A family with a ``metrics`` hook adds its own numbers.
 """
 
 from __future__ import annotations
@@ -34,11 +41,12 @@ from i2i.data import (
     AlignedDataset,
     DataError,
     TranslationRange,
+    domain_folders,
     list_images,
     load_rgb,
     translation_ranges,
 )
-from i2i.models import ShapeRule, get_family, options_from_dict
+from i2i.models import ModelFamily, ShapeRule, get_family, options_from_dict, target_direction
 
 from .metrics import mean_pairwise_l1, nearest_members, psnr, psnr_of_mse, ssim
 from .monitor import image_grid
@@ -77,6 +85,32 @@ class DirectionReport:
     valid_range: list[float] | None = None
     valid_range_l1: float | None = None
     per_image: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class PairReport:
+    """One ordered pair of domains of a multi-domain model: ``to_<target>`` on the source's
+    test images against the same scenes in the target domain."""
+
+    source: str
+    target: str
+    direction: str
+    images: int = 0
+    psnr: float | None = None
+    ssim: float | None = None
+    identity_psnr: float | None = None
+    identity_ssim: float | None = None
+    cycle_psnr: float | None = None
+    per_image: list[dict[str, Any]] = field(default_factory=list)
+
+
+# The numbers averaged over pairs, per target direction and over the whole model.
+_PAIR_NUMBERS = ("psnr", "ssim", "identity_psnr", "identity_ssim", "cycle_psnr")
+
+
+def pair_name(source: str, target: str) -> str:
+    """The key of an ordered pair of domains in eval.json "pairs": ``source->target``."""
+    return f"{source}->{target}"
 
 
 def style_codes(seed: int, stream: int, index: int, count: int, style_dim: int) -> np.ndarray:
@@ -286,8 +320,10 @@ def evaluate(
     the PSNR of the cycle reconstruction against the input (when the checkpoint has the
     reverse direction). A multimodal family (style_dim > 0) gets `num_samples` outputs per
     image, one per seeded style code; where the dataset records a family of valid
-    translations, every output is also fitted to it (fidelity, coverage). Writes eval.json
-    and eval_grid.png (input | output(s) | truth rows) into `out_dir` when given.
+    translations, every output is also fitted to it (fidelity, coverage). A multi-domain
+    model is scored per ordered pair of domains instead (:func:`evaluate_multi_domain`); a
+    family with a ``metrics`` hook adds "family_metrics". Writes eval.json and
+    eval_grid.png (input | output(s) | truth rows) into `out_dir` when given.
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
@@ -300,6 +336,20 @@ def evaluate(
     translators = {
         d: t.to(torch_device).eval() for d, t in family.translators(networks, options).items()
     }
+    if family.multi_domain:
+        scores, rows = evaluate_multi_domain(
+            family, options, translators, rule, data_root, torch_device, max_images, grid_images
+        )
+        header = {"checkpoint": str(checkpoint), "step": ckpt["step"], "data": str(data_root)}
+        return _finish(
+            {**header, "family": family.name, **scores},
+            rows,
+            family,
+            networks,
+            options,
+            seed,
+            out_dir,
+        )
     # S of this model: its translators say (a family's style_dim is that of its defaults).
     style_dims = {d: translator_style_dim(t, family.style_dim) for d, t in translators.items()}
     style_dim = max(style_dims.values(), default=0)
@@ -387,6 +437,21 @@ def evaluate(
             rep.valid_range = [valid.low, valid.high]
             rep.valid_range_l1 = _mean_of(rep.per_image, "valid_range_l1")
         report["directions"][direction] = rep.__dict__
+    return _finish(report, grid_rows, family, networks, options, seed, out_dir)
+
+
+def _finish(
+    report: dict[str, Any],
+    grid_rows: list[list[np.ndarray]],
+    family: ModelFamily,
+    networks: dict[str, nn.Module],
+    options: Any,
+    seed: int,
+    out_dir: str | os.PathLike[str] | None,
+) -> dict[str, Any]:
+    """Add the family's own metrics (if it has the hook) and write eval.json and the grid."""
+    if family.metrics is not None:
+        report["family_metrics"] = family_metrics(family, networks, options, seed)
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -399,12 +464,223 @@ def evaluate(
     return report
 
 
+def family_metrics(
+    family: ModelFamily, networks: dict[str, nn.Module], options: Any, seed: int
+) -> dict[str, float]:
+    """The numbers of a family's ``metrics`` hook (eval-mode networks, no gradients), checked
+    to be a mapping of names to real numbers."""
+    assert family.metrics is not None
+    with torch.no_grad():
+        found = family.metrics(networks, options, seed)
+    if not isinstance(found, dict):
+        raise ValueError(
+            f"family {family.name!r}: its metrics hook must return a dict of name -> number, "
+            f"got {type(found).__name__}"
+        )
+    checked: dict[str, float] = {}
+    for name, value in found.items():
+        if not isinstance(name, str) or isinstance(value, bool):
+            raise ValueError(f"family {family.name!r}: bad metric {name!r}: {value!r}")
+        try:
+            checked[name] = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"family {family.name!r}: metric {name!r} is not a number: {value!r}"
+            ) from None
+    return checked
+
+
+def labelled_test_folders(data_root: Path, domains: tuple[str, ...]) -> dict[str, Path]:
+    """``{domain: test folder}`` for every domain of a multi-domain model, in its order.
+
+    Raises:
+        DataError: the dataset has no labelled test split, or lacks one of the domains.
+    """
+    try:
+        found = domain_folders(data_root, "test")
+    except DataError as exc:
+        raise DataError(
+            f"a multi-domain model is evaluated on test/<domain>/ folders (i2i data sample "
+            f"--task gradings writes them): {exc}"
+        ) from exc
+    missing = [d for d in domains if d not in found]
+    if missing:
+        raise DataError(
+            f"{data_root}: no test images of the model's domain(s) {', '.join(missing)} "
+            f"(the test split has: {', '.join(found)})"
+        )
+    extra = [d for d in found if d not in domains]
+    if extra:
+        logger.warning(
+            "%s: leaving out test folders that are not domains of the model: %s",
+            data_root,
+            ", ".join(extra),
+        )
+    return {d: found[d] for d in domains}
+
+
+def _pair_truth(
+    data_root: Path, folders: dict[str, Path], source: str, target: str, relative: Path
+) -> Path | None:
+    """The true target-domain image of a source test image: the same name in the target's
+    test folder, else ``truth/<source>2<target>/<name>`` (a two-domain sample dataset)."""
+    for candidate in (
+        folders[target] / relative,
+        data_root / "truth" / f"{source}2{target}" / relative,
+    ):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _means(reports: list[dict[str, Any]]) -> dict[str, float | None]:
+    """The mean of each pair number over ``reports`` (finite values; see _finite_mean)."""
+    return {
+        key: _finite_mean([r[key] for r in reports if r[key] is not None]) for key in _PAIR_NUMBERS
+    }
+
+
+def evaluate_multi_domain(
+    family: ModelFamily,
+    options: Any,
+    translators: dict[str, nn.Module],
+    rule: ShapeRule,
+    data_root: Path,
+    device: torch.device,
+    max_images: int = 0,
+    grid_images: int = 4,
+) -> tuple[dict[str, Any], list[list[np.ndarray]]]:
+    """Score a multi-domain model on every ordered pair of its domains; (report, grid rows).
+
+    For the pair (s, t): ``to_<t>`` translates each image of ``test/<s>/`` (the first
+    ``max_images`` if set); PSNR/SSIM against ``test/<t>/<same name>`` (or
+    ``truth/<s>2<t>/<name>``) where it exists, the same for the untranslated source (the
+    identity baseline), and the cycle PSNR of ``to_<s>`` applied to the output against the
+    source (when input and output channels agree). The report has "pairs" (per ordered
+    pair, ``s->t``), "directions" (per ``to_<t>``, the mean over its sources) and "mean"
+    (over all pairs). Grid: per test scene (the first ``grid_images`` of the first domain),
+    one row per source domain: the input, then its translation into every domain in order.
+    """
+    domains = family.domains_for(options)
+    folders = labelled_test_folders(data_root, domains)
+    first = translators[target_direction(domains[0])]
+    in_channels = translator_channels(first, "in_channels")
+    out_channels = translator_channels(first, "out_channels")
+    files = {d: list_images(folders[d]) for d in domains}
+    if max_images:
+        files = {d: paths[:max_images] for d, paths in files.items()}
+
+    def translate(direction: str, image: np.ndarray) -> np.ndarray:
+        return translate_image(translators[direction], image, rule, device)[0]
+
+    pairs: dict[str, dict[str, Any]] = {}
+    for source in domains:
+        inputs = [
+            (p.relative_to(folders[source]), load_image(p, in_channels)) for p in files[source]
+        ]
+        for target in domains:
+            if target == source:
+                continue
+            rep = PairReport(source, target, target_direction(target), images=len(inputs))
+            for relative, real in inputs:
+                fake = translate(rep.direction, real)
+                item: dict[str, Any] = {"file": relative.as_posix()}
+                if in_channels == out_channels:
+                    back = translate(target_direction(source), fake)
+                    item["cycle_psnr"] = psnr(back, real)
+                truth_path = _pair_truth(data_root, folders, source, target, relative)
+                if truth_path is not None:
+                    truth = load_image(truth_path, out_channels)
+                    if truth.shape[:2] != real.shape[:2]:
+                        raise DataError(
+                            f"{truth_path}: size {truth.shape[1]}x{truth.shape[0]} differs "
+                            f"from {folders[source] / relative} {real.shape[1]}x{real.shape[0]}"
+                        )
+                    same = as_channels(real, out_channels)
+                    item.update(
+                        psnr=psnr(fake, truth),
+                        ssim=ssim(fake, truth),
+                        identity_psnr=psnr(same, truth),
+                        identity_ssim=ssim(same, truth),
+                    )
+                rep.per_image.append(item)
+            for key in _PAIR_NUMBERS:
+                setattr(rep, key, _mean_of(rep.per_image, key))
+            pairs[pair_name(source, target)] = rep.__dict__
+    directions = {}
+    for target in domains:
+        of_target = [r for r in pairs.values() if r["target"] == target]
+        directions[target_direction(target)] = {
+            "sources": [r["source"] for r in of_target],
+            "images": sum(r["images"] for r in of_target),
+            **_means(of_target),
+        }
+    report: dict[str, Any] = {
+        "multi_domain": True,
+        "domains": list(domains),
+        "test_layout": "labelled",
+        "pairs": pairs,
+        "directions": directions,
+        "mean": {"pairs": len(pairs), **_means(list(pairs.values()))},
+    }
+    grid_rows: list[list[np.ndarray]] = []
+    for path in files[domains[0]][:grid_images]:
+        relative = path.relative_to(folders[domains[0]])
+        for source in domains:
+            if not (folders[source] / relative).is_file():
+                continue
+            real = load_image(folders[source] / relative, in_channels)
+            grid_rows.append([real, *(translate(target_direction(t), real) for t in domains)])
+    return report, grid_rows
+
+
 def _fmt(v: float | None, width: int, digits: int) -> str:
     return f"{'-':>{width}}" if v is None else f"{v:>{width}.{digits}f}"
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """A short human-readable table of an evaluation report (two for a multimodal one)."""
+    """A short human-readable table of an evaluation report (two for a multimodal one; per
+    pair and per target for a multi-domain one), then the family's own metrics if any."""
+    lines = (
+        _format_multi_domain(report) if report.get("multi_domain") else _format_two_domain(report)
+    )
+    extra = report.get("family_metrics")
+    if extra:
+        width = max(len(name) for name in extra)
+        lines += ["", "family metrics"]
+        lines += [f"  {name:<{width}}  {value:.6g}" for name, value in extra.items()]
+    return "\n".join(lines)
+
+
+def _format_multi_domain(report: dict[str, Any]) -> list[str]:
+    """The per-pair table, the mean over pairs, then the per-target table."""
+    numbers = f"{'images':>7}{'PSNR':>9}{'SSIM':>8}{'id PSNR':>9}{'id SSIM':>9}{'cycle PSNR':>12}"
+
+    def row(label: str, width: int, rep: dict[str, Any], images: Any) -> str:
+        return (
+            f"{label:<{width}}{images:>7}{_fmt(rep['psnr'], 9, 2)}{_fmt(rep['ssim'], 8, 3)}"
+            f"{_fmt(rep['identity_psnr'], 9, 2)}{_fmt(rep['identity_ssim'], 9, 3)}"
+            f"{_fmt(rep['cycle_psnr'], 12, 2)}"
+        )
+
+    labels = [f"{r['source']} -> {r['target']}" for r in report["pairs"].values()]
+    mean_label = f"mean of {report['mean']['pairs']} pairs"
+    width = max(len(x) for x in [*labels, mean_label, "source -> target"]) + 2
+    lines = [f"{'source -> target':<{width}}{numbers}"]
+    for label, rep in zip(labels, report["pairs"].values(), strict=True):
+        lines.append(row(label, width, rep, rep["images"]))
+    lines.append(row(mean_label, width, report["mean"], ""))
+    width = max(len(d) for d in [*report["directions"], "direction"]) + 2
+    lines += ["", f"{'direction':<{width}}{'sources':>8}{numbers}"]
+    for direction, rep in report["directions"].items():
+        lines.append(
+            f"{direction:<{width}}{len(rep['sources']):>8}" + row("", 0, rep, rep["images"])
+        )
+    return lines
+
+
+def _format_two_domain(report: dict[str, Any]) -> list[str]:
+    """The per-direction table (and the multimodal one) of a two-domain model."""
     lines = [
         f"{'direction':<10}{'images':>7}{'PSNR':>9}{'SSIM':>8}{'id PSNR':>9}{'id SSIM':>9}{'cycle PSNR':>12}"
     ]
@@ -436,4 +712,4 @@ def format_report(report: dict[str, Any]) -> str:
                 f"{_fmt(rep['fidelity_exact'], 7, 2)}{_fmt(rep['coverage'], 10, 3)}{best_t}"
                 f"{_fmt(rep['pairwise_l1'], 9, 2)}{_fmt(rep['valid_range_l1'], 10, 2)}"
             )
-    return "\n".join(lines)
+    return lines
