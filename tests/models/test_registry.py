@@ -37,9 +37,14 @@ def test_family_builds_its_networks(name: str) -> None:
     assert networks
     assert all(isinstance(net, nn.Module) for net in networks.values())
     assert set(family.generators) <= set(networks)
-    assert family.directions
-    assert set(family.directions.values()) <= set(family.generators)
     options = options_from_dict(name, TINY_OPTIONS.get(name, {}))
+    if family.multi_domain:  # one direction per target domain, named by the options
+        assert not family.directions and family.conditional is not None
+        assert family.direction_names(options) == [f"to_{d}" for d in options.domains]
+    else:
+        assert family.directions
+        assert set(family.directions.values()) <= set(family.generators)
+        assert family.direction_names(options) == list(family.directions)
     assert isinstance(family.shape_rule(options), ShapeRule)
 
 

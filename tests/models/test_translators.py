@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from i2i.models import (
+    FixedDomainTranslator,
     ImageTranslator,
     ModelFamily,
     build_generator,
@@ -127,7 +128,7 @@ def test_family_translators(name: str) -> None:
     options = options_from_dict(name, TINY_OPTIONS[name])
     networks = create_networks(name, options)
     translators = family.translators(networks, options)
-    assert set(translators) == set(family.directions)
+    assert set(translators) == set(family.direction_names(options))
     rule = family.shape_rule(options)
     size = rule.fixed_size or rule.nearest(32, 32)[0]
     for translator in translators.values():
@@ -138,7 +139,9 @@ def test_family_translators(name: str) -> None:
         with torch.no_grad():
             output = translator(images(2, size, size, channels), *style)
         assert output.dtype == torch.uint8 and output.shape[:3] == (2, size, size)
-    if family.style_dim == 0:
+    if family.multi_domain:
+        assert all(isinstance(t, FixedDomainTranslator) for t in translators.values())
+    elif family.style_dim == 0:
         assert all(isinstance(t, ImageTranslator) for t in translators.values())
 
 
@@ -147,6 +150,12 @@ def test_family_translators_skip_missing_directions(name: str) -> None:
     family = get_family(name)
     options = options_from_dict(name, TINY_OPTIONS[name])
     networks = create_networks(name, options)
+    if family.multi_domain:  # every target needs every generator (e.g. g and e)
+        for generator in family.generators:
+            kept = {n: m for n, m in networks.items() if n != generator}
+            assert family.translators(kept, options) == {}, generator
+        assert family.translators({}, options) == {}
+        return
     direction, generator = next(iter(family.directions.items()))
     kept = {generator: networks[generator]}
     # At most the directions this generator performs; UNIT and MUNIT directions need both
