@@ -13,6 +13,13 @@ The machine, versions, commit and load average are printed above the table.
     python benchmarks/train_speed.py                             # cyclegan, 64 and 128 px
     python benchmarks/train_speed.py --families cyclegan,pix2pix,unit,munit
     python benchmarks/train_speed.py --sizes 64,128,256 --variants eager,channels_last,compile
+    python benchmarks/train_speed.py --families twostep:64,stargan:128,discogan:64 --batch preset
+
+A name in --families is a preset (configs/<name>.yaml; a family's own preset has its name,
+the variant presets such as discogan run their family's trainer); ``name:size`` runs that
+name at that size only. ``--batch preset`` takes each preset's own batch size (the paper's)
+instead of 1. Multi-domain families (twostep, stargan) get a batch of images with random
+domain labels; the two-step model's row is its step 1 (the AC-GAN), the costly one.
 """
 
 from __future__ import annotations
@@ -32,16 +39,22 @@ VARIANTS = ("eager", "channels_last", "compile", "amp_bf16")
 UNET_SIZES = (128, 256)
 
 
-def family_config(family: str, size: int, variant: str) -> Any:
-    """The family's reference preset, at batch 1, with the variant's settings."""
+def family_config(family: str, size: int, variant: str, batch: str = "1") -> Any:
+    """The preset ``family`` (a family's reference preset or a variant preset), at batch 1
+    (or the preset's own with ``batch="preset"``), with the variant's settings."""
+    from i2i.models import get_family
     from i2i.training.config import apply_overrides, load_config
 
+    cfg = load_config(family)
     overrides = [
-        "batch_size=1",
+        f"batch_size={cfg.batch_size if batch == 'preset' else int(batch)}",
         f"channels_last={variant == 'channels_last'}",
         "amp=" + {"amp_bf16": "bf16", "amp_fp16": "fp16"}.get(variant, "off"),
     ]
-    cfg = load_config(family)
+    if get_family(cfg.family).multi_domain:  # image_size ties the networks to one size
+        overrides += [f"model.image_size={size}", f"data.crop_size={size}"]
+        if not cfg.model.get("domains"):
+            overrides.append("model.domains=[a,b,c,d,e]")
     if family == "pix2pix":
         if size not in UNET_SIZES:
             raise ValueError(f"pix2pix's U-Nets take {' or '.join(map(str, UNET_SIZES))} px only")
@@ -49,13 +62,17 @@ def family_config(family: str, size: int, variant: str) -> Any:
     return apply_overrides(cfg, overrides)
 
 
-def worker(family: str, size: int, variant: str, steps: int, warmup: int, device: str) -> dict:
+def worker(
+    family: str, size: int, variant: str, steps: int, warmup: int, device: str, batch_arg: str
+) -> dict:
     import torch
 
     from i2i.models import get_family, options_from_dict
     from i2i.training.loop import trainer_class
 
-    cfg = family_config(family, size, variant)
+    preset = family
+    cfg = family_config(preset, size, variant, batch_arg)
+    family = cfg.family
     torch.manual_seed(0)
     dev = torch.device(device)
     options = options_from_dict(family, cfg.model)
@@ -66,10 +83,17 @@ def worker(family: str, size: int, variant: str, steps: int, warmup: int, device
         net.train()
     wrap = torch.compile if variant == "compile" else None
     trainer = trainer_class(family)(cfg, networks, dev, wrap=wrap)
-    batch = {
-        "A": torch.rand(1, options.input_nc, size, size) * 2 - 1,
-        "B": torch.rand(1, options.output_nc, size, size) * 2 - 1,
-    }
+    n = cfg.batch_size
+    if get_family(family).multi_domain:
+        batch = {
+            "image": torch.rand(n, options.input_nc, size, size) * 2 - 1,
+            "domain": torch.randint(len(options.domains), (n,)),
+        }
+    else:
+        batch = {
+            "A": torch.rand(n, options.input_nc, size, size) * 2 - 1,
+            "B": torch.rand(n, options.output_nc, size, size) * 2 - 1,
+        }
     for _ in range(warmup):
         trainer.step(batch)
     if dev.type == "cuda":
@@ -83,7 +107,8 @@ def worker(family: str, size: int, variant: str, steps: int, warmup: int, device
         step_seconds.append(time.perf_counter() - start)
     seconds = sum(step_seconds) / steps
     return {
-        "family": family,
+        "family": preset,
+        "batch": n,
         "size": size,
         "variant": variant,
         "device": device,
@@ -99,7 +124,8 @@ def worker(family: str, size: int, variant: str, steps: int, warmup: int, device
 def run_worker(family: str, size: int, variant: str, args: argparse.Namespace) -> dict:
     """One configuration in a fresh process (its peak RSS is its own); its result or failure."""
     cmd = [sys.executable, __file__, "--worker", family, str(size), variant,
-           "--warmup", str(args.warmup), "--device", args.device]  # fmt: skip
+           "--warmup", str(args.warmup), "--device", args.device,
+           "--batch", args.batch]  # fmt: skip
     if args.steps:
         cmd += ["--steps", str(args.steps)]
     load, before = load_average(), cpu_snapshot()
@@ -132,6 +158,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=0, help="timed steps (default: 10 / 5 / 3 by size)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compile needs >= 1)")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--batch", default="1", help="batch size, or 'preset' for each preset's own (default 1)"
+    )
     p.add_argument("--json", help="also write the machine, settings and results to this file")
     p.add_argument(
         "--worker", nargs=3, metavar=("FAMILY", "SIZE", "VARIANT"), help=argparse.SUPPRESS
@@ -140,7 +169,9 @@ def main() -> None:
     if args.worker:
         family, size, variant = args.worker[0], int(args.worker[1]), args.worker[2]
         steps = args.steps or {64: 10, 128: 5}.get(size, 3)
-        print(json.dumps(worker(family, size, variant, steps, args.warmup, args.device)))
+        print(
+            json.dumps(worker(family, size, variant, steps, args.warmup, args.device, args.batch))
+        )
         return
     import torch  # only for the thread count the workers will get
 
@@ -148,12 +179,12 @@ def main() -> None:
     print(describe(ident))
     print(
         "\nOne training step of each family's reference preset (configs/<family>.yaml), "
-        f"batch 1, {args.device}; {args.rounds} processes per row, interleaved\n"
+        f"batch {args.batch}, {args.device}; {args.rounds} processes per row, interleaved\n"
     )
     configs = [
         (f, int(s), v)
-        for f in args.families.split(",")
-        for s in args.sizes.split(",")
+        for f, _, only in (name.partition(":") for name in args.families.split(","))
+        for s in (only or args.sizes).split(",")
         for v in args.variants.split(",")
         if f != "pix2pix" or int(s) in UNET_SIZES
     ]
@@ -162,22 +193,22 @@ def main() -> None:
         for family, size, variant in configs:
             runs[family, size, variant].append(run_worker(family, size, variant, args))
     print(
-        "| family | size | variant | s/it (median) | min–max | it/s | peak RSS (MB) | "
+        "| preset | size | batch | variant | s/it (median) | min–max | it/s | peak RSS (MB) | "
         "load average at starts | others' cores |"
     )
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     results = []
     for (family, size, variant), done in runs.items():
         loads = [r["load_average"] for r in done]
         busy = [r["others_cores"] for r in done]
         ok = [r for r in done if "failed" not in r]
         if not ok:
-            print(f"| {family} | {size} | {variant} | failed: {done[-1]['failed']} | | | | | |")
+            print(f"| {family} | {size} | | {variant} | failed: {done[-1]['failed']} | | | | | |")
         else:
             per = [r["s_per_it"] for r in ok]
             med = statistics.median(per)
             print(
-                f"| {family} | {size} | {variant} | {med:.3f} | {min(per):.3f}–{max(per):.3f} | "
+                f"| {family} | {size} | {ok[0]['batch']} | {variant} | {med:.3f} | {min(per):.3f}–{max(per):.3f} | "
                 f"{1 / med:.2f} | {max(r['peak_rss_mb'] for r in ok):.0f} | "
                 f"{min(loads):.2f}–{max(loads):.2f} | {min(busy):.2f}–{max(busy):.2f} |",
                 flush=True,

@@ -33,16 +33,28 @@ def format_families() -> str:
     from i2i.training.config import list_presets
     from i2i.training.loop import TRAINERS
 
-    presets = list_presets()
+    import yaml
+
+    from i2i.training.config import PRESETS_DIR
+
+    presets: dict[str, str] = {}  # preset -> the family it trains (variant presets included)
+    for preset in list_presets():
+        raw = yaml.safe_load((PRESETS_DIR / f"{preset}.yaml").read_text()) or {}
+        presets[preset] = str(raw.get("family", "cyclegan"))
     blocks = []
     for name in list_families():
         family = get_family(name)
         options = family.options_type()
-        own = [p for p in presets if p == name or p.startswith(f"{name}-")]
+        own = [p for p, f in presets.items() if f == name]
         style = family.style_dim_for(options)
+        directions = (
+            "to_<domain> for every domain in model.domains (by default the data's folders)"
+            if family.multi_domain
+            else ", ".join(family.directions)
+        )
         lines = [
             f"{name}: {family.description}",
-            f"  directions  {', '.join(family.directions)}"
+            f"  directions  {directions}"
             + (f"; style code of {style} (style encoders exported)" if style else ""),
             f"  sizes       {family.shape_rule(options).describe()} (default options)",
             f"  trainable   {'yes' if name in TRAINERS else 'no'}"
