@@ -57,9 +57,9 @@ from i2i.repository.layout import (
 )
 from i2i.repository.schema import (
     CONDITIONAL,
-    RESERVED_GRAPHS,
     FORMAT,
     FORMAT_VERSION,
+    RESERVED_GRAPHS,
     STYLE_ENCODER,
     TRANSLATOR,
     artifact_graph,
