@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from i2i.cli.models import format_manifest, format_models_table
 from i2i.export import export_checkpoint
 from i2i.export.parity import parity_images
 from i2i.repository import RepositoryError, validate_manifest
@@ -116,7 +117,7 @@ def test_manifest_checks_the_extra_graphs(exported):
     for change, message in [
         (undeclared, "'generator' is not among the manifest's graphs"),
         (without_artifacts, "$.graphs.encoder: declared, but no artifact holds it"),
-        (with_direction, "direction: not allowed here"),
+        (with_direction, "direction: not allowed here (the conditional graph serves"),
         (reserved, "names a built-in graph kind"),
     ]:
         with pytest.raises(RepositoryError) as info:
@@ -130,3 +131,10 @@ def test_a_family_without_graphs_exports_none(tmp_path):
     assert "graphs" not in manifest
     assert {a.get("graph") for a in manifest["artifacts"]} == {None, "conditional"}
     validate_manifest(manifest)
+
+
+def test_listings_name_the_extra_graphs(exported):
+    folder, manifest = exported
+    shown = format_manifest(manifest)
+    assert "encoder.onnx" in shown and "(encoder graph)" in shown
+    assert "(generator graph)" in format_models_table(folder.parent.parent)
