@@ -16,6 +16,8 @@ from i2i.cli.models import format_manifest, format_models_table
 from i2i.export import export_checkpoint
 from i2i.export.parity import parity_images
 from i2i.repository import RepositoryError, validate_manifest
+from i2i.serving.config import ServerConfig
+from i2i.serving.store import ModelStore
 from tests.conftest import TINY_MODEL_OPTIONS, untrained_checkpoint
 
 Z_DIM = TINY_MODEL_OPTIONS["twostep"]["z_dim"]
@@ -138,3 +140,17 @@ def test_listings_name_the_extra_graphs(exported):
     shown = format_manifest(manifest)
     assert "encoder.onnx" in shown and "(encoder graph)" in shown
     assert "(generator graph)" in format_models_table(folder.parent.parent)
+
+
+def test_the_server_loads_the_version_and_ignores_the_extra_graphs(exported):
+    folder, manifest = exported
+    store = ModelStore(ServerConfig(repository=folder.parent.parent, backend="onnxruntime"))
+    store.load()
+    try:
+        model = store.models[("twostep", manifest["version"])]
+        assert sorted(model.directions) == ["to_A", "to_B"]
+        used = {loaded.backend.artifact for loaded in model.directions.values()}
+        assert used and not any(f.startswith(("encoder", "generator")) for f in used)
+    finally:
+        for loaded in store.directions():
+            loaded.close()
