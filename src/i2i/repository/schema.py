@@ -146,6 +146,11 @@ def _cross_check(manifest: Mapping[str, Any]) -> list[str]:
                     f"$.artifacts[{i}].graph: {artifact_graph(artifact)!r} is not among the "
                     f"manifest's graphs ({', '.join(manifest.get('graphs', {})) or 'none'})"
                 )
+            if "direction" in artifact:
+                lines.append(
+                    f"$.artifacts[{i}].direction: the {artifact_graph(artifact)!r} graph belongs "
+                    "to no direction; leave direction out"
+                )
         elif artifact["direction"] not in directions:
             lines.append(
                 f"$.artifacts[{i}].direction: {artifact['direction']!r} is not a direction of "
