@@ -254,6 +254,8 @@ def _direction(artifact: Mapping[str, Any]) -> str:
         return f"{artifact['direction']} style encoder"
     if artifact.get("graph") == "conditional":
         return "(every target: conditional)"
+    if "direction" not in artifact:  # a family's extra graph (two-step encoder, generator)
+        return f"({artifact.get('graph')} graph)"
     return str(artifact["direction"])
 
 

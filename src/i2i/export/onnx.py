@@ -22,7 +22,7 @@ import importlib
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +209,76 @@ def export_conditional(
     }
 
 
+def export_graph(
+    module: nn.Module,
+    path: Path,
+    examples: tuple[torch.Tensor, ...],
+    input_names: Sequence[str],
+    output_names: Sequence[str],
+    opset: int = MIN_OPSET,
+    simplify: bool = False,
+) -> dict[str, Any]:
+    """Export one of a family's extra graphs (:class:`~i2i.models.registry.ExportGraph`):
+    dimension 0 of every input (and so of the outputs) is the dynamic ``batch``, every other
+    size that of ``examples``; checked to have exactly the named inputs and outputs.
+
+    Returns ``file``, ``format``, ``precision``, ``opset``, ``exporter``, ``inputs`` and
+    ``outputs`` (lists of tensor specs), ``simplifier``, ``size_bytes`` and ``sha256``.
+
+    Raises:
+        ExportError: the exporter failed or the graph's inputs or outputs differ from the
+            names given.
+    """
+    path = Path(path)
+    if len(examples) != len(input_names):
+        raise ValueError(f"{len(examples)} example inputs for the inputs {list(input_names)}")
+    batch = torch.export.Dim(_DIM_NAMES[0])
+    model, simplifier = _export(
+        module,
+        path,
+        examples,
+        tuple({0: batch} for _ in examples),
+        list(input_names),
+        list(output_names),
+        opset,
+        simplify,
+        image_input=False,
+    )
+    first = model.graph.input[0].type.tensor_type.shape.dim
+    if first and first[0].dim_param and first[0].dim_param != _DIM_NAMES[0]:
+        old = first[0].dim_param
+        for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+            for dim in value.type.tensor_type.shape.dim:
+                if dim.dim_param == old:
+                    dim.dim_param = _DIM_NAMES[0]
+    specs = io_specs(model)
+    got = ([s["name"] for s in specs["inputs"]], [s["name"] for s in specs["outputs"]])
+    if got != (list(input_names), list(output_names)):
+        raise ExportError(
+            f"{path}: expected inputs {list(input_names)} and outputs {list(output_names)}, "
+            f"got inputs {got[0]} and outputs {got[1]}"
+        )
+    for spec in [*specs["inputs"], *specs["outputs"]]:
+        if not spec["shape"] or spec["shape"][0] != _DIM_NAMES[0]:
+            raise ExportError(
+                f"{path}: {spec['name']} has shape {spec['shape']}, expected a dynamic batch "
+                "as its first dimension"
+            )
+    save_model(model, path)
+    return {
+        "file": path.name,
+        "format": "onnx",
+        "precision": "fp32",
+        "opset": default_opset(model),
+        "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
+        "inputs": specs["inputs"],
+        "outputs": specs["outputs"],
+        "simplifier": simplifier,
+        "size_bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
+    }
+
+
 def _check_conditional_io(
     model: onnx.ModelProto, shape_rule: ShapeRule, channels: int, path: Path
 ) -> None:
@@ -240,13 +310,15 @@ def _export(
     output_names: list[str],
     opset: int,
     simplify: bool,
+    image_input: bool = True,
 ) -> tuple[onnx.ModelProto, str | None]:
     """Run the exporter in eval mode; the model (opset raised, sizes named, maybe simplified)
-    and the simplifier used. Refuses training-mode batch norm."""
+    and the simplifier used. Refuses training-mode batch norm. ``image_input``: the first
+    input is an image whose channels (1 or 3) are checked."""
     if opset < MIN_OPSET:
         raise ValueError(f"opset must be >= {MIN_OPSET}, got {opset}")
     channels = int(examples[0].shape[-1])
-    if channels not in (1, 3):
+    if image_input and channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     with eval_mode(module), torch.no_grad():
         try:

@@ -191,6 +191,89 @@ def check_style_encoder_parity(
     return report
 
 
+def check_graph_parity(
+    module: nn.Module,
+    onnx_path: Path,
+    examples: Callable[[int, int], tuple[torch.Tensor, ...]],
+    batches: Sequence[int] = (1, 4),
+    seed: int = 0,
+    reference_onnx: Path | None = None,
+) -> dict[str, Any]:
+    """Compare one of a family's extra graphs (``onnx_path``) with its PyTorch module, or
+    with a reference FP32 graph, on ``examples(batch, seed + i)`` for each batch size.
+
+    A uint8 output is measured in levels as :func:`compare` does. A float output (for
+    example the two-step encoder's z in (-1, 1)) is measured in the same unit, its values
+    scaled by 127.5 as [-1, 1] images are to pixels: one level is 2/255. Every output of the
+    graph is compared; a case's numbers are those of its worst output. Returns the keys of
+    :func:`check_parity`'s report.
+    """
+    if not batches or min(batches) < 1:
+        raise ValueError(f"batches must be positive, got {list(batches)}")
+    session = _session(Path(onnx_path))
+    names = [value.name for value in session.get_inputs()]
+    reference = _session(Path(reference_onnx)) if reference_onnx is not None else None
+    cases, pytorch_cases = [], []
+    for i, batch in enumerate(batches):
+        inputs = examples(batch, seed + i)
+        feeds = {name: tensor.numpy() for name, tensor in zip(names, inputs, strict=True)}
+        output = session.run(None, feeds)
+        with eval_mode(module), torch.inference_mode():
+            result = module(*inputs)
+        torch_outputs = [t.numpy() for t in (result if isinstance(result, tuple) else (result,))]
+        expected = torch_outputs if reference is None else reference.run(None, feeds)
+        case = {"batch": batch, "height": 1, "width": 1}  # one "pixel" per row
+        cases.append({**case, **_compare_outputs(output, expected)})
+        if reference is not None:
+            pytorch_cases.append({**case, **_compare_outputs(output, torch_outputs)})
+    report: dict[str, Any] = {
+        "artifact": Path(onnx_path).name,
+        "reference": "pytorch" if reference_onnx is None else "onnx-fp32",
+        "runtime": f"onnxruntime {ort.__version__} CPUExecutionProvider",
+        "seed": seed,
+        "cases": cases,
+        **overall(cases),
+    }
+    if reference_onnx is not None:
+        report["reference_file"] = Path(reference_onnx).name
+        report["against_pytorch"] = {"cases": pytorch_cases, **overall(pytorch_cases)}
+    return report
+
+
+def _compare_outputs(outputs: Sequence[Any], expected: Sequence[Any]) -> dict[str, Any]:
+    """:func:`compare` over every output pair (floats scaled to levels); the worst numbers."""
+    if len(outputs) != len(expected):
+        raise ValueError(f"{len(outputs)} outputs, expected {len(expected)}")
+    worst: dict[str, Any] | None = None
+    for out, exp in zip(outputs, expected, strict=True):
+        out, exp = np.asarray(out), np.asarray(exp)
+        if out.shape != exp.shape:
+            raise ValueError(f"output shape {out.shape} differs from expected {exp.shape}")
+        if out.dtype == np.uint8:
+            found = compare(out, exp)
+        else:
+            diff = np.abs(out.astype(np.float64) - exp.astype(np.float64)) * 127.5
+            diff = diff.reshape(diff.shape[0], -1) if diff.ndim > 1 else diff[:, None]
+            mse = float(np.mean(diff**2))
+            found = {
+                "max_abs_diff": round(float(diff.max(initial=0.0)), 6),
+                "fraction_over_1": float(np.mean(diff.max(axis=-1) > 1)),
+                "psnr": None if mse == 0 else round(10 * math.log10(255.0**2 / mse), 3),
+            }
+        if worst is None:
+            worst = found
+        else:
+            psnrs = [p for p in (worst["psnr"], found["psnr"]) if p is not None]
+            worst = {
+                "max_abs_diff": max(worst["max_abs_diff"], found["max_abs_diff"]),
+                "fraction_over_1": max(worst["fraction_over_1"], found["fraction_over_1"]),
+                "psnr": min(psnrs) if psnrs else None,
+            }
+    if worst is None:
+        raise ValueError("the graph has no outputs")
+    return worst
+
+
 def parity_styles(rng: np.random.Generator, batch: int, style_dim: int) -> np.ndarray | None:
     """One N(0, 1) style code per image, float32 [N, S]; None for unimodal (S = 0)."""
     if not style_dim:

@@ -10,6 +10,10 @@ encoder as ``<direction>.style.onnx`` (and ``.style.fp16.onnx``), recorded in th
 manifest as the direction's ``style_encoder`` and as artifacts with ``"graph":
 "style_encoder"``. TensorRT engines are built for translators only: a server runs the style
 encoder with ONNX Runtime beside an engine.
+
+A family with ``graphs`` (the two-step model's ``encoder`` and ``generator``) also gets
+each of them as ``<name>.onnx`` (and ``.fp16.onnx``), parity-checked, described in the
+manifest's ``graphs`` and recorded as artifacts with ``"graph": <name>`` and no direction.
 """
 
 from __future__ import annotations
@@ -26,15 +30,22 @@ from i2i.checkpoint import CheckpointError, load_trained_networks
 from i2i.models import get_family, options_from_dict
 from i2i.models.registry import target_direction
 from i2i.models.translators import DomainTranslator
-from i2i.repository import CONDITIONAL, read_manifest, sha256_file, write_version
+from i2i.repository import (
+    CONDITIONAL,
+    RESERVED_GRAPHS,
+    read_manifest,
+    sha256_file,
+    write_version,
+)
 
 from . import tensorrt
 from .engines import build_checked_engine
 from .errors import ExportError
 from .fp16 import convert_fp16
-from .onnx import export_conditional, export_onnx, export_style_encoder
+from .onnx import export_conditional, export_graph, export_onnx, export_style_encoder
 from .parity import (
     MIN_PSNR_FP16,
+    check_graph_parity,
     check_parity,
     check_style_encoder_parity,
     parity_ok_fp16,
@@ -87,6 +98,13 @@ def export_checkpoint(
     translators = family.translators(networks, options)
     style_dim = family.style_dim_for(options)
     encoders = family.style_encoders(networks, options) if family.style_encoders is not None else {}
+    graphs = family.graphs(networks, options) if family.graphs is not None else {}
+    reserved = sorted(set(graphs) & set(RESERVED_GRAPHS))
+    if reserved:
+        raise ExportError(
+            f"family {family.name!r} declares graphs named {', '.join(reserved)}; those names "
+            f"are taken ({', '.join(RESERVED_GRAPHS)})"
+        )
     if "tensorrt" in formats:  # checked before any work, so a refusal writes nothing
         for translator in translators.values():
             tensorrt.profile_for(
@@ -199,6 +217,18 @@ def export_checkpoint(
                 opset=opset,
                 simplify=simplify,
             )
+        extra = {
+            graph_name: _export_graph(
+                graph_name,
+                graph,
+                folder,
+                artifacts,
+                fp16="onnx-fp16" in formats,
+                opset=opset,
+                simplify=simplify,
+            )
+            for graph_name, graph in graphs.items()
+        }
         return {
             "format": "i2i.manifest",
             "format_version": 1,
@@ -210,6 +240,7 @@ def export_checkpoint(
             "source": source,
             "directions": directions,
             **({"conditional": conditional} if conditional is not None else {}),
+            **({"graphs": extra} if extra else {}),
             "artifacts": artifacts,
         }
 
@@ -276,6 +307,59 @@ def _export_conditional(
         "output": info["output"],
         "shape_rule": rule.to_manifest(),
     }
+
+
+def _export_graph(
+    name: str,
+    graph: Any,
+    folder: Path,
+    artifacts: list[dict[str, Any]],
+    *,
+    fp16: bool,
+    opset: int,
+    simplify: bool,
+) -> dict[str, Any]:
+    """Export one of a family's extra graphs as ``<name>.onnx`` (and ``<name>.fp16.onnx`` if
+    asked), each parity-checked; append its artifacts (``"graph": name``, no direction) and
+    return its manifest entry ``{"inputs": [...], "outputs": [...]}``."""
+    fp32 = folder / f"{name}.onnx"
+    examples = graph.examples
+    info = export_graph(
+        graph.module, fp32, examples(2, 0), graph.inputs, graph.outputs, opset, simplify
+    )
+    report = check_graph_parity(graph.module, fp32, examples)
+    if not parity_ok_fp32(report):
+        raise ExportError(
+            f"the {name} graph: ONNX Runtime differs from PyTorch: {_summary(report)}"
+        )
+    artifacts.append(
+        _graph_artifact(
+            name, _artifact("", "onnx", "fp32", fp32, report, "pytorch", opset=info["opset"])
+        )
+    )
+    if fp16:
+        path16 = folder / f"{name}.fp16.onnx"
+        convert_fp16(fp32, path16)
+        report16 = check_graph_parity(graph.module, path16, examples, reference_onnx=fp32)
+        if not parity_ok_fp16(report16):
+            raise ExportError(
+                f"the FP16 {name} graph is below {MIN_PSNR_FP16:.0f} dB against FP32: "
+                f"{_summary(report16)}"
+            )
+        artifacts.append(
+            _graph_artifact(
+                name,
+                _artifact("", "onnx", "fp16", path16, report16, "onnx-fp32", opset=info["opset"]),
+            )
+        )
+    log.info("exported the %s graph", name)
+    return {"inputs": info["inputs"], "outputs": info["outputs"]}
+
+
+def _graph_artifact(name: str, artifact: dict[str, Any]) -> dict[str, Any]:
+    """An artifact entry of a family's extra graph: ``"graph": name``, no direction."""
+    del artifact["direction"]
+    return {"graph": name, **artifact}
 
 
 def _conditional_artifact(artifact: dict[str, Any]) -> dict[str, Any]:

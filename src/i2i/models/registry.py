@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from i2i.models.translators import domain_translators, translators_by_direction
@@ -27,6 +28,30 @@ StyleEncoderFactory = Callable[[Mapping[str, nn.Module], Any], dict[str, nn.Modu
 ConditionalFactory = Callable[[Mapping[str, nn.Module], Any], nn.Module]
 # (networks, options, seed) -> {metric name: value}, extra numbers `i2i eval` reports
 MetricsFactory = Callable[[Mapping[str, nn.Module], Any, int], dict[str, float]]
+
+
+@dataclass(frozen=True)
+class ExportGraph:
+    """One extra graph a family exports beside its translators (for example the two-step
+    model's encoder and generator), for clients that compose or inspect a model's parts.
+
+    Attributes:
+        module: the graph, in eval mode; ``forward`` takes the inputs in order.
+        inputs: the graph's input names, one per ``forward`` argument.
+        outputs: its output names.
+        examples: ``(batch, seed) -> inputs``: seeded example inputs with ``batch`` rows,
+            used to trace the graph and to check its parity. Dimension 0 of every input and
+            output is the batch (dynamic in the graph); every other size is the examples'.
+    """
+
+    module: nn.Module
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    examples: Callable[[int, int], tuple[torch.Tensor, ...]]
+
+
+# (networks, options) -> {graph name: graph}; names are those of the manifest's "graphs"
+GraphsFactory = Callable[[Mapping[str, nn.Module], Any], dict[str, ExportGraph]]
 
 # A domain name of a multi-domain model: it becomes part of direction and file names.
 DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -106,6 +131,11 @@ class ModelFamily:
         metrics: optional ``(networks, options, seed) -> {name: value}``: numbers beyond
             PSNR/SSIM that ``i2i eval`` reports for a model of this family (for example the
             two-step model's latent MSE on held-out generator samples).
+        graphs: optional ``(networks, options) -> {name: ExportGraph}``: extra graphs that
+            export writes beside the translators as ``<name>.onnx`` (and FP16), each
+            parity-checked, recorded in the manifest's ``graphs`` and as artifacts with
+            ``"graph": name`` and no direction. Servers ignore them. Empty when the
+            networks they need are missing.
     """
 
     name: str
@@ -122,6 +152,7 @@ class ModelFamily:
     multi_domain: bool = False
     conditional: ConditionalFactory | None = None
     metrics: MetricsFactory | None = None
+    graphs: GraphsFactory | None = None
 
     def __post_init__(self) -> None:
         if not dataclasses.is_dataclass(self.options_type):

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from i2i.models.networks import init_weights
-from i2i.models.registry import ModelFamily, checked_domains, register_family
-from i2i.models.translators import domain_translators
+from i2i.models.registry import ExportGraph, ModelFamily, checked_domains, register_family
+from i2i.models.translators import _float_to_image, _image_to_float, domain_translators
 from i2i.shapes import ShapeRule
 
 log = logging.getLogger(__name__)
@@ -252,6 +252,61 @@ def twostep_translators(
     return domain_translators(twostep_conditional(networks, options), options)
 
 
+class ImageLatentEncoder(nn.Module):
+    """The exported encoder graph: uint8 image [N, S, S, C] -> float32 z [N, z_dim], E on
+    the image scaled to [-1, 1] exactly as the fused translators scale it."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.e = encoder
+        self.in_channels = int(getattr(encoder, "input_nc"))  # noqa: B009
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.e(_image_to_float(image, self.in_channels))
+
+
+class LatentImageGenerator(nn.Module):
+    """The exported generator graph: float32 z [N, z_dim] and int64 domain [N] -> uint8
+    image [N, S, S, C], G's output rounded exactly as the fused translators round it."""
+
+    def __init__(self, generator: nn.Module) -> None:
+        super().__init__()
+        self.g = generator
+
+    def forward(self, z: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        return _float_to_image(self.g(z, domain))
+
+
+def twostep_graphs(
+    networks: Mapping[str, nn.Module], options: TwoStepOptions
+) -> dict[str, ExportGraph]:
+    """The encoder (``image`` -> ``z``) and generator (``z``, ``domain`` -> ``image``) graphs
+    that export writes beside the fused translators; empty without both g and e."""
+    if "g" not in networks or "e" not in networks:
+        return {}
+    size, channels, k = options.image_size, options.input_nc, options.num_domains
+
+    def images(batch: int, seed: int) -> tuple[torch.Tensor, ...]:
+        rng = torch.Generator().manual_seed(seed)
+        shape = (batch, size, size, channels)
+        return (torch.randint(0, 256, shape, generator=rng, dtype=torch.int64).to(torch.uint8),)
+
+    def latents(batch: int, seed: int) -> tuple[torch.Tensor, ...]:
+        rng = torch.Generator().manual_seed(seed)
+        z = torch.rand(batch, options.z_dim, generator=rng) * 2.0 - 1.0
+        start = int(torch.randint(0, k, (1,), generator=rng))
+        return z, (torch.arange(batch, dtype=torch.int64) + start) % k  # every target in turn
+
+    return {
+        "encoder": ExportGraph(
+            ImageLatentEncoder(networks["e"]).eval(), ("image",), ("z",), images
+        ),
+        "generator": ExportGraph(
+            LatentImageGenerator(networks["g"]).eval(), ("z", "domain"), ("image",), latents
+        ),
+    }
+
+
 def sample_latents(
     n: int, options: TwoStepOptions, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -320,5 +375,6 @@ TWOSTEP = register_family(
         conditional=twostep_conditional,
         translators=twostep_translators,
         metrics=twostep_metrics,
+        graphs=twostep_graphs,
     )
 )

@@ -21,7 +21,10 @@ Multi-domain models (directions ``to_<domain>``) record each direction's ``targe
 and ``domain_index`` (its place in ``domains``) and, optionally, the whole ``conditional``
 graph ({"input", "domain", "output", "shape_rule"}: uint8 images and int64 target indices
 [N] -> uint8 images), whose files are artifacts with ``"graph": "conditional"`` and no
-direction (`conditional_artifacts`). Both are optional, so older manifests stay valid.
+direction (`conditional_artifacts`). A family's extra graphs (the two-step model's
+``encoder`` and ``generator``) are described in ``graphs`` ({name: {"inputs", "outputs"}})
+and held by artifacts with ``"graph": <name>`` and no direction; servers ignore them. All
+of these are optional, so older manifests stay valid.
 
 Publication is atomic: `write_version` builds a version in a hidden temporary folder inside
 `<repository>/<name>/` and renames it into place only once its manifest is valid and every
@@ -56,6 +59,7 @@ from i2i.repository.schema import (
     CONDITIONAL,
     FORMAT,
     FORMAT_VERSION,
+    RESERVED_GRAPHS,
     STYLE_ENCODER,
     TRANSLATOR,
     artifact_graph,
@@ -77,6 +81,7 @@ __all__ = [
     "TRANSLATOR",
     "add_artifacts",
     "CONDITIONAL",
+    "RESERVED_GRAPHS",
     "artifact_graph",
     "conditional_artifacts",
     "engine_differences",

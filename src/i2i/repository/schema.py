@@ -22,6 +22,9 @@ FORMAT_VERSION = 1
 _MAX_ERRORS = 10
 # What an artifact's file holds (its "graph"); absent means the translator.
 TRANSLATOR, STYLE_ENCODER, CONDITIONAL = "translator", "style_encoder", "conditional"
+# Any other graph is one of a family's extra graphs (the two-step "encoder", "generator"),
+# declared in the manifest's "graphs"; servers ignore those.
+RESERVED_GRAPHS = (TRANSLATOR, STYLE_ENCODER, CONDITIONAL)
 
 
 def artifact_graph(artifact: Mapping[str, Any]) -> str:
@@ -137,6 +140,17 @@ def _cross_check(manifest: Mapping[str, Any]) -> list[str]:
                     f"$.artifacts[{i}].graph: a conditional graph, but the manifest declares no "
                     f"conditional"
                 )
+        elif artifact_graph(artifact) not in RESERVED_GRAPHS:
+            if artifact_graph(artifact) not in manifest.get("graphs", {}):
+                lines.append(
+                    f"$.artifacts[{i}].graph: {artifact_graph(artifact)!r} is not among the "
+                    f"manifest's graphs ({', '.join(manifest.get('graphs', {})) or 'none'})"
+                )
+            if "direction" in artifact:
+                lines.append(
+                    f"$.artifacts[{i}].direction: the {artifact_graph(artifact)!r} graph belongs "
+                    "to no direction; leave direction out"
+                )
         elif artifact["direction"] not in directions:
             lines.append(
                 f"$.artifacts[{i}].direction: {artifact['direction']!r} is not a direction of "
@@ -176,6 +190,11 @@ def _cross_check(manifest: Mapping[str, Any]) -> list[str]:
                     f"{_child(where, 'style_encoder')}: declared, but no artifact holds it "
                     f"(graph 'style_encoder')"
                 )
+    for graph in manifest.get("graphs", {}):
+        if graph in RESERVED_GRAPHS:
+            lines.append(f"{_child('$.graphs', graph)}: {graph!r} names a built-in graph kind")
+        elif not any(artifact_graph(a) == graph for a in manifest["artifacts"]):
+            lines.append(f"{_child('$.graphs', graph)}: declared, but no artifact holds it")
     lines.extend(_domain_checks(manifest))
     lines.extend(_non_finite(manifest, "$"))
     return lines
