@@ -171,7 +171,7 @@ def test_training_data_errors_come_before_training(tmp_path):
     result = i2i(*TINY, "--out", str(tmp_path / "run2"), script="i2i-train")
     assert result.returncode == 2 and "--data" in result.stderr
     result = i2i("--config", "nope", "--data", "x", "--out", "y", script="i2i-train")
-    assert result.returncode == 2 and "presets: cyclegan" in result.stderr
+    assert result.returncode == 2 and "presets: cogan, cogan-tiny, cyclegan," in result.stderr
 
 
 def test_corrupt_image_is_named_or_skipped(tmp_path):
