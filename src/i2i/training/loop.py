@@ -389,8 +389,10 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
                     epoch, batch_index = epoch + 1, 0
                     continue
                 break
-            # The steps that take no data (see trainer_class), after the epochs.
-            while not halted and step < total_steps:
+            # The steps that take no data (see trainer_class), after the epochs. Only a
+            # trainer that plans them has them: for the others, epochs that end early (a
+            # resume on more data changes the steps per epoch) end the run, as they always did.
+            while plan is not None and not halted and step >= fed and step < total_steps:
                 losses = trainer.step(None)
                 step += 1
                 report()
