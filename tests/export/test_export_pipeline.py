@@ -53,12 +53,19 @@ def test_round_trip_every_direction(tmp_path, family):
         style_spec = manifest["directions"][direction]["style"]
         assert (style_spec is None) == (fam.style_dim == 0)
         assert files[(direction, "fp32")]["parity"]["fraction_over_1"] <= 0.001
-        assert files[(direction, "fp16")]["parity"]["psnr"] >= 40
+        psnr16 = files[(direction, "fp16")]["parity"]["psnr"]
+        assert psnr16 is None or psnr16 >= 40  # None: FP16 gave the very same bytes
         session = ort.InferenceSession(
             str(folder / f"{direction}.onnx"), providers=["CPUExecutionProvider"]
         )
-        for batch, side in ((1, 36), (3, 52)):
-            images = rng.integers(0, 256, (batch, side, side + 8, 3), dtype=np.uint8)
+        rule = fam.shape_rule(options)
+        sizes = (
+            ((1, rule.fixed_size, rule.fixed_size), (3, rule.fixed_size, rule.fixed_size))
+            if rule.fixed_size
+            else ((1, 36, 44), (3, 52, 60))
+        )
+        for batch, height, width in sizes:
+            images = rng.integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
             feeds, inputs = {"image": images}, [torch.from_numpy(images)]
             if fam.style_dim:  # multimodal: one code per image
                 style = rng.standard_normal((batch, fam.style_dim)).astype(np.float32)
