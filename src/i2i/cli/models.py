@@ -29,13 +29,11 @@ def run_families(args: argparse.Namespace) -> int:
 
 def format_families() -> str:
     """The registered model families: directions, style size, default shape rule, presets."""
-    from i2i.models import get_family, list_families
-    from i2i.training.config import list_presets
-    from i2i.training.loop import TRAINERS
-
     import yaml
 
-    from i2i.training.config import PRESETS_DIR
+    from i2i.models import get_family, list_families
+    from i2i.training.config import PRESETS_DIR, list_presets
+    from i2i.training.loop import TRAINERS
 
     presets: dict[str, str] = {}  # preset -> the family it trains (variant presets included)
     for preset in list_presets():
