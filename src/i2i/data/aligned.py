@@ -19,17 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from i2i.data.epochs import EpochSeeded
 from i2i.data.folders import DataError, list_images, load_rgb
 from i2i.data.transforms import TransformOptions, apply_transform
 
 logger = logging.getLogger(__name__)
 
 
-class AlignedDataset(Dataset[dict[str, Any]]):
+class AlignedDataset(EpochSeeded, Dataset[dict[str, Any]]):
     """Item i is the i-th pair (sorted by path): ``{"A", "B", "A_path", "B_path"}``.
 
     "A" is always domain A (the left half, or ``<phase>A/``) and "B" domain B; which one
@@ -86,19 +86,7 @@ class AlignedDataset(Dataset[dict[str, Any]]):
         self.side_by_side = self.pairs[0][0] == self.pairs[0][1]
         if skip_bad_images:
             self.pairs = self._readable(self.pairs)
-        # A one-element tensor in shared memory: worker processes see later set_epoch calls.
-        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
-
-    @property
-    def epoch(self) -> int:
-        """The epoch whose crops and flips `__getitem__` produces."""
-        return int(self._epoch.item())
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch (part of every item's random seed); call before each epoch."""
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        self._epoch.fill_(int(epoch))
+        self._init_epoch()
 
     def __len__(self) -> int:
         return len(self.pairs)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 from pathlib import Path
 
 from PIL import Image
+
+logger = logging.getLogger(__name__)
 
 # The reference implementation's list (data/image_folder.py); matching is by suffix and
 # case-sensitive, which is why the upper-case variants are spelled out.
@@ -97,3 +100,25 @@ def load_rgb(path: str | os.PathLike[str], channels: int = 3) -> Image.Image:
 def _extensions_hint() -> str:
     lower = sorted({ext.lower() for ext in IMG_EXTENSIONS}, key=IMG_EXTENSIONS.index)
     return ", ".join(lower)
+
+
+def readable_images(paths: list[Path], channels: int, where: str) -> tuple[list[Path], list[Path]]:
+    """``(readable, skipped)``: ``paths`` split by whether they decode (as ``channels``),
+    each skipped file logged; DataError naming ``where`` if none decodes."""
+    good: list[Path] = []
+    skipped: list[Path] = []
+    for path in paths:
+        try:
+            load_rgb(path, channels)
+        except DataError as exc:
+            logger.warning("skipping unreadable image: %s", exc)
+            skipped.append(path)
+        else:
+            good.append(path)
+    if not good:
+        raise DataError(
+            f"{where}: none of the {len(paths)} images could be decoded (see the warnings above)"
+        )
+    if skipped:
+        logger.warning("%s: skipped %d of %d images", where, len(skipped), len(paths))
+    return good, skipped

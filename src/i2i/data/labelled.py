@@ -22,7 +22,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from i2i.data.folders import DataError, is_image_file, list_images, load_rgb
+from i2i.data.epochs import EpochSeeded
+from i2i.data.folders import (
+    DataError,
+    is_image_file,
+    list_images,
+    load_rgb,
+    readable_images,
+)
 from i2i.data.transforms import TransformOptions, apply_transform
 
 logger = logging.getLogger(__name__)
@@ -62,7 +69,7 @@ def labelled_domains(root: str | os.PathLike[str], phase: str = "train") -> list
     return list(domain_folders(root, phase))
 
 
-class LabelledDataset(Dataset[dict[str, Any]]):
+class LabelledDataset(EpochSeeded, Dataset[dict[str, Any]]):
     """Every image of every domain once per epoch, with its domain's index.
 
     Items are ``{"image": float32 (C, H, W) in [-1, 1], "domain": int64 scalar tensor,
@@ -117,20 +124,10 @@ class LabelledDataset(Dataset[dict[str, Any]]):
         for index, name in enumerate(names):
             paths = list_images(folders[name])
             if skip_bad_images:
-                paths = self._readable(paths, folders[name])
+                paths, skipped = readable_images(paths, channels, str(folders[name]))
+                self.skipped.extend(skipped)
             self.items.extend((p, index) for p in paths)
-        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
-
-    @property
-    def epoch(self) -> int:
-        """The epoch whose crops and flips ``__getitem__`` produces."""
-        return int(self._epoch.item())
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch (part of every item's random seed); call before each epoch."""
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        self._epoch.fill_(int(epoch))
+        self._init_epoch()
 
     def __len__(self) -> int:
         return len(self.items)
@@ -159,17 +156,3 @@ class LabelledDataset(Dataset[dict[str, Any]]):
             "domain": torch.tensor(domain, dtype=torch.int64),
             "path": str(path),
         }
-
-    def _readable(self, paths: list[Path], folder: Path) -> list[Path]:
-        good: list[Path] = []
-        for path in paths:
-            try:
-                load_rgb(path, self.channels)
-            except DataError as exc:
-                logger.warning("skipping unreadable image: %s", exc)
-                self.skipped.append(path)
-            else:
-                good.append(path)
-        if not good:
-            raise DataError(f"{folder}: none of the {len(paths)} images could be decoded")
-        return good

@@ -11,13 +11,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from i2i.data.folders import DataError, list_images, load_rgb
+from i2i.data.epochs import EpochSeeded
+from i2i.data.folders import DataError, list_images, load_rgb, readable_images
 from i2i.data.transforms import TransformOptions, apply_transform
 
 logger = logging.getLogger(__name__)
 
 
-class UnalignedDataset(Dataset[dict[str, Any]]):
+class UnalignedDataset(EpochSeeded, Dataset[dict[str, Any]]):
     """Item i pairs A[i % len(A)] with B[i % len(B)] (serial) or a random B.
 
     Randomness (the B index, crops, flips) comes from
@@ -72,19 +73,7 @@ class UnalignedDataset(Dataset[dict[str, Any]]):
         if skip_bad_images:
             self.a_paths = self._readable(self.a_paths, channels_a, "A")
             self.b_paths = self._readable(self.b_paths, channels_b, "B")
-        # A one-element tensor in shared memory: worker processes see later set_epoch calls.
-        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
-
-    @property
-    def epoch(self) -> int:
-        """The epoch whose crops and pairings `__getitem__` produces."""
-        return int(self._epoch.item())
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch (part of every item's random seed); call before each epoch."""
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        self._epoch.fill_(int(epoch))
+        self._init_epoch()
 
     def __len__(self) -> int:
         return max(len(self.a_paths), len(self.b_paths))
@@ -120,22 +109,6 @@ class UnalignedDataset(Dataset[dict[str, Any]]):
             ) from None
 
     def _readable(self, paths: list[Path], channels: int, domain: str) -> list[Path]:
-        good: list[Path] = []
-        for path in paths:
-            try:
-                load_rgb(path, channels)
-            except DataError as exc:
-                logger.warning("skipping unreadable image: %s", exc)
-                self.skipped.append(path)
-            else:
-                good.append(path)
-        if not good:
-            raise DataError(
-                f"{self.root / (self.phase + domain)}: none of the {len(paths)} images "
-                "could be decoded (see the warnings above)"
-            )
-        if len(good) < len(paths):
-            logger.warning(
-                "domain %s: skipped %d of %d images", domain, len(paths) - len(good), len(paths)
-            )
+        good, skipped = readable_images(paths, channels, str(self.root / (self.phase + domain)))
+        self.skipped.extend(skipped)
         return good

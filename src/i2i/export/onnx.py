@@ -98,15 +98,26 @@ def export_onnx(
     _check_io(model, shape_rule, channels, path, style_dim)
     save_model(model, path)
     specs = io_specs(model)
+    return _record(
+        model,
+        path,
+        simplifier,
+        input=specs["inputs"][0],
+        output=specs["outputs"][0],
+        style=specs["inputs"][1] if style_dim else None,
+    )
+
+
+def _record(model: Any, path: Path, simplifier: str | None, **io: Any) -> dict[str, Any]:
+    """The manifest facts of an FP32 ONNX file just written: format, opset, exporter, the
+    graph's tensor specs ``io`` (in the order given), simplifier, size and hash."""
     return {
         "file": path.name,
         "format": "onnx",
         "precision": "fp32",
         "opset": default_opset(model),
         "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
-        "input": specs["inputs"][0],
-        "output": specs["outputs"][0],
-        "style": specs["inputs"][1] if style_dim else None,
+        **io,
         "simplifier": simplifier,
         "size_bytes": path.stat().st_size,
         "sha256": sha256_file(path),
@@ -141,18 +152,13 @@ def export_style_encoder(
     _check_style_encoder_io(model, shape_rule, channels, style_dim, path)
     save_model(model, path)
     specs = io_specs(model)
-    return {
-        "file": path.name,
-        "format": "onnx",
-        "precision": "fp32",
-        "opset": default_opset(model),
-        "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
-        "input": specs["inputs"][0],
-        "output": specs["outputs"][0],
-        "simplifier": simplifier,
-        "size_bytes": path.stat().st_size,
-        "sha256": sha256_file(path),
-    }
+    return _record(
+        model,
+        path,
+        simplifier,
+        input=specs["inputs"][0],
+        output=specs["outputs"][0],
+    )
 
 
 def export_conditional(
@@ -194,19 +200,14 @@ def export_conditional(
     _check_conditional_io(model, shape_rule, channels, path)
     save_model(model, path)
     specs = io_specs(model)
-    return {
-        "file": path.name,
-        "format": "onnx",
-        "precision": "fp32",
-        "opset": default_opset(model),
-        "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
-        "input": specs["inputs"][0],
-        "domain": specs["inputs"][1],
-        "output": specs["outputs"][0],
-        "simplifier": simplifier,
-        "size_bytes": path.stat().st_size,
-        "sha256": sha256_file(path),
-    }
+    return _record(
+        model,
+        path,
+        simplifier,
+        input=specs["inputs"][0],
+        domain=specs["inputs"][1],
+        output=specs["outputs"][0],
+    )
 
 
 def export_graph(
@@ -265,18 +266,13 @@ def export_graph(
                 "as its first dimension"
             )
     save_model(model, path)
-    return {
-        "file": path.name,
-        "format": "onnx",
-        "precision": "fp32",
-        "opset": default_opset(model),
-        "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
-        "inputs": specs["inputs"],
-        "outputs": specs["outputs"],
-        "simplifier": simplifier,
-        "size_bytes": path.stat().st_size,
-        "sha256": sha256_file(path),
-    }
+    return _record(
+        model,
+        path,
+        simplifier,
+        inputs=specs["inputs"],
+        outputs=specs["outputs"],
+    )
 
 
 def _check_conditional_io(
