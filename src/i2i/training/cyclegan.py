@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import distributed
 from .config import ConfigError, TrainConfig, loss_options
 from .losses import gan_loss, gradient_penalty, reconstruction_loss
 from .pool import ImagePool
@@ -90,6 +91,7 @@ class CycleGANTrainer(StepHelpers):
         self.loss = loss_options(cfg, CycleGANLossOptions)
         self.device = device
         self.networks = networks
+        self.dist = distributed.current()
         wrap = wrap or (lambda m: m)
         self.g_ab, self.g_ba = wrap(networks["g_ab"]), wrap(networks["g_ba"])
         self.d_a, self.d_b = wrap(networks["d_a"]), wrap(networks["d_b"])
@@ -209,7 +211,8 @@ class CycleGANTrainer(StepHelpers):
         mode = self.cfg.gan_mode
         loss = (gan_loss(net(real), True, mode) + gan_loss(net(fake.detach()), False, mode)) * 0.5
         if mode == "wgangp":
-            loss = loss + self.cfg.lambda_gp * gradient_penalty(net, real, fake)
+            alpha = penalty_weights(real, self.dist)
+            loss = loss + self.cfg.lambda_gp * gradient_penalty(net, real, fake, alpha=alpha)
         return loss
 
     def visual_rows(self) -> Iterator[tuple[str, ...]]:
@@ -237,6 +240,14 @@ class CycleGANTrainer(StepHelpers):
         for name, s in self.scalers.items():
             if state["scalers"].get(name):
                 s.load_state_dict(state["scalers"][name])
+
+
+def penalty_weights(real: torch.Tensor, info: distributed.DistInfo) -> torch.Tensor:
+    """The gradient penalty's interpolation weights, (N, 1, 1, 1) ~ U(0, 1), from torch's
+    RNG: drawn for the global batch, this rank's rows (the draw of one process otherwise)."""
+    n = distributed.global_batch(real.shape[0], info)
+    alpha = torch.rand(n, 1, 1, 1, device=real.device, dtype=real.dtype)
+    return distributed.rank_slice(alpha, info)
 
 
 def _check_crop_fits_discriminators(cfg: TrainConfig) -> None:

@@ -214,6 +214,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
             net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     for net in networks.values():
         net.train()
+    distributed.prepare_networks(networks, dist)  # sync batch norm, global dropout masks
 
     def wrap(module: nn.Module) -> nn.Module:
         module = distributed.wrap(module, dist)
@@ -278,15 +279,17 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
             sched.load_state_dict(checkpoint["schedulers"][name])
         state = checkpoint["training_state"]
         trainer.load_state_dict(state["trainer"])
-        if state["world_size"] != dist.world_size:
-            log.warning(
-                "resuming a %d-process run with %d processes: data shards and random streams "
-                "change, so the continuation is not the run's exact one",
-                state["world_size"],
-                dist.world_size,
-            )
+        # Every rank's random streams are the same (see distributed.rank_slice): any rank's
+        # state continues them, whatever the number of processes now.
         set_rng_state(state["rng"][min(dist.rank, len(state["rng"]) - 1)], device)
         step, epoch, batch_index = checkpoint["step"], checkpoint["epoch"], state["batch_index"]
+        batch_index = _resumed_batch_index(
+            batch_index,
+            old_global=int(checkpoint["config"]["batch_size"]) * int(state["world_size"]),
+            new_global=cfg.batch_size * dist.world_size,
+            old_world=int(state["world_size"]),
+            new_world=dist.world_size,
+        )
         if dist.is_main:
             truncate_loss_log(out_dir / "losses.jsonl", step)
         log.info("resuming %s at step %d (epoch %d, batch %d)", out_dir, step, epoch, batch_index)
@@ -313,6 +316,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
                 "rng": rng_states,
                 "batch_index": batch_index,
                 "world_size": dist.world_size,
+                "batch_size": cfg.batch_size,
             },
         )
         return manager.save(payload)
@@ -473,6 +477,12 @@ def _check_resumable(
     if "training_state" not in checkpoint:
         raise ResumeError(f"{path} holds no training state (an imported model?); cannot resume")
     diffs = resume_differences(checkpoint["config"], cfg.to_dict())
+    if "batch_size" in diffs:
+        # Another number of processes may keep the global batch with another batch_size.
+        old, new = diffs["batch_size"]
+        old_world = int(checkpoint["training_state"].get("world_size", 1))
+        if old * old_world == new * distributed.requested_world_size():
+            del diffs["batch_size"]
     if diffs:
         detail = "; ".join(
             f"{k}: checkpoint {old!r}, now {new!r}" for k, (old, new) in diffs.items()
@@ -481,6 +491,38 @@ def _check_resumable(
             f"cannot resume {path}: the configuration differs ({detail}). Resume with the "
             "run's own config (omit --config), or start a new run folder."
         )
+
+
+def _resumed_batch_index(
+    batch_index: int, old_global: int, new_global: int, old_world: int, new_world: int
+) -> int:
+    """The batch of the current epoch where a resumed run continues: the same items when
+    the global batch is unchanged (the continuation is then exact, even with another
+    number of processes), else as near as whole batches allow (with a warning)."""
+    if old_global == new_global:
+        if old_world != new_world:
+            log.info(
+                "resuming a %d-process run with %d processes and the same global batch (%d): "
+                "the continuation is exact up to float rounding",
+                old_world,
+                new_world,
+                new_global,
+            )
+        return batch_index
+    items = batch_index * old_global
+    resumed = items // new_global
+    log.warning(
+        "resuming a run whose global batch was %d (%d process(es)) with a global batch of %d "
+        "(%d process(es)): the batches differ, so the continuation is not the run's exact "
+        "one; it goes on from item %d of the epoch (%d read before)",
+        old_global,
+        old_world,
+        new_global,
+        new_world,
+        resumed * new_global,
+        items,
+    )
+    return resumed
 
 
 def _grid(trainer: Any) -> np.ndarray:

@@ -24,13 +24,19 @@ def gan_loss(prediction: torch.Tensor, target_is_real: bool, mode: str = "lsgan"
 
 
 def gradient_penalty(
-    discriminator: nn.Module, real: torch.Tensor, fake: torch.Tensor, constant: float = 1.0
+    discriminator: nn.Module,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    constant: float = 1.0,
+    alpha: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """WGAN-GP penalty (Gulrajani et al. 2017) on random interpolates of real and fake.
 
     Returns mean((||grad D(x_hat)||_2 - constant)^2); the caller multiplies by lambda_gp.
+    ``alpha``: the interpolation weights, (N, 1, 1, 1); drawn from torch's RNG when None.
     """
-    alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
+    if alpha is None:
+        alpha = torch.rand(real.shape[0], 1, 1, 1, device=real.device, dtype=real.dtype)
     interpolates = (alpha * real + (1 - alpha) * fake.detach()).requires_grad_(True)
     out = discriminator(interpolates)
     (grads,) = torch.autograd.grad(

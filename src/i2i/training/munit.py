@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import distributed
 from .config import TrainConfig
 from .unit import (
     TwoDomainTrainer,
@@ -130,10 +131,12 @@ class MUNITTrainer(TwoDomainTrainer):
         self.display_styles = torch.randn(4, self.style_dim, 1, 1, generator=g).to(device)
 
     def _random_styles(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """s_a, s_b ~ N(0, I), (n, S, 1, 1) each, from the global RNG (the reference's order)."""
-        s_a = torch.randn(n, self.style_dim, 1, 1, device=self.device)
-        s_b = torch.randn(n, self.style_dim, 1, 1, device=self.device)
-        return s_a, s_b
+        """s_a, s_b ~ N(0, I), (n, S, 1, 1) each, from the global RNG (the reference's order),
+        drawn for the global batch; this rank's rows (see distributed.rank_slice)."""
+        total = distributed.global_batch(n, self.dist)
+        s_a = torch.randn(total, self.style_dim, 1, 1, device=self.device)
+        s_b = torch.randn(total, self.style_dim, 1, 1, device=self.device)
+        return distributed.rank_slice(s_a, self.dist), distributed.rank_slice(s_b, self.dist)
 
     def step(self, batch: dict[str, Any]) -> dict[str, float]:
         """One step (dis_update, then gen_update) on {"A": (N,C,H,W), "B": ...}; losses."""

@@ -28,8 +28,9 @@ from i2i.data import AlignedDataset, TransformOptions
 from i2i.models import options_from_dict
 from i2i.models.pix2pix import Pix2PixOptions, domain_channels
 
+from . import distributed
 from .config import TrainConfig, loss_options
-from .cyclegan import set_requires_grad
+from .cyclegan import penalty_weights, set_requires_grad
 from .losses import gan_loss, gradient_penalty
 from .pool import ImagePool
 from .steps import StepHelpers
@@ -71,6 +72,7 @@ class Pix2PixTrainer(StepHelpers):
         self.loss = loss_options(cfg, Pix2PixLossOptions)
         self.device = device
         self.networks = networks
+        self.dist = distributed.current()
         self.b_to_a = options_from_dict("pix2pix", cfg.model).direction == "BtoA"
         wrap = wrap or (lambda m: m)
         self.g, self.d = wrap(networks["g"]), wrap(networks["d"])
@@ -123,7 +125,10 @@ class Pix2PixTrainer(StepHelpers):
             losses["d_real"] = gan_loss(self.d(real_ab), True, mode)
             loss_d = (losses["d_fake"] + losses["d_real"]) * 0.5
             if mode == "wgangp":
-                loss_d = loss_d + self.cfg.lambda_gp * gradient_penalty(self.d, real_ab, fake_ab)
+                alpha = penalty_weights(real_ab, self.dist)
+                loss_d = loss_d + self.cfg.lambda_gp * gradient_penalty(
+                    self.d, real_ab, fake_ab, alpha=alpha
+                )
         self._backward_and_step("d", loss_d)
 
         # Generator, with the discriminator frozen. The unwrapped discriminator is used here:

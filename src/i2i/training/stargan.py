@@ -46,6 +46,7 @@ from i2i.data import LabelledDataset, TransformOptions
 from i2i.models import options_from_dict
 from i2i.models.stargan import StarGANOptions, one_hot
 
+from . import distributed
 from .config import ConfigError, TrainConfig, loss_options
 from .cyclegan import set_requires_grad
 from .loop import labelled_dataset
@@ -138,6 +139,7 @@ class StarGANTrainer(StepHelpers):
         self.num_domains = self.options.num_domains
         self.device = device
         self.networks = networks
+        self.dist = distributed.current()
         wrap = wrap or (lambda m: m)
         self.g, self.d = wrap(networks["g"]), wrap(networks["d"])
         betas = (cfg.beta1, cfg.beta2)
@@ -169,9 +171,14 @@ class StarGANTrainer(StepHelpers):
         return dataset
 
     def draw(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """This step's random target domains (int64 (n,)) and penalty weights ((n, 1, 1, 1))."""
-        target = torch.randint(0, self.num_domains, (n,), generator=self.generator)
-        alpha = torch.rand(n, 1, 1, 1, generator=self.generator)
+        """This step's random target domains (int64 (n,)) and penalty weights ((n, 1, 1, 1)),
+        drawn for the global batch from the trainer's stream (the same on every rank); this
+        rank's rows (see distributed.rank_slice)."""
+        total = distributed.global_batch(n, self.dist)
+        target = torch.randint(0, self.num_domains, (total,), generator=self.generator)
+        alpha = torch.rand(total, 1, 1, 1, generator=self.generator)
+        target = distributed.rank_slice(target, self.dist)
+        alpha = distributed.rank_slice(alpha, self.dist)
         return target.to(self.device), alpha.to(self.device)
 
     def step(self, batch: dict[str, Any]) -> dict[str, float]:

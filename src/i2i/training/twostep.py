@@ -36,6 +36,7 @@ from i2i.checkpoint import CheckpointError, load_checkpoint
 from i2i.models import options_from_dict
 from i2i.models.twostep import TwoStepOptions, sample_latents
 
+from . import distributed
 from .config import ConfigError, TrainConfig, loss_options
 from .cyclegan import set_requires_grad
 from .loop import labelled_dataset
@@ -93,6 +94,7 @@ class TwoStepTrainer(StepHelpers):
         self.options: TwoStepOptions = options_from_dict("twostep", cfg.model)
         self.device = device
         self.networks = networks
+        self.dist = distributed.current()
         wrap = wrap or (lambda m: m)
         self.g, self.d, self.e = (wrap(networks[n]) for n in ("g", "d", "e"))
         betas = (cfg.beta1, cfg.beta2)
@@ -161,7 +163,13 @@ class TwoStepTrainer(StepHelpers):
         return self._gan_step(batch)
 
     def _draw(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        z, domains = sample_latents(n, self.options, self.rng)
+        """n latents and target domains: drawn for the global batch from the trainer's
+        stream (the same on every rank), this rank's rows (see distributed.rank_slice)."""
+        z, domains = sample_latents(distributed.global_batch(n, self.dist), self.options, self.rng)
+        z, domains = (
+            distributed.rank_slice(z, self.dist),
+            distributed.rank_slice(domains, self.dist),
+        )
         return z.to(self.device), domains.to(self.device)
 
     def _gan_step(self, batch: dict[str, Any]) -> dict[str, float]:

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import distributed
 from .config import ConfigError, TrainConfig, loss_options
 from .cyclegan import set_requires_grad
 from .losses import gan_loss
@@ -152,6 +153,7 @@ class TwoDomainTrainer(StepHelpers):
         self.loss = loss_options(cfg, self.loss_options_type)
         self.device = device
         self.networks = networks
+        self.dist = distributed.current()
         self.wrap = wrap or (lambda m: m)
         self.dis_a, self.dis_b = self.wrap(networks["dis_a"]), self.wrap(networks["dis_b"])
 
@@ -306,20 +308,35 @@ class UNITGenerators(nn.Module):
     ``forward(x_a, x_b)`` returns the noisy translations; with ``full`` also the
     within-domain reconstructions, the re-encodings of the translations and, with
     ``cycle``, the cycle reconstructions. The encoders draw their noise (in the reference's
-    order: x_a, x_b, then x_ba, x_ab) from torch's global RNG.
+    order: x_a, x_b, then x_ba, x_ab) from torch's global RNG; with more than one rank,
+    for the global batch, each rank keeping its rows (see distributed.rank_slice).
     """
 
-    def __init__(self, gen_a: nn.Module, gen_b: nn.Module) -> None:
+    def __init__(
+        self, gen_a: nn.Module, gen_b: nn.Module, info: distributed.DistInfo | None = None
+    ) -> None:
         super().__init__()
         # Any: the networks' encode/decode are not part of nn.Module's type.
         self.gen_a: Any = gen_a
         self.gen_b: Any = gen_b
+        self.info = info or distributed.DistInfo()
+
+    def _encode(self, gen: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``gen.encode(x)``, its noise drawn for the global batch under DDP."""
+        if not self.info.enabled:
+            return gen.encode(x)  # type: ignore[no-any-return]
+        hiddens = gen.enc(x)
+        if not (gen.training and gen.vae):
+            return hiddens, torch.zeros_like(hiddens)
+        shape = (distributed.global_batch(hiddens.shape[0], self.info), *hiddens.shape[1:])
+        noise = torch.randn(shape, dtype=hiddens.dtype, device=hiddens.device)
+        return hiddens, distributed.rank_slice(noise, self.info)
 
     def forward(
         self, x_a: torch.Tensor, x_b: torch.Tensor, full: bool = False, cycle: bool = False
     ) -> dict[str, torch.Tensor]:
-        h_a, n_a = self.gen_a.encode(x_a)
-        h_b, n_b = self.gen_b.encode(x_b)
+        h_a, n_a = self._encode(self.gen_a, x_a)
+        h_b, n_b = self._encode(self.gen_b, x_b)
         out = {
             "h_a": h_a,
             "h_b": h_b,
@@ -330,8 +347,8 @@ class UNITGenerators(nn.Module):
             return out
         out["x_a_recon"] = self.gen_a.decode(h_a + n_a)
         out["x_b_recon"] = self.gen_b.decode(h_b + n_b)
-        h_b_recon, n_b_recon = self.gen_a.encode(out["x_ba"])
-        h_a_recon, n_a_recon = self.gen_b.encode(out["x_ab"])
+        h_b_recon, n_b_recon = self._encode(self.gen_a, out["x_ba"])
+        h_a_recon, n_a_recon = self._encode(self.gen_b, out["x_ab"])
         out["h_a_recon"], out["h_b_recon"] = h_a_recon, h_b_recon
         if cycle:
             out["x_aba"] = self.gen_a.decode(h_a_recon + n_a_recon)
@@ -359,7 +376,7 @@ class UNITTrainer(TwoDomainTrainer):
                 f"loss.recon_kl_cyc_w to 0 (got {self.loss.recon_kl_w} and "
                 f"{self.loss.recon_kl_cyc_w})"
             )
-        self.gens = self.wrap(UNITGenerators(networks["gen_a"], networks["gen_b"]))
+        self.gens = self.wrap(UNITGenerators(networks["gen_a"], networks["gen_b"], self.dist))
 
     def step(self, batch: dict[str, Any]) -> dict[str, float]:
         """One step (dis_update, then gen_update) on {"A": (N,C,H,W), "B": ...}; losses."""
