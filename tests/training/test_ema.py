@@ -360,3 +360,25 @@ def test_manifest_weights_is_optional_and_checked(tiny_repository: Path) -> None
     manifest["source"]["weights"] = "average"
     with pytest.raises(RepositoryError, match="weights"):
         validate_manifest(manifest)
+
+
+@pytest.mark.slow
+def test_ddp_average_follows_the_formula_across_a_resume(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    # Two gloo processes, then a resume: rank 0's saved average is the one replayed from
+    # the per-step weights (equal on every rank under DDP; every rank resumes the saved one).
+    from tests.training.test_distributed import CONFIG, _torchrun
+
+    (tmp_path / "ddp.yaml").write_text(
+        CONFIG + f"ema_decay: {DECAY}\nsave_every: 1\nkeep_last: 10\n"
+    )
+    run = tmp_path / "run"
+    base = ["--config", str(tmp_path / "ddp.yaml"), "--data", str(tiny_dataset)]
+    first = _torchrun(*base, "--out", str(run), "--max-steps", "2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = _torchrun(*base, "--resume", str(run), "--max-steps", "3")
+    assert second.returncode == 0, second.stderr[-3000:]
+    cfg = config_from_dict(load_checkpoint(run / "latest.pt")["config"])
+    saved = load_checkpoint(run / "latest.pt")["ema"]
+    _assert_same_average(saved, _replayed_average(run, 3, "cyclegan", cfg))
