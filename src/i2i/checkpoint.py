@@ -8,7 +8,8 @@ numbers, lists, dicts and tensors only, so loading never unpickles arbitrary obj
       "family": "cyclegan", "config": {...}, "domains": ["A", "B"],
       "step": int, "epoch": int,
       "networks": {name: state_dict}, "optimizers": {...}, "schedulers": {...},
-      "training_state": {...}   # RNG states, image pools, data position (resume only)
+      "training_state": {...},  # RNG states, image pools, data position (resume only)
+      "ema": {name: state_dict}  # runs with ema_decay > 0: the generators' moving average
     }
 
 Writes are atomic: the payload goes to a temporary file in the same folder, is fsynced
@@ -135,13 +136,21 @@ def validate_checkpoint(payload: Any, source: str = "checkpoint") -> None:
         raise CheckpointError(f"{source}: checkpoint lacks {', '.join(missing)}")
 
 
+def weights_used(checkpoint: Mapping[str, Any], ema: bool = True) -> str:
+    """Which weights :func:`load_trained_networks` gives for `checkpoint`: "ema" (the
+    generators' moving average, when it has one and `ema` is true) or "raw"."""
+    return "ema" if ema and checkpoint.get("ema") else "raw"
+
+
 def load_trained_networks(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str], ema: bool = True
 ) -> tuple[dict[str, Any], dict[str, torch.nn.Module]]:
     """Read a checkpoint and rebuild the networks it holds, in eval mode (eval, export).
 
     Only the networks and the config's `model` section are needed, so imported official
     checkpoints (generators only, maybe one direction) load as well as training runs.
+    A checkpoint with a moving average of the generators (``"ema"``) gives the averaged
+    generators unless `ema` is False (see :func:`weights_used`); which is logged.
     """
     from i2i.models import get_family, options_from_dict
 
@@ -160,7 +169,20 @@ def load_trained_networks(
         )
     built = family.build(options)
     networks = {}
-    for name, state in checkpoint["networks"].items():
+    weights = weights_used(checkpoint, ema)
+    states = dict(checkpoint["networks"])
+    if weights == "ema":
+        averaged = checkpoint["ema"]
+        if not isinstance(averaged, Mapping) or not all(n in states for n in averaged):
+            raise CheckpointError(
+                f"{path}: its 'ema' names networks the checkpoint does not hold "
+                "(load it with ema=False / --no-ema for the raw weights)"
+            )
+        states.update(averaged)
+        log.info("%s: using the moving average (EMA) of %s", path, ", ".join(averaged))
+    elif checkpoint.get("ema"):
+        log.info("%s: using the raw weights; the moving average (EMA) is not used", path)
+    for name, state in states.items():
         if name in built:
             try:
                 built[name].load_state_dict(state)

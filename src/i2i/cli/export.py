@@ -43,6 +43,12 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--timing-cache", type=Path, help="TensorRT timing cache file, reused between builds"
     )
+    p.add_argument(
+        "--no-ema",
+        action="store_true",
+        help="export the raw generators even if the checkpoint holds their moving average "
+        "(a run with ema_decay > 0; by default the average is exported)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -65,8 +71,11 @@ def run_export(args: argparse.Namespace) -> int:
         shapes=args.shapes,
         workspace_gb=args.workspace_gb,
         timing_cache=args.timing_cache,
+        ema=not args.no_ema,
     )
-    print(f"wrote {folder} (version {manifest['version']})")
+    print(
+        f"wrote {folder} (version {manifest['version']}, {manifest['source']['weights']} weights)"
+    )
     print(format_parity(manifest))
     return 0
 

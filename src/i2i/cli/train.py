@@ -147,6 +147,7 @@ def run_eval(args: argparse.Namespace) -> int:
         max_images=args.max_images,
         num_samples=args.num_samples,
         seed=args.seed,
+        ema=not args.no_ema,
     )
     print(format_report(report))
     print(f"report: {out / 'eval.json'}\ngrid: {out / 'eval_grid.png'}")
@@ -307,6 +308,12 @@ def add_commands(sub: Any) -> None:
         type=int,
         default=0,
         help="multimodal models: seed of the style codes (default 0; same seed, same codes)",
+    )
+    p.add_argument(
+        "--no-ema",
+        action="store_true",
+        help="evaluate the raw generators even if the checkpoint holds their moving average "
+        "(a run with ema_decay > 0; by default the average is evaluated)",
     )
     p.set_defaults(func=run_eval, extras=EXTRAS)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import i2i
-from i2i.checkpoint import CheckpointError, load_trained_networks
+from i2i.checkpoint import CheckpointError, load_trained_networks, weights_used
 from i2i.models import get_family, options_from_dict
 from i2i.models.registry import target_direction
 from i2i.models.translators import DomainTranslator
@@ -80,8 +80,12 @@ def export_checkpoint(
     shapes: str | None = None,
     workspace_gb: float = 4.0,
     timing_cache: str | os.PathLike[str] | None = None,
+    ema: bool = True,
 ) -> tuple[Path, dict[str, Any]]:
     """Export every direction of a checkpoint into `<repository>/<name>/<version>/`.
+
+    The generators' moving average is exported when the checkpoint has one, unless `ema`
+    is False; the manifest's ``source.weights`` says which ("ema" or "raw").
 
     Returns the version folder and its manifest. Raises ExportError (nothing written)
     when a format cannot be made here or an artifact fails its parity check.
@@ -89,7 +93,7 @@ def export_checkpoint(
     checkpoint = Path(checkpoint)
     formats = list(formats)
     try:
-        payload, networks = load_trained_networks(checkpoint)
+        payload, networks = load_trained_networks(checkpoint, ema=ema)
     except CheckpointError as exc:
         raise ExportError(str(exc)) from exc
     family = get_family(payload["family"])
@@ -117,6 +121,7 @@ def export_checkpoint(
         "checkpoint": str(checkpoint),
         "sha256": sha256_file(checkpoint),
         "step": int(payload.get("step", 0)),
+        "weights": weights_used(payload, ema),
     }
 
     def build(folder: Path) -> dict[str, Any]:

@@ -29,6 +29,10 @@ RESUME_MAY_CHANGE = frozenset(
         "progress",
         "data.root",
         "data.num_workers",
+        # The average of the generators never feeds back into training: it may be turned
+        # on, off or retuned when resuming (turned on, it starts from the resumed weights).
+        "ema_decay",
+        "ema_start",
     }
 )
 
@@ -100,6 +104,8 @@ class TrainConfig:
     keep_last: int = 3
     tensorboard: bool = True
     progress: bool = True
+    ema_decay: float = 0.0  # 0: off; typical 0.999 (0.99 for runs of a few thousand steps)
+    ema_start: int = 0
 
     def validate(self) -> None:
         """Raise ConfigError for values no run can use."""
@@ -123,6 +129,12 @@ class TrainConfig:
             raise ConfigError("pool_size and max_steps must be >= 0")
         if self.weight_decay < 0 or not 0 < self.lr_gamma <= 1:
             raise ConfigError("weight_decay must be >= 0 and lr_gamma in (0, 1]")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(
+                f"ema_decay must be in [0, 1) (0: no average; typical 0.999), got {self.ema_decay}"
+            )
+        if self.ema_start < 0:
+            raise ConfigError(f"ema_start must be >= 0, got {self.ema_start}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from i2i.checkpoint import load_trained_networks
+from i2i.checkpoint import load_trained_networks, weights_used
 from i2i.data import (
     AlignedDataset,
     DataError,
@@ -309,6 +309,7 @@ def evaluate(
     grid_images: int = 4,
     num_samples: int = 8,
     seed: int = 0,
+    ema: bool = True,
 ) -> dict[str, Any]:
     """Translate the test split with a checkpoint's translators and report quality.
 
@@ -324,12 +325,15 @@ def evaluate(
     model is scored per ordered pair of domains instead (:func:`evaluate_multi_domain`); a
     family with a ``metrics`` hook adds "family_metrics". Writes eval.json and
     eval_grid.png (input | output(s) | truth rows) into `out_dir` when given.
+    The generators' moving average is evaluated when the checkpoint has one, unless `ema`
+    is False; the report's "weights" says which ("ema" or "raw").
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
     data_root = Path(data_root)
     torch_device = torch.device(device)
-    ckpt, networks = load_trained_networks(checkpoint)
+    ckpt, networks = load_trained_networks(checkpoint, ema=ema)
+    weights = weights_used(ckpt, ema)
     family = get_family(ckpt["family"])
     options = options_from_dict(ckpt["family"], ckpt["config"].get("model", {}))
     rule = family.shape_rule(options)
@@ -340,7 +344,12 @@ def evaluate(
         scores, rows = evaluate_multi_domain(
             family, options, translators, rule, data_root, torch_device, max_images, grid_images
         )
-        header = {"checkpoint": str(checkpoint), "step": ckpt["step"], "data": str(data_root)}
+        header = {
+            "checkpoint": str(checkpoint),
+            "step": ckpt["step"],
+            "weights": weights,
+            "data": str(data_root),
+        }
         return _finish(
             {**header, "family": family.name, **scores},
             rows,
@@ -358,6 +367,7 @@ def evaluate(
     report: dict[str, Any] = {
         "checkpoint": str(checkpoint),
         "step": ckpt["step"],
+        "weights": weights,
         "data": str(data_root),
         "family": family.name,
         "style_dim": style_dim,

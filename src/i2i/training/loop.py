@@ -33,7 +33,7 @@ from i2i.data import (
 )
 from i2i.models import get_family, options_from_dict
 
-from . import distributed
+from . import distributed, ema
 from .config import ConfigError, TrainConfig, resume_differences
 from .monitor import TrainingMonitor, visuals_grid
 from .state import GracefulStop, rng_state, set_rng_state, truncate_loss_log
@@ -293,6 +293,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
         if dist.is_main:
             truncate_loss_log(out_dir / "losses.jsonl", step)
         log.info("resuming %s at step %d (epoch %d, batch %d)", out_dir, step, epoch, batch_index)
+    average = ema.for_run(cfg, family.generators, networks, trainer, checkpoint)
 
     monitor = TrainingMonitor(out_dir, tensorboard=cfg.tensorboard) if dist.is_main else None
     if dist.is_main:
@@ -318,6 +319,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
                 "world_size": dist.world_size,
                 "batch_size": cfg.batch_size,
             },
+            **({"ema": average.state_dict()} if average is not None else {}),
         )
         return manager.save(payload)
 
@@ -333,7 +335,9 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
     stop = GracefulStop()
 
     def report() -> None:
-        """Log the step just taken and advance per-step schedules."""
+        """Average the generators the step changed, log it and advance per-step schedules."""
+        if average is not None:
+            average.update(step)
         if monitor is not None:
             if step % cfg.log_every == 0 or step == total_steps:
                 lrs = {n: o.param_groups[0]["lr"] for n, o in trainer.optimizers.items()}
