@@ -116,6 +116,11 @@ class GeneratorEMA:
             torch._foreach_mul_(averaged, self.decay)
             torch._foreach_add_(averaged, values, alpha=1.0 - self.decay)
 
+    @torch.no_grad()
+    def adopt(self, name: str) -> None:
+        """Put network ``name``'s average into the network itself (both then agree)."""
+        self.networks[name].load_state_dict(self.averages[name])
+
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
         """``{network name: state_dict}`` of the averages (the checkpoint's ``"ema"``)."""
         return {name: dict(state) for name, state in self.averages.items()}

@@ -294,6 +294,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
             truncate_loss_log(out_dir / "losses.jsonl", step)
         log.info("resuming %s at step %d (epoch %d, batch %d)", out_dir, step, epoch, batch_index)
     average = ema.for_run(cfg, family.generators, networks, trainer, checkpoint)
+    trainer.average = average  # a trainer may adopt the average (twostep freezes g so)
 
     monitor = TrainingMonitor(out_dir, tensorboard=cfg.tensorboard) if dist.is_main else None
     if dist.is_main:

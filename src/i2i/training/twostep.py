@@ -39,6 +39,7 @@ from i2i.models.twostep import TwoStepOptions, sample_latents
 from . import distributed
 from .config import ConfigError, TrainConfig, loss_options
 from .cyclegan import set_requires_grad
+from .ema import GeneratorEMA
 from .loop import labelled_dataset
 from .losses import gan_loss
 from .steps import StepHelpers
@@ -75,6 +76,7 @@ class TwoStepTrainer(StepHelpers):
     """
 
     network_names = ("g", "d", "e")
+    average: GeneratorEMA | None = None  # the run's average of the generators (the loop sets it)
     build_dataset = staticmethod(labelled_dataset)
 
     def __init__(
@@ -225,6 +227,10 @@ class TwoStepTrainer(StepHelpers):
     def _encoder_step(self) -> dict[str, float]:
         if self.phase == 1:
             log.info("step 2: training the encoder on the generator's samples")
+            if self.average is not None:
+                # The exported pair is the averaged g with e: e must learn to invert that g.
+                log.info("step 2 freezes the average of g (ema_decay) as g")
+                self.average.adopt("g")
             self._enter_step2()
         z, domains = self._draw(self.cfg.batch_size)
         with torch.no_grad(), self.autocast():
