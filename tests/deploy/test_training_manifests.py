@@ -327,3 +327,68 @@ def test_training_image_runs_torchrun_of_i2i_train() -> None:
     install = final.last("RUN").value
     assert "torch==${TORCH_VERSION}" in install and "[train]" in install
     assert (ROOT / "src" / "i2i" / "cli" / "train.py").is_file()
+
+
+@pytest.mark.parametrize("resuming", [False, True], ids=["new", "requeued"])
+def test_slurm_script_runs_torchrun_of_i2i_train_per_node(
+    tmp_path: Path, resuming: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """deploy/slurm/train.sbatch under stand-ins for scontrol and srun (no Slurm here): the
+    torchrun it starts parses to a c10d rendezvous on the first node, and i2i-train's
+    arguments parse with i2i-train's parser."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "srun-args.json"
+    stubs = {
+        "scontrol": "#!/bin/sh\n[ \"$1 $2\" = 'show hostnames' ] && printf 'gpu-17\\ngpu-18\\n'\n",
+        "srun": "#!/usr/bin/env python3\nimport json, sys\n"
+        f"json.dump(sys.argv[1:], open({str(record)!r}, 'w'))\n",
+    }
+    for name, text in stubs.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    run = tmp_path / "runs" / "h2z"
+    if resuming:
+        run.mkdir(parents=True)
+        (run / "latest.pt").write_bytes(b"checkpoint")
+    environ = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SLURM_JOB_NODELIST": "gpu-[17-18]",
+        "SLURM_NNODES": "2",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_GPUS_ON_NODE": "4",
+        "SLURM_CPUS_PER_TASK": "16",
+        "DATA": str(tmp_path / "datasets" / "horse2zebra"),
+        "RUN": str(run),
+    }
+    script = DEPLOY / "slurm" / "train.sbatch"
+    done = subprocess.run(
+        ["bash", str(script)], env=environ, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    srun = json.loads(record.read_text())
+    assert srun[0] == "--kill-on-bad-exit=1" and srun[1] == "torchrun"
+    for key in [k for k in os.environ if k.startswith("PET_")]:
+        monkeypatch.delenv(key)
+    launch = get_args_parser().parse_args(srun[2:])
+    config, _, _ = config_from_args(launch)
+    assert (config.min_nodes, config.max_nodes, config.nproc_per_node) == (2, 2, 4)
+    assert (config.rdzv_backend, config.rdzv_endpoint) == ("c10d", "gpu-17:29500")
+    assert config.run_id == "i2i-4242"
+    assert launch.no_python and launch.training_script == "i2i-train"
+    ns = i2i_train_arguments(launch.training_script_args)
+    assert ns.device == "cuda" and ns.no_progress
+    if resuming:
+        assert (ns.resume, ns.config, ns.data) == (run, None, None)
+    else:
+        assert ns.out == run and ns.data == Path(environ["DATA"]) and ns.resume is None
+        assert str(ns.config) in list_presets()
+
+
+def test_slurm_script_names_what_is_missing(tmp_path: Path) -> None:
+    script = DEPLOY / "slurm" / "train.sbatch"
+    done = subprocess.run(
+        ["bash", str(script)], env={"PATH": os.environ["PATH"], "RUN": str(tmp_path)},
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode != 0 and "set DATA to the dataset folder" in done.stderr
