@@ -37,6 +37,7 @@ from . import distributed, ema
 from .config import ConfigError, TrainConfig, resume_differences
 from .monitor import TrainingMonitor, visuals_grid
 from .state import GracefulStop, rng_state, set_rng_state, truncate_loss_log
+from .steps import check_amp
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
     if dist.is_main:  # the checks passed: this process now owns the folder
         manager.remove_temporary_files()
     device = distributed.device_for(dist, pick_device(cfg.device))
+    check_amp(cfg.amp, device)  # fp16 is CUDA only: say so before building anything
     try:
         options = options_from_dict(cfg.family, cfg.model)
     except (KeyError, ValueError) as exc:

@@ -14,7 +14,8 @@ def gan_loss(prediction: torch.Tensor, target_is_real: bool, mode: str = "lsgan"
     GAN); wgangp: -mean for real, +mean for fake (the critic's Wasserstein estimate).
     """
     if mode == "wgangp":
-        return -prediction.mean() if target_is_real else prediction.mean()
+        mean = prediction.float().mean()  # float32 under bf16 autocast too
+        return -mean if target_is_real else mean
     target = torch.full_like(prediction, 1.0 if target_is_real else 0.0)
     if mode == "lsgan":
         return F.mse_loss(prediction, target)
@@ -46,7 +47,7 @@ def gradient_penalty(
         create_graph=True,
         retain_graph=True,
     )
-    grads = grads.reshape(grads.shape[0], -1)
+    grads = grads.reshape(grads.shape[0], -1).float()
     return ((grads.norm(2, dim=1) - constant) ** 2).mean()
 
 

@@ -7,7 +7,23 @@ from typing import Any
 
 import torch
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
+
+# Devices on which ``amp: fp16`` (float16 autocast with gradient scaling) is supported.
+FP16_DEVICES = ("cuda",)
+
+
+def check_amp(amp: str, device: torch.device) -> None:
+    """Refuse ``amp: fp16`` on a device without CUDA's float16 path, naming what to use instead.
+
+    bf16 needs no gradient scaling and runs wherever autocast does (CPU included); fp16 is
+    only supported with GradScaler on CUDA GPUs, as issue 12 settles.
+    """
+    if amp == "fp16" and device.type not in FP16_DEVICES:
+        raise ConfigError(
+            f"amp: fp16 (float16 with gradient scaling) needs a CUDA GPU, but this run trains "
+            f"on {device.type}; use amp: bf16 (--amp bf16) there, or amp: off"
+        )
 
 
 class StepHelpers:
@@ -19,11 +35,19 @@ class StepHelpers:
     scalers: dict[str, torch.amp.GradScaler]
 
     def make_scalers(self) -> dict[str, torch.amp.GradScaler]:
-        """One GradScaler per optimiser, active under ``amp: fp16`` only."""
+        """One GradScaler per optimiser, active under ``amp: fp16`` only.
+
+        ``train`` refuses fp16 off CUDA (:func:`check_amp`); a trainer built directly may
+        still use CPU scalers, which tests of the scaling arithmetic rely on.
+        """
         fp16 = self.cfg.amp == "fp16"
         return {n: torch.amp.GradScaler(self.device.type, enabled=fp16) for n in self.optimizers}
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The forward passes' autocast: float16 (CUDA) or bfloat16 (CUDA or CPU), or none.
+
+        Parameters, optimiser state and the losses stay float32 (losses cast their inputs).
+        """
         if self.cfg.amp == "off":
             return contextlib.nullcontext()
         dtype = torch.float16 if self.cfg.amp == "fp16" else torch.bfloat16

@@ -98,12 +98,12 @@ def multiscale_gen_loss(dis: nn.Module, fake: torch.Tensor, mode: str) -> torch.
 
 def recon_criterion(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The reference's ``recon_criterion``: mean absolute difference."""
-    return torch.mean(torch.abs(output - target))
+    return torch.mean(torch.abs(output.float() - target.float()))  # float32 under autocast
 
 
 def kl_loss(mu: torch.Tensor) -> torch.Tensor:
     """The reference's ``__compute_kl``: KL to N(0, I) of N(mu, I), up to a constant."""
-    return torch.mean(mu**2)
+    return torch.mean(mu.float() ** 2)  # float32 under autocast
 
 
 def unique_parameters(modules: Iterable[nn.Module]) -> list[nn.Parameter]:
