@@ -10,6 +10,7 @@ Inception runs at 299x299 on the CPU (seconds per image on a busy machine): 2-3 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -103,10 +104,15 @@ class Features(nn.Identity):
         self.num_features = num_features
 
 
+def _batch_of(paths: list[Path]) -> torch.Tensor:
+    """Image files as uint8 [N, 3, H, W]."""
+    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
 def _batch(folder: Path) -> torch.Tensor:
     """The images of a folder, sorted, as uint8 [N, 3, H, W]."""
-    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.iterdir())]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return _batch_of(sorted(folder.iterdir()))
 
 
 @pytest.mark.slow
@@ -209,6 +215,28 @@ def test_missing_or_wrong_weights_are_named(tmp_path, capsys):
         load_inception(text)
     with pytest.raises(InceptionWeightsError, match="is a folder"):
         load_inception(tmp_path)
+
+
+@pytest.mark.slow
+def test_the_network_is_torch_fidelitys_inception():
+    """Seeded weights made from i2i's parameter names give torch-fidelity's own features
+    (tests/fixtures/make_fid_inception_fixture.py ran torch-fidelity's network)."""
+    fixtures = Path(__file__).parents[1] / "fixtures"
+    spec = importlib.util.spec_from_file_location(
+        "make_fid_inception_fixture", fixtures / "make_fid_inception_fixture.py"
+    )
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    network = FIDInceptionV3()
+    network.load_state_dict(script.seeded_state(network.state_dict()))
+    folder = fixtures / "fid_inception"
+    batch = _batch_of([folder / "input_0.png", folder / "input_1.png"])
+    with torch.no_grad():
+        features = network.eval()(batch).numpy()
+    expected = np.load(folder / "features.npy")
+    assert np.abs(expected).mean() > 1e-2  # features of a useful scale
+    np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
 
 
 @pytest.mark.parametrize(("n_real", "n_fake", "dim"), [(5, 4, 64), (3, 3, 32), (40, 50, 8)])
