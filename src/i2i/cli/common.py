@@ -17,7 +17,7 @@ EPILOG = "Documentation: README.md. Every command prints its own --help."
 # Modules an extra brings, by the extra that brings them (pyproject.toml). A command whose
 # stage needs one of them says which extra to install instead of a traceback.
 _EXTRA_MODULES = {
-    "train": ("torch", "yaml", "tensorboard", "skimage"),
+    "train": ("torch", "yaml", "tensorboard", "skimage", "torchmetrics"),
     "export": ("torch", "onnx", "onnxscript", "onnxconverter_common"),
 }
 

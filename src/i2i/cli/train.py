@@ -134,21 +134,28 @@ def _checkpoint_of(run_or_checkpoint: Path) -> Path:
 
 def run_eval(args: argparse.Namespace) -> int:
     from i2i.training.evaluate import evaluate, format_report
+    from i2i.training.fid import FIDError, InceptionWeightsError
 
     if args.num_samples < 1:
         raise UsageError(f"--num-samples must be at least 1, got {args.num_samples}")
     checkpoint = _checkpoint_of(args.run)
     out = args.out or (args.run if args.run.is_dir() else args.run.parent)
-    report = evaluate(
-        checkpoint,
-        args.data,
-        out_dir=out,
-        device=args.device,
-        max_images=args.max_images,
-        num_samples=args.num_samples,
-        seed=args.seed,
-        ema=not args.no_ema,
-    )
+    try:
+        report = evaluate(
+            checkpoint,
+            args.data,
+            out_dir=out,
+            device=args.device,
+            max_images=args.max_images,
+            num_samples=args.num_samples,
+            seed=args.seed,
+            inception_weights=args.inception_weights,
+            ema=not args.no_ema,
+        )
+    except InceptionWeightsError as exc:
+        raise UsageError(f"--inception-weights {exc}") from exc
+    except FIDError as exc:
+        raise UsageError(str(exc)) from exc
     print(format_report(report))
     print(f"report: {out / 'eval.json'}\ngrid: {out / 'eval_grid.png'}")
     return 0
@@ -314,6 +321,14 @@ def add_commands(sub: Any) -> None:
         action="store_true",
         help="evaluate the raw generators even if the checkpoint holds their moving average "
         "(a run with ema_decay > 0; by default the average is evaluated)",
+    )
+    p.add_argument(
+        "--inception-weights",
+        type=Path,
+        metavar="FILE",
+        help="also report FID and KID per direction, with the FID Inception weights in this "
+        "local file (pytorch-fid's pt_inception-2015-12-05-6726825d.pth; never downloaded; "
+        "see README, Evaluate)",
     )
     p.set_defaults(func=run_eval, extras=EXTRAS)
 

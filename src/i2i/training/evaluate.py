@@ -48,6 +48,7 @@ from i2i.data import (
 )
 from i2i.models import ModelFamily, ShapeRule, get_family, options_from_dict, target_direction
 
+from .fid import InceptionScorer
 from .metrics import mean_pairwise_l1, nearest_members, psnr, psnr_of_mse, ssim
 from .monitor import image_grid
 
@@ -85,6 +86,15 @@ class DirectionReport:
     valid_range: list[float] | None = None
     valid_range_l1: float | None = None
     per_image: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _add_fid_kid(report: dict[str, Any], scores: dict[str, Any]) -> None:
+    """Put FID/KID (fid, kid_mean, kid_std, kid_subset_size) into a direction's or pair's
+    report, after the per-image list so the JSON reads numbers first."""
+    per_image = report.pop("per_image", None)
+    report.update(scores)
+    if per_image is not None:
+        report["per_image"] = per_image
 
 
 @dataclass
@@ -310,6 +320,7 @@ def evaluate(
     num_samples: int = 8,
     seed: int = 0,
     ema: bool = True,
+    inception_weights: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Translate the test split with a checkpoint's translators and report quality.
 
@@ -327,9 +338,18 @@ def evaluate(
     eval_grid.png (input | output(s) | truth rows) into `out_dir` when given.
     The generators' moving average is evaluated when the checkpoint has one, unless `ema`
     is False; the report's "weights" says which ("ema" or "raw").
+
+    With ``inception_weights`` (a local FID Inception state dict, see :mod:`.fid`), each
+    direction (and each pair and target of a multi-domain model) also gets ``fid``,
+    ``kid_mean``, ``kid_std`` (and ``kid_subset_size``): all its outputs against the real
+    test images of its target domain (:func:`target_domain_images`).
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+    # Loaded first: a bad weights file fails before any translating.
+    scorer = (
+        None if inception_weights is None else InceptionScorer(inception_weights, device, seed=seed)
+    )
     data_root = Path(data_root)
     torch_device = torch.device(device)
     ckpt, networks = load_trained_networks(checkpoint, ema=ema)
@@ -342,7 +362,15 @@ def evaluate(
     }
     if family.multi_domain:
         scores, rows = evaluate_multi_domain(
-            family, options, translators, rule, data_root, torch_device, max_images, grid_images
+            family,
+            options,
+            translators,
+            rule,
+            data_root,
+            torch_device,
+            max_images,
+            grid_images,
+            scorer,
         )
         header = {
             "checkpoint": str(checkpoint),
@@ -398,6 +426,7 @@ def evaluate(
         valid = ranges.get(direction)
         rep = DirectionReport(images=len(images), samples=count)
         fits: list[tuple[float, float]] = []
+        fake_features: list[torch.Tensor] = []
         for i, (name, load) in enumerate(images):
             real, truth = load()
             fakes = translate_image(
@@ -407,6 +436,8 @@ def evaluate(
                 torch_device,
                 styles(direction, _STYLE_STREAMS[direction], i, count),
             )  # (K, H, W, C)
+            if scorer is not None:
+                fake_features.append(scorer.features(list(fakes)))
             item: dict[str, Any] = {"file": name}
             if back in translators:
                 back_style = styles(back, _CYCLE_STREAMS[direction], i, 1)
@@ -447,7 +478,40 @@ def evaluate(
             rep.valid_range = [valid.low, valid.high]
             rep.valid_range_l1 = _mean_of(rep.per_image, "valid_range_l1")
         report["directions"][direction] = rep.__dict__
+        if scorer is not None:
+            out_channels = translator_channels(translators[direction], "out_channels")
+            reals = target_domain_images(data_root, direction, out_channels, max_images)
+            _add_fid_kid(
+                report["directions"][direction],
+                scorer.scores(
+                    scorer.features(reals), torch.cat(fake_features), f"FID/KID of {direction}"
+                ),
+            )
+    if scorer is not None:
+        report["inception"] = _inception_header(scorer)
     return _finish(report, grid_rows, family, networks, options, seed, out_dir)
+
+
+def _inception_header(scorer: InceptionScorer) -> dict[str, Any]:
+    """How FID/KID were computed: the weights file and KID's subsets."""
+    return {
+        "weights": str(scorer.weights),
+        "kid_subsets": scorer.kid_subsets,
+        "kid_max_subset_size": scorer.kid_subset_size,
+    }
+
+
+def target_domain_images(
+    data_root: Path, direction: str, channels: int, max_images: int = 0
+) -> list[np.ndarray]:
+    """The real images FID/KID compare a two-domain direction's outputs with: the test
+    images of its target domain (testB/ for A2B, testA/ for B2A; the B or A halves of
+    ``test/`` pairs), with ``channels`` channels, the first ``max_images`` if set."""
+    other = _DIRECTIONS[direction][1]
+    images = eval_images(data_root, other, channels, channels)
+    if max_images:
+        images = images[:max_images]
+    return [load()[0] for _, load in images]
 
 
 def _finish(
@@ -559,6 +623,7 @@ def evaluate_multi_domain(
     device: torch.device,
     max_images: int = 0,
     grid_images: int = 4,
+    scorer: InceptionScorer | None = None,
 ) -> tuple[dict[str, Any], list[list[np.ndarray]]]:
     """Score a multi-domain model on every ordered pair of its domains; (report, grid rows).
 
@@ -570,6 +635,9 @@ def evaluate_multi_domain(
     pair, ``s->t``), "directions" (per ``to_<t>``, the mean over its sources) and "mean"
     (over all pairs). Grid: per test scene (the first ``grid_images`` of the first domain),
     one row per source domain: the input, then its translation into every domain in order.
+    With a ``scorer``, FID/KID of each pair (its outputs against the real ``test/<t>/``
+    images), of each target (the outputs of all its sources pooled) and their mean over
+    pairs.
     """
     domains = family.domains_for(options)
     folders = labelled_test_folders(data_root, domains)
@@ -584,6 +652,7 @@ def evaluate_multi_domain(
         return translate_image(translators[direction], image, rule, device)[0]
 
     pairs: dict[str, dict[str, Any]] = {}
+    fake_features: dict[str, torch.Tensor] = {}  # per pair, with a scorer
     for source in domains:
         inputs = [
             (p.relative_to(folders[source]), load_image(p, in_channels)) for p in files[source]
@@ -592,8 +661,11 @@ def evaluate_multi_domain(
             if target == source:
                 continue
             rep = PairReport(source, target, target_direction(target), images=len(inputs))
+            fakes: list[np.ndarray] = []
             for relative, real in inputs:
                 fake = translate(rep.direction, real)
+                if scorer is not None:
+                    fakes.append(fake)
                 item: dict[str, Any] = {"file": relative.as_posix()}
                 if in_channels == out_channels:
                     back = translate(target_direction(source), fake)
@@ -617,6 +689,8 @@ def evaluate_multi_domain(
             for key in _PAIR_NUMBERS:
                 setattr(rep, key, _mean_of(rep.per_image, key))
             pairs[pair_name(source, target)] = rep.__dict__
+            if scorer is not None:
+                fake_features[pair_name(source, target)] = scorer.features(fakes)
     directions = {}
     for target in domains:
         of_target = [r for r in pairs.values() if r["target"] == target]
@@ -625,6 +699,8 @@ def evaluate_multi_domain(
             "images": sum(r["images"] for r in of_target),
             **_means(of_target),
         }
+    if scorer is not None:
+        _multi_domain_fid_kid(scorer, pairs, directions, fake_features, files, out_channels)
     report: dict[str, Any] = {
         "multi_domain": True,
         "domains": list(domains),
@@ -633,6 +709,14 @@ def evaluate_multi_domain(
         "directions": directions,
         "mean": {"pairs": len(pairs), **_means(list(pairs.values()))},
     }
+    if scorer is not None:
+        report["mean"].update(
+            {
+                key: _finite_mean([p[key] for p in pairs.values()])
+                for key in ("fid", "kid_mean", "kid_std")
+            }
+        )
+        report["inception"] = _inception_header(scorer)
     grid_rows: list[list[np.ndarray]] = []
     for path in files[domains[0]][:grid_images]:
         relative = path.relative_to(folders[domains[0]])
@@ -642,6 +726,32 @@ def evaluate_multi_domain(
             real = load_image(folders[source] / relative, in_channels)
             grid_rows.append([real, *(translate(target_direction(t), real) for t in domains)])
     return report, grid_rows
+
+
+def _multi_domain_fid_kid(
+    scorer: InceptionScorer,
+    pairs: dict[str, dict[str, Any]],
+    directions: dict[str, dict[str, Any]],
+    fake_features: dict[str, torch.Tensor],
+    files: dict[str, list[Path]],
+    channels: int,
+) -> None:
+    """FID/KID of every pair and every target of a multi-domain model, into their reports."""
+    real_features = {
+        domain: scorer.features([load_image(p, channels) for p in paths])
+        for domain, paths in files.items()
+    }
+    for name, rep in pairs.items():
+        scores = scorer.scores(
+            real_features[rep["target"]], fake_features[name], f"FID/KID of {name}"
+        )
+        _add_fid_kid(rep, scores)
+    for direction, rep in directions.items():
+        target = next(p["target"] for p in pairs.values() if p["direction"] == direction)
+        pooled = torch.cat(
+            [fake_features[n] for n, p in pairs.items() if p["direction"] == direction]
+        )
+        _add_fid_kid(rep, scorer.scores(real_features[target], pooled, f"FID/KID of {direction}"))
 
 
 def _fmt(v: float | None, width: int, digits: int) -> str:
@@ -654,12 +764,31 @@ def format_report(report: dict[str, Any]) -> str:
     lines = (
         _format_multi_domain(report) if report.get("multi_domain") else _format_two_domain(report)
     )
+    lines += _format_fid_kid(report)
     extra = report.get("family_metrics")
     if extra:
         width = max(len(name) for name in extra)
         lines += ["", "family metrics"]
         lines += [f"  {name:<{width}}  {value:.6g}" for name, value in extra.items()]
     return "\n".join(lines)
+
+
+def _format_fid_kid(report: dict[str, Any]) -> list[str]:
+    """The FID/KID table (per direction, or per pair and target), when eval computed them."""
+    if "inception" not in report:
+        return []
+    rows = [
+        *((pair_name(r["source"], r["target"]), r) for r in report.get("pairs", {}).values()),
+        *report["directions"].items(),
+    ]
+    width = max(len(label) for label, _ in [*rows, ("direction", None)]) + 2
+    lines = ["", f"{'direction':<{width}}{'FID':>10}{'KID':>11}{'KID std':>10}{'KID subset':>12}"]
+    for label, rep in rows:
+        lines.append(
+            f"{label:<{width}}{_fmt(rep['fid'], 10, 3)}{_fmt(rep['kid_mean'], 11, 5)}"
+            f"{_fmt(rep['kid_std'], 10, 5)}{rep['kid_subset_size']:>12}"
+        )
+    return lines
 
 
 def _format_multi_domain(report: dict[str, Any]) -> list[str]:
