@@ -92,13 +92,14 @@ def build_cyclegan(options: CycleGANOptions) -> dict[str, nn.Module]:
     RNG gives the reference's initial weights.
     """
     o = options
-    extra = {"upsample": o.upsample, "global_skip": o.global_skip}
     g_ab = build_generator(
-        o.netG, o.input_nc, o.output_nc, o.ngf, o.norm, o.dropout, o.init_type, o.init_gain, **extra
-    )
+        o.netG, o.input_nc, o.output_nc, o.ngf, o.norm, o.dropout, o.init_type, o.init_gain,
+        upsample=o.upsample, global_skip=o.global_skip,
+    )  # fmt: skip
     g_ba = build_generator(
-        o.netG, o.output_nc, o.input_nc, o.ngf, o.norm, o.dropout, o.init_type, o.init_gain, **extra
-    )
+        o.netG, o.output_nc, o.input_nc, o.ngf, o.norm, o.dropout, o.init_type, o.init_gain,
+        upsample=o.upsample, global_skip=o.global_skip,
+    )  # fmt: skip
     d_b = build_discriminator(
         o.netD, o.output_nc, o.ndf, o.n_layers_D, o.norm, o.init_type, o.init_gain
     )

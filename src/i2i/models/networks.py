@@ -586,13 +586,17 @@ def build_generator(
             "not to netG='discogan'"
         )
     net: nn.Module
-    extra = {"upsample": upsample, "global_skip": global_skip}
-    if arch == "resnet_9blocks":
-        net = ResnetGenerator(input_nc, output_nc, ngf, norm, dropout, n_blocks=9, **extra)
-    elif arch == "resnet_6blocks":
-        net = ResnetGenerator(input_nc, output_nc, ngf, norm, dropout, n_blocks=6, **extra)
+    if arch in ("resnet_9blocks", "resnet_6blocks"):
+        blocks = 9 if arch == "resnet_9blocks" else 6
+        net = ResnetGenerator(
+            input_nc, output_nc, ngf, norm, dropout, n_blocks=blocks,
+            upsample=upsample, global_skip=global_skip,
+        )  # fmt: skip
     elif arch in UNET_LEVELS:
-        net = UnetGenerator(input_nc, output_nc, UNET_LEVELS[arch], ngf, norm, dropout, **extra)
+        net = UnetGenerator(
+            input_nc, output_nc, UNET_LEVELS[arch], ngf, norm, dropout,
+            upsample=upsample, global_skip=global_skip,
+        )  # fmt: skip
     else:
         net = DiscoGANGenerator(input_nc, output_nc, ngf, norm, dropout)
     init_weights(net, init_type, init_gain)
