@@ -1,4 +1,5 @@
-"""Built-in sample data: layout, determinism, disjoint sources, correct truth, no download."""
+"""Built-in sample data: layout, determinism, test scenes apart from training, domains that
+share scenes but no crop, correct truth, no download."""
 
 import json
 import os
@@ -76,21 +77,65 @@ def test_layout_counts_sizes_and_json(datasets, task):
     assert len(UnalignedDataset(root, phase="test")) == 3
 
 
-def test_sources_are_disjoint_and_recorded(datasets):
+def test_test_sources_disjoint_from_training_and_recorded(datasets):
     info = json.loads((datasets["day2dusk"] / "dataset.json").read_text())
+    assert info["format_version"] == 2
     sources = {split: set(names) for split, names in info["sources"].items()}
-    assert set(sources) == {"trainA", "trainB", "test"}
-    assert not sources["trainA"] & sources["trainB"]
-    assert not sources["trainA"] & sources["test"]
-    assert not sources["trainB"] & sources["test"]
+    assert set(sources) == {"train", "test"}
+    assert not sources["train"] & sources["test"]
     every_photo = {name for group in sample_module.PHOTO_GROUPS for name in group}
-    assert every_photo <= set().union(*sources.values())
+    assert every_photo <= sources["train"] | sources["test"]
     # Both views of one scene stay together.
     assert any({"motorcycle_left.png", "motorcycle_right.png"} <= s for s in sources.values())
     for folder, files in info["files"].items():
-        split = folder if folder.startswith("train") else "test"
+        split = "train" if folder.startswith("train") else "test"
         assert set(files.values()) <= sources[split]
         assert sorted(files) == sorted(os.listdir(datasets["day2dusk"] / folder))
+        assert {box[0] for box in info["crops"][folder].values()} <= sources[split]
+
+
+def _crop_of(box: list, size: int) -> np.ndarray:
+    """The crop a dataset.json "crops" entry names, cut again from its source photo."""
+    source, x, y, side, flipped = box
+    with Image.open(sample_module.photo_folder() / source) as img:
+        crop = img.convert("RGB").resize(
+            (size, size), Image.Resampling.LANCZOS, box=(x, y, x + side, y + side)
+        )
+    return np.asarray(crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flipped else crop)
+
+
+@pytest.mark.parametrize("task", ["day2dusk", "day2dusk-range"])
+def test_domains_share_training_scenes_but_no_crop(tmp_path, task):
+    """The only systematic difference between trainA and trainB is the translation: both
+    are cut from the same training photos, but no crop (source, box, flip) is in both."""
+    root = tmp_path / task
+    info = make_sample_dataset(task, root, seed=0, size=16, n_train=40, n_test=8)
+    used = {f: {box[0] for box in info["crops"][f].values()} for f in ("trainA", "trainB")}
+    # The domains show the same scenes: most training photos appear in both domains.
+    photos = {s for s in info["sources"]["train"] if not s.startswith("procedural-")}
+    assert len(used["trainA"] & used["trainB"] & photos) >= len(photos) - 1
+    boxes = {f: {tuple(box) for box in info["crops"][f].values()} for f in info["crops"]}
+    assert len(boxes["trainA"]) == len(boxes["trainB"]) == 40  # all different
+    assert not boxes["trainA"] & boxes["trainB"]
+    # Pixels agree: the A image of a crop is never the source of a B image.
+    render_b = SAMPLE_TASKS[task].render_b
+    a_as_b = {render_b(_pixels(p)).tobytes() for p in (root / "trainA").iterdir()}
+    assert not any(_pixels(p).tobytes() in a_as_b for p in (root / "trainB").iterdir())
+    a_pixels = {_pixels(p).tobytes() for p in (root / "trainA").iterdir()}
+    b_truths = {_pixels(p).tobytes() for p in (root / "truth/B2A").iterdir()}
+    assert not a_pixels & b_truths
+    # The record is the crop: cut again from the photo, it is the domain-A image.
+    for name, box in info["crops"]["trainA"].items():
+        if not box[0].startswith("procedural-"):
+            np.testing.assert_array_equal(_crop_of(box, 16), _pixels(root / "trainA" / name))
+    # Test crops never reach training: their sources are no training source.
+    test_sources = {box[0] for f in ("testA", "testB") for box in info["crops"][f].values()}
+    assert test_sources and not test_sources & set(info["sources"]["train"])
+    train_pixels = {
+        _pixels(p).tobytes() for f in ("trainA", "trainB") for p in (root / f).iterdir()
+    }
+    for folder in ("testA", "testB", "truth/A2B", "truth/B2A"):
+        assert not any(_pixels(p).tobytes() in train_pixels for p in (root / folder).iterdir())
 
 
 def test_same_seed_byte_identical_other_seed_different(datasets, tmp_path):
@@ -236,7 +281,7 @@ def test_aligned_sources_disjoint_and_test_crops_shared_with_unaligned(aligned, 
     assert set(info["files"]["test"].values()) <= test
     unaligned = json.loads((datasets["day2dusk"] / "dataset.json").read_text())
     assert test == set(unaligned["sources"]["test"])
-    assert train == set(unaligned["sources"]["trainA"]) | set(unaligned["sources"]["trainB"])
+    assert train == set(unaligned["sources"]["train"])
     # The test pairs are the unaligned testA crops: both layouts score the same images.
     testa = sorted((datasets["day2dusk"] / "testA").iterdir())
     for path, name in zip(testa, sorted(info["files"]["test"]), strict=True):

@@ -1,5 +1,6 @@
 """The multi-domain sample task (gradings): labelled layout, ground truth between every
-pair of domains, disjoint training scenes per domain, determinism."""
+pair of domains, training scenes shared by the domains but no crop in two, test scenes
+apart from training, determinism."""
 
 from __future__ import annotations
 
@@ -73,23 +74,34 @@ def test_test_scenes_are_the_documented_grades_of_each_other(gradings):
                 assert np.abs(shown[a].astype(int) - shown[b].astype(int)).mean() > 2, (a, b)
 
 
-def test_training_scenes_differ_across_domains(gradings):
+def test_domains_share_training_scenes_but_no_crop(gradings):
     info = json.loads((gradings / "dataset.json").read_text())
     sources = {split: set(names) for split, names in info["sources"].items()}
-    assert set(sources) == {"test", *(f"train/{d}" for d in DOMAINS)}
-    splits = list(sources)
-    for i, a in enumerate(splits):
-        for b in splits[i + 1 :]:
-            assert not sources[a] & sources[b], (a, b)
+    assert set(sources) == {"train", "test"}
+    assert not sources["train"] & sources["test"]  # test scenes never reach training
     for split, files in info["files"].items():
-        assert set(files.values()) <= sources["test" if split.startswith("test") else split]
+        assert set(files.values()) <= sources["test" if split.startswith("test") else "train"]
         assert sorted(files) == sorted(os.listdir(gradings / split))
+    # Every domain trains on crops of the same pool; no crop (source, box, flip) is in two.
+    boxes = {d: {tuple(b) for b in info["crops"][f"train/{d}"].values()} for d in DOMAINS}
+    for i, a in enumerate(DOMAINS):
+        assert len(boxes[a]) == 5
+        for b in DOMAINS[i + 1 :]:
+            assert not boxes[a] & boxes[b], (a, b)
     # No training image of one domain is the grade of another domain's training image.
     day_train = [_pixels(p) for p in sorted((gradings / "train" / "day").iterdir())]
     for domain in DOMAINS[1:]:
         graded = {GRADES[domain](img).tobytes() for img in day_train}
         for path in (gradings / "train" / domain).iterdir():
             assert _pixels(path).tobytes() not in graded
+
+
+def test_domains_draw_from_the_same_scenes(tmp_path):
+    info = make_sample_dataset("gradings", tmp_path, seed=0, size=8, n_train=30, n_test=1)
+    used = {d: set(info["files"][f"train/{d}"].values()) for d in DOMAINS}
+    photos = {s for s in info["sources"]["train"] if not s.startswith("procedural-")}
+    for domain in DOMAINS:  # each domain shows (nearly) every training photo
+        assert len(used[domain] & photos) >= len(photos) - 1, domain
 
 
 def test_grades_are_deterministic_colour_transforms():

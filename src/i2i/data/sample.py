@@ -6,16 +6,23 @@ images. Each task renders a source crop into domain A and into domain B with a k
 per-pixel function, so the true translation of every test image is kept in `truth/`
 and models can be scored with PSNR/SSIM instead of by eye.
 
-The source photos (and procedural seeds) are partitioned between trainA, trainB and the
-test split: the two training domains never show the same scene, as in a real unpaired
-dataset, and the test images come from scenes seen in neither.
+The source photos (and procedural seeds) are partitioned by scene between the training
+split and the test split, so the test images come from scenes never seen in training.
+The two training domains share the training scenes, but never a crop: the training crops
+are drawn from one stream and dealt alternately to trainA and trainB (each crop is rendered
+into one domain only, and no source, box and flip is drawn twice; dataset.json "crops"
+records them). So the domains show the same kind of content and the only systematic
+difference between them is the translation itself: a discriminator cannot tell the
+domains apart by what the photos show, only by their grade. (Dealing whole photos to one
+domain each, as in version 1 of this format, made the domains differ more in content than
+in grade, and CycleGAN's discriminators learnt the content.)
 
 The unaligned layout (the default; dataset.json "layout": "unaligned")::
 
     <out>/trainA/  trainB/  testA/  testB/       the unaligned layout UnalignedDataset reads
     <out>/truth/A2B/<name of a testA file>       the true domain-B rendering of that image
     <out>/truth/B2A/<name of a testB file>       the true domain-A rendering of that image
-    <out>/dataset.json                           task, seed, counts, sources (see below)
+    <out>/dataset.json                           task, seed, counts, sources, crops
 
 The aligned layout (``aligned=True``, ``i2i data sample --aligned``; "layout": "aligned"),
 the paired format of the reference pix2pix code: one source crop is rendered into both
@@ -27,8 +34,8 @@ domains and the two renderings are stored side by side, A on the left::
     <out>/truth/A2B/<name>, truth/B2A/<name>     the true translations, as above
     <out>/dataset.json
 
-Training pairs come from the scenes of both unaligned training splits (trainA and trainB);
-test pairs from the test scenes only. The test crops are the unaligned layout's testA
+Training pairs come from the training scenes (those of trainA and trainB); test pairs from
+the test scenes only. The test crops are the unaligned layout's testA
 crops for the same seed, size and count, so both layouts score a model on the same images.
 Both halves of a pair are the same crop (and flip): nothing is cropped or flipped apart.
 
@@ -44,14 +51,15 @@ any number of named domains (day, dusk, night, sepia: fixed colour gradings of t
 photo, see :data:`GRADES`), in the labelled layout the multi-domain families read
 (:mod:`i2i.data.labelled`; dataset.json "layout": "labelled")::
 
-    <out>/train/<domain>/<domain>_0000.png ...   each domain its own scenes (disjoint sources)
+    <out>/train/<domain>/<domain>_0000.png ...   the training scenes, each crop in one domain
     <out>/test/<domain>/scene_0000.png ...       the same test scenes in every domain, under
                                                  equal names: test/<t>/<name> is the true
                                                  translation of test/<s>/<name> into t
     <out>/dataset.json                           "domains" is the list of domain names
 
-The photo groups and procedural seeds are dealt to the test split and to one training
-split per domain, so no two domains train on the same source image.
+The photo groups and procedural seeds are dealt to the test split and the training split;
+the training crops are dealt round-robin to the domains, so every domain trains on the
+same scenes but no crop (source, box, flip) is in two domains.
 """
 
 from __future__ import annotations
@@ -64,6 +72,7 @@ import shutil
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import islice
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -74,7 +83,9 @@ from PIL import Image
 from i2i.data.folders import DataError
 
 FORMAT = "i2i.sample_dataset"
-FORMAT_VERSION = 1
+# 2: the training domains share the training scenes (each crop in one domain only);
+# "sources" is {"train": [...], "test": [...]} and "crops" records every crop's box.
+FORMAT_VERSION = 2
 
 # scikit-image's colour photos. A group is one scene and always lands in a single split
 # (the two motorcycle photos are a stereo pair of the same scene).
@@ -97,6 +108,8 @@ CROP_SCALE = (0.15, 0.6)  # crop side as a fraction of the source's short side
 
 # Independent random streams: default_rng([seed, stream, ...]).
 _PARTITION_STREAM, _PROCEDURAL_STREAM, _CROP_STREAM, _STRENGTH_STREAM = 0, 1, 2, 3
+# The crop stream (under _CROP_STREAM) of the training crops that are dealt to the domains.
+_TRAIN_DEAL = 4
 _FOLDERS = ("trainA", "trainB", "testA", "testB")
 _ALIGNED_FOLDERS = ("train", "test")
 LAYOUTS = ("unaligned", "aligned")
@@ -358,7 +371,8 @@ def make_sample_dataset(
         out: the dataset folder (created if needed).
         seed: chooses the partition of sources, the crops and the procedural images.
         size: the side of the square images, in pixels (of each half, when aligned).
-        n_train: images in each of trainA and trainB (aligned: pairs in train/).
+        n_train: images in each of trainA and trainB (aligned: pairs in train/); the
+            2 * n_train training crops are all different (source, box, flip).
         n_test: images in each of testA and testB (and so in truth/A2B and truth/B2A;
             aligned: pairs in test/, whose halves are testA and testB).
         overwrite: replace a dataset already in `out` (otherwise that is an error).
@@ -410,10 +424,14 @@ def make_sample_dataset(
             writer.write_pairs(split, sources[split], counts[split], stream)
     else:
         counts = {"trainA": n_train, "trainB": n_train, "testA": n_test, "testB": n_test}
-        sources = partition
-        for index, folder in enumerate(_FOLDERS):
-            split = folder if folder.startswith("train") else "test"
-            writer.write_domain(folder, sources[split], counts[folder], index)
+        sources = {
+            "train": sorted(partition["trainA"] + partition["trainB"]),
+            "test": partition["test"],
+        }
+        writer.write_training_domains(sources["train"], n_train)
+        # Test streams 2 and 3, as in format version 1: the same test images as before.
+        for folder, stream in (("testA", 2), ("testB", 3)):
+            writer.write_domain(folder, sources["test"], counts[folder], stream)
 
     info: dict[str, Any] = {
         "format": FORMAT,
@@ -430,6 +448,7 @@ def make_sample_dataset(
         "photos_from": f"scikit-image {_skimage_version()} (skimage/data)",
         "sources": sources,
         "files": writer.files,
+        "crops": writer.crops,
     }
     if aligned:
         info["aligned"] = {
@@ -457,35 +476,44 @@ def _make_multi_domain(
     """Write a multi-domain task in the labelled layout; return its dataset.json."""
     _prepare_folder(out, overwrite)
     domains = spec.domains
-    splits = ("test", *(f"train/{d}" for d in domains))
-    partition = _partition_sources(seed, splits)
+    # The partition of format version 1 (so the same test scenes), its training splits merged.
+    partition = _partition_sources(seed, ("test", *(f"train/{d}" for d in domains)))
+    sources = {
+        "train": sorted(
+            name for split in partition if split != "test" for name in partition[split]
+        ),
+        "test": partition["test"],
+    }
     images = _load_sources(photo_folder(), partition, seed)
     files: dict[str, dict[str, str]] = {}
+    crops: dict[str, dict[str, list[Any]]] = {}
     counts: dict[str, int] = {}
 
-    def crops(split: str, count: int, stream: int) -> Iterator[tuple[int, str, np.ndarray]]:
-        rng = np.random.default_rng([seed, _CROP_STREAM, stream])
-        for i in range(count):
-            source = _pick_source(partition[split], rng)
-            yield i, source, _random_crop(images[source], size, rng)
-
     width = max(4, len(str(n_test - 1)))
-    for i, source, crop in crops("test", n_test, 0):
+    rng = np.random.default_rng([seed, _CROP_STREAM, 0])
+    for i, (box, crop) in enumerate(
+        islice(_crop_stream(images, sources["test"], size, rng), n_test)
+    ):
         name = f"scene_{i:0{width}d}.png"
         for domain in domains:
             _save_png(spec.grades[domain](crop), out / "test" / domain / name)
-            files.setdefault(f"test/{domain}", {})[name] = source
+            files.setdefault(f"test/{domain}", {})[name] = box.source
+            crops.setdefault(f"test/{domain}", {})[name] = box.to_json()
     for domain in domains:
         counts[f"test/{domain}"] = n_test
+    # The training crops: one stream of different crops, dealt round-robin to the domains.
     width = max(4, len(str(n_train - 1)))
-    for k, domain in enumerate(domains):
-        split = f"train/{domain}"
-        files[split] = {}
-        for i, source, crop in crops(split, n_train, 1 + k):
-            name = f"{domain}_{i:0{width}d}.png"
-            _save_png(spec.grades[domain](crop), out / split / name)
-            files[split][name] = source
-        counts[split] = n_train
+    rng = np.random.default_rng([seed, _CROP_STREAM, _TRAIN_DEAL])
+    drawn = _crop_stream(images, sources["train"], size, rng, unique=set())
+    for domain in domains:
+        files[f"train/{domain}"], crops[f"train/{domain}"] = {}, {}
+        counts[f"train/{domain}"] = n_train
+    for k, (box, crop) in enumerate(islice(drawn, len(domains) * n_train)):
+        domain, i = domains[k % len(domains)], k // len(domains)
+        split, name = f"train/{domain}", f"{domain}_{i:0{width}d}.png"
+        _save_png(spec.grades[domain](crop), out / split / name)
+        files[split][name] = box.source
+        crops[split][name] = box.to_json()
     info: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -500,8 +528,9 @@ def _make_multi_domain(
         "truth": "test/<target>/<name> is the true translation of test/<source>/<name>, for "
         "every ordered pair of domains",
         "photos_from": f"scikit-image {_skimage_version()} (skimage/data)",
-        "sources": partition,
+        "sources": sources,
         "files": files,
+        "crops": crops,
     }
     (out / "dataset.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info
@@ -559,22 +588,49 @@ class _Writer:
         self.spec, self.out, self.images, self.seed, self.size = spec, out, images, seed, size
         self.files: dict[str, dict[str, str]] = {}
         self.strengths: dict[str, dict[str, float]] = {}
+        self.crops: dict[str, dict[str, list[Any]]] = {}
+
+    def _strength(self, rng: np.random.Generator) -> float | None:
+        """A domain-B strength for a multimodal task (None for a task with one answer)."""
+        family = self.spec.a2b_range
+        if family is None:
+            return None
+        return round(float(rng.uniform(family.low, family.high)), 6)
 
     def _crops(
         self, sources: list[str], count: int, stream: int
-    ) -> Iterator[tuple[int, str, np.ndarray, float | None]]:
-        """(index, source, crop, strength or None) for `count` crops of `sources`."""
+    ) -> Iterator[tuple[int, CropBox, np.ndarray, float | None]]:
+        """(index, box, crop, strength or None) for `count` crops of `sources`."""
         rng = np.random.default_rng([self.seed, _CROP_STREAM, stream])
         strength_rng = np.random.default_rng([self.seed, _STRENGTH_STREAM, stream])
-        for i in range(count):
-            source = _pick_source(sources, rng)
-            crop = _random_crop(self.images[source], self.size, rng)
-            family = self.spec.a2b_range
-            if family is None:
-                yield i, source, crop, None
+        for i, (box, crop) in enumerate(
+            islice(_crop_stream(self.images, sources, self.size, rng), count)
+        ):
+            yield i, box, crop, self._strength(strength_rng)
+
+    def write_training_domains(self, sources: list[str], count: int) -> None:
+        """trainA and trainB of the unaligned layout, `count` images each, from the same
+        `sources`: 2 * count different crops of one stream, dealt alternately to A and B."""
+        rng = np.random.default_rng([self.seed, _CROP_STREAM, _TRAIN_DEAL])
+        strength_rng = np.random.default_rng([self.seed, _STRENGTH_STREAM, _TRAIN_DEAL])
+        drawn = _crop_stream(self.images, sources, self.size, rng, unique=set())
+        width = max(4, len(str(count - 1)))
+        for folder in ("trainA", "trainB"):
+            self.files[folder], self.crops[folder] = {}, {}
+        for k, (box, crop) in enumerate(islice(drawn, 2 * count)):
+            domain, i = k % 2, k // 2
+            folder = ("trainA", "trainB")[domain]
+            name = f"{self.spec.domains[domain]}_{i:0{width}d}.png"
+            if domain == 0:
+                image = self.spec.render_a(crop)
             else:
-                t = round(float(strength_rng.uniform(family.low, family.high)), 6)
-                yield i, source, crop, t
+                t = self._strength(strength_rng)
+                image = self._render_b(crop, t)
+                if t is not None:
+                    self.strengths.setdefault(folder, {})[name] = t
+            _save_png(image, self.out / folder / name)
+            self.files[folder][name] = box.source
+            self.crops[folder][name] = box.to_json()
 
     def _render_b(self, crop: np.ndarray, t: float | None) -> np.ndarray:
         """The domain-B image of a crop: at strength t for a multimodal task."""
@@ -593,8 +649,8 @@ class _Writer:
         domain = 0 if folder.endswith("A") else 1
         truth_dir = self.out / "truth" / ("A2B" if domain == 0 else "B2A")
         width = max(4, len(str(count - 1)))
-        self.files[folder] = {}
-        for i, source, crop, t in self._crops(sources, count, stream):
+        self.files[folder], self.crops[folder] = {}, {}
+        for i, box, crop, t in self._crops(sources, count, stream):
             name = f"{self.spec.domains[domain]}_{i:0{width}d}.png"
             a = self.spec.render_a(crop)
             b = self._render_b(crop, t)
@@ -602,15 +658,16 @@ class _Writer:
             _save_png(own, self.out / folder / name)
             if folder.startswith("test"):
                 _save_png(truth, truth_dir / name)
-            self.files[folder][name] = source
+            self.files[folder][name] = box.source
+            self.crops[folder][name] = box.to_json()
             if domain == 1 and t is not None:
                 self.strengths.setdefault(folder, {})[name] = t
 
     def write_pairs(self, split: str, sources: list[str], count: int, stream: int) -> None:
         """One folder of the aligned layout; a test folder also gets its halves and truth."""
         width = max(4, len(str(count - 1)))
-        self.files[split] = {}
-        for i, source, crop, t in self._crops(sources, count, stream):
+        self.files[split], self.crops[split] = {}, {}
+        for i, box, crop, t in self._crops(sources, count, stream):
             name = f"pair_{i:0{width}d}.png"
             a = self.spec.render_a(crop)
             b = self._render_b(crop, t)
@@ -620,7 +677,8 @@ class _Writer:
                 _save_png(b, self.out / "testB" / name)
                 _save_png(self._truth_b(crop), self.out / "truth" / "A2B" / name)
                 _save_png(a, self.out / "truth" / "B2A" / name)
-            self.files[split][name] = source
+            self.files[split][name] = box.source
+            self.crops[split][name] = box.to_json()
             if t is not None:
                 self.strengths.setdefault(split, {})[name] = t
 
@@ -711,16 +769,54 @@ def _pick_source(sources: list[str], rng: np.random.Generator) -> str:
     return pool[int(rng.integers(len(pool)))]
 
 
-def _random_crop(img: Image.Image, size: int, rng: np.random.Generator) -> np.ndarray:
-    """A random square crop (side 0.3-1.0 of the short side), resized to `size`, maybe flipped."""
+@dataclass(frozen=True)
+class CropBox:
+    """Where a crop comes from: a square of side `side` at (x, y) of `source`, maybe flipped."""
+
+    source: str
+    x: int
+    y: int
+    side: int
+    flipped: bool
+
+    def to_json(self) -> list[Any]:
+        """How dataset.json "crops" records it: [source, x, y, side, flipped]."""
+        return [self.source, self.x, self.y, self.side, self.flipped]
+
+
+def _crop_stream(
+    images: Mapping[str, Image.Image],
+    sources: list[str],
+    size: int,
+    rng: np.random.Generator,
+    unique: set[CropBox] | None = None,
+) -> Iterator[tuple[CropBox, np.ndarray]]:
+    """Endless random crops of `sources` drawn from `rng`; with `unique`, a crop already in
+    it (same source, box and flip) is drawn again, and each crop yielded is added to it."""
+    while True:
+        source = _pick_source(sources, rng)
+        box, crop = _random_crop(images[source], source, size, rng)
+        if unique is not None:
+            if box in unique:
+                continue
+            unique.add(box)
+        yield box, crop
+
+
+def _random_crop(
+    img: Image.Image, source: str, size: int, rng: np.random.Generator
+) -> tuple[CropBox, np.ndarray]:
+    """A random square crop (side CROP_SCALE of the short side), resized to `size`, maybe
+    flipped; with its box."""
     w, h = img.size
     side = max(1, round(rng.uniform(*CROP_SCALE) * min(w, h)))
     x = int(rng.integers(0, w - side + 1))
     y = int(rng.integers(0, h - side + 1))
     crop = img.resize((size, size), Image.Resampling.LANCZOS, box=(x, y, x + side, y + side))
-    if rng.random() < 0.5:
+    flipped = bool(rng.random() < 0.5)
+    if flipped:
         crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return np.asarray(crop)
+    return CropBox(source, x, y, side, flipped), np.asarray(crop)
 
 
 def _save_png(rgb: np.ndarray, path: Path) -> None:

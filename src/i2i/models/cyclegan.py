@@ -29,6 +29,7 @@ from i2i.models.networks import (
     INIT_TYPES,
     NORMS,
     UNET_LEVELS,
+    UPSAMPLE_MODES,
     build_discriminator,
     build_generator,
 )
@@ -54,6 +55,9 @@ class CycleGANOptions:
     dropout: bool = False  # the reference's CycleGAN sets --no_dropout by default
     init_type: str = "normal"
     init_gain: float = 0.02
+    # Not the reference's: generator options for short runs (resnet_* and unet_* only).
+    upsample: str = "transpose"  # "resize": nearest resize + 3x3 conv, no checkerboard
+    global_skip: bool = False  # the generators learn a change of their input image
 
     def __post_init__(self) -> None:
         for key, value, choices in (
@@ -61,6 +65,7 @@ class CycleGANOptions:
             ("netD", self.netD, DISCRIMINATOR_ARCHS),
             ("norm", self.norm, NORMS),
             ("init_type", self.init_type, INIT_TYPES),
+            ("upsample", self.upsample, UPSAMPLE_MODES),
         ):
             if value not in choices:
                 raise ValueError(f"unknown {key} {value!r}; expected one of: {', '.join(choices)}")
@@ -88,11 +93,13 @@ def build_cyclegan(options: CycleGANOptions) -> dict[str, nn.Module]:
     """
     o = options
     g_ab = build_generator(
-        o.netG, o.input_nc, o.output_nc, o.ngf, o.norm, o.dropout, o.init_type, o.init_gain
-    )
+        o.netG, o.input_nc, o.output_nc, o.ngf, o.norm, o.dropout, o.init_type, o.init_gain,
+        upsample=o.upsample, global_skip=o.global_skip,
+    )  # fmt: skip
     g_ba = build_generator(
-        o.netG, o.output_nc, o.input_nc, o.ngf, o.norm, o.dropout, o.init_type, o.init_gain
-    )
+        o.netG, o.output_nc, o.input_nc, o.ngf, o.norm, o.dropout, o.init_type, o.init_gain,
+        upsample=o.upsample, global_skip=o.global_skip,
+    )  # fmt: skip
     d_b = build_discriminator(
         o.netD, o.output_nc, o.ndf, o.n_layers_D, o.norm, o.init_type, o.init_gain
     )

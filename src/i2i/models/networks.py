@@ -30,6 +30,9 @@ GENERATOR_ARCHS = (
     "discogan",
 )
 DISCRIMINATOR_ARCHS = ("basic", "n_layers", "pixel", "discogan")
+# How the ResNet and U-Net generators double the resolution: the reference's transposed
+# convolution, or nearest-neighbour resize then a 3x3 convolution (no checkerboard).
+UPSAMPLE_MODES = ("transpose", "resize")
 # U-Net generators take one image size: 2**levels, which the bottleneck brings to 1x1.
 UNET_LEVELS = {"unet_32": 5, "unet_64": 6, "unet_128": 7, "unet_256": 8}
 
@@ -78,6 +81,52 @@ def _padding(padding_type: str) -> tuple[list[nn.Module], int]:
     return [], 1
 
 
+class ResizeConv(nn.Module):
+    """Doubles H and W by nearest-neighbour resize, then a 3x3 convolution (Odena et al.,
+    "Deconvolution and Checkerboard Artifacts", 2016): the ``upsample="resize"`` stand-in
+    for a stride-2 transposed convolution, with the same output size, ``(N, C, H, W) ->
+    (N, out_channels, 2H, 2W)``, and no uneven overlap to print a checkerboard."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        super().__init__()
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.pad = nn.ReflectionPad2d(1)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=0, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.pad(self.up(x)))
+
+
+def _upsampler(
+    mode: str, in_channels: int, out_channels: int, bias: bool, transpose: Callable[[], nn.Module]
+) -> nn.Module:
+    """The layer that doubles the resolution: `transpose()` (the reference's) or ResizeConv."""
+    _check_choice("upsample mode", mode, UPSAMPLE_MODES)
+    return transpose() if mode == "transpose" else ResizeConv(in_channels, out_channels, bias)
+
+
+# The global skip works in atanh space: out = tanh(atanh(x) + r), with x clamped this far
+# inside (-1, 1) so atanh stays finite (|atanh| <= 3.8, an 8-bit level is 2/255 wide).
+_SKIP_EPS = 1e-3
+
+
+def global_skip_output(x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """``tanh(atanh(x) + residual)``: the input image moved by a residual in the generator's
+    pre-tanh space. A zero residual returns x (to within 1e-3, the clamp that keeps atanh
+    finite); the output stays in (-1, 1) and has a gradient everywhere."""
+    x = x.clamp(-1.0 + _SKIP_EPS, 1.0 - _SKIP_EPS)
+    # atanh written with log, which every ONNX consumer implements.
+    return torch.tanh(0.5 * torch.log((1.0 + x) / (1.0 - x)) + residual)
+
+
+def _check_global_skip(global_skip: bool, input_nc: int, output_nc: int) -> None:
+    if global_skip and input_nc != output_nc:
+        raise ValueError(
+            f"global_skip adds the input image to the output, so it needs as many input as "
+            f"output channels; got input_nc={input_nc}, output_nc={output_nc}"
+        )
+
+
 class ResnetBlock(nn.Module):
     """Residual block: ``x + conv_block(x)``, with two 3x3 convolutions at constant size."""
 
@@ -117,6 +166,10 @@ class ResnetGenerator(nn.Module):
     """Johnson et al.'s generator: 2 downsamplings, ``n_blocks`` residual blocks, 2 upsamplings.
 
     Height and width must be multiples of 4 for the output to have the input's size.
+    ``upsample="resize"`` doubles the resolution with :class:`ResizeConv` instead of
+    transposed convolutions; ``global_skip`` returns :func:`global_skip_output` of the input
+    and the network's pre-tanh output (the network learns a change of the input image).
+    Both default to the reference's network.
     """
 
     def __init__(
@@ -128,13 +181,18 @@ class ResnetGenerator(nn.Module):
         use_dropout: bool = False,
         n_blocks: int = 6,
         padding_type: str = "reflect",
+        upsample: str = "transpose",
+        global_skip: bool = False,
     ) -> None:
         super().__init__()
         if n_blocks < 0:
             raise ValueError(f"n_blocks must be >= 0, got {n_blocks}")
         _check_choice("padding type", padding_type, PADDING_TYPES)
+        _check_choice("upsample mode", upsample, UPSAMPLE_MODES)
+        _check_global_skip(global_skip, input_nc, output_nc)
         self.input_nc = input_nc
         self.output_nc = output_nc
+        self.global_skip = global_skip
         make_norm = norm_layer(norm)
         bias = _conv_bias(norm)
         layers: list[nn.Module] = [
@@ -153,16 +211,18 @@ class ResnetGenerator(nn.Module):
             channels *= 2
         layers += [ResnetBlock(channels, padding_type, norm, use_dropout) for _ in range(n_blocks)]
         for _ in range(2):  # (N, C, H, W) -> (N, C/2, 2H, 2W)
+            transpose = functools.partial(
+                nn.ConvTranspose2d,
+                channels,
+                channels // 2,
+                kernel_size=3,
+                stride=2,
+                padding=1,
+                output_padding=1,
+                bias=bias,
+            )
             layers += [
-                nn.ConvTranspose2d(
-                    channels,
-                    channels // 2,
-                    kernel_size=3,
-                    stride=2,
-                    padding=1,
-                    output_padding=1,
-                    bias=bias,
-                ),
+                _upsampler(upsample, channels, channels // 2, bias, transpose),
                 make_norm(channels // 2),
                 nn.ReLU(True),
             ]
@@ -170,12 +230,13 @@ class ResnetGenerator(nn.Module):
         layers += [
             nn.ReflectionPad2d(3),
             nn.Conv2d(ngf, output_nc, kernel_size=7, padding=0),
-            nn.Tanh(),
+            nn.Identity() if global_skip else nn.Tanh(),  # no parameters: same keys either way
         ]
         self.model = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)  # (N, input_nc, H, W) -> (N, output_nc, H, W) in [-1, 1]
+        # (N, input_nc, H, W) -> (N, output_nc, H, W) in [-1, 1]
+        return global_skip_output(x, self.model(x)) if self.global_skip else self.model(x)
 
 
 class UnetSkipConnectionBlock(nn.Module):
@@ -194,6 +255,8 @@ class UnetSkipConnectionBlock(nn.Module):
         innermost: bool = False,
         norm: str = "batch",
         use_dropout: bool = False,
+        upsample: str = "transpose",
+        final_tanh: bool = True,
     ) -> None:
         super().__init__()
         if outermost and innermost:
@@ -208,14 +271,28 @@ class UnetSkipConnectionBlock(nn.Module):
         # Created before the up-convolution, as in the reference, so seeded weights match.
         down_conv = nn.Conv2d(input_nc, inner_nc, kernel_size=4, stride=2, padding=1, bias=bias)
         layers: list[nn.Module]
+        up_in = inner_nc if innermost else inner_nc * 2
+        up_bias = True if outermost else bias
+        up_conv = _upsampler(
+            upsample,
+            up_in,
+            outer_nc,
+            up_bias,
+            functools.partial(
+                nn.ConvTranspose2d,
+                up_in,
+                outer_nc,
+                kernel_size=4,
+                stride=2,
+                padding=1,
+                bias=up_bias,
+            ),
+        )
         if outermost:
             assert submodule is not None
-            up_conv = nn.ConvTranspose2d(inner_nc * 2, outer_nc, kernel_size=4, stride=2, padding=1)
-            layers = [down_conv, submodule, nn.ReLU(True), up_conv, nn.Tanh()]
+            last = nn.Tanh() if final_tanh else nn.Identity()
+            layers = [down_conv, submodule, nn.ReLU(True), up_conv, last]
         elif innermost:
-            up_conv = nn.ConvTranspose2d(
-                inner_nc, outer_nc, kernel_size=4, stride=2, padding=1, bias=bias
-            )
             layers = [
                 nn.LeakyReLU(0.2, True),
                 down_conv,
@@ -225,9 +302,6 @@ class UnetSkipConnectionBlock(nn.Module):
             ]
         else:
             assert submodule is not None
-            up_conv = nn.ConvTranspose2d(
-                inner_nc * 2, outer_nc, kernel_size=4, stride=2, padding=1, bias=bias
-            )
             layers = [
                 nn.LeakyReLU(0.2, True),
                 down_conv,
@@ -250,7 +324,10 @@ class UnetSkipConnectionBlock(nn.Module):
 
 
 class UnetGenerator(nn.Module):
-    """U-Net of ``num_downs`` levels; a ``2**num_downs`` image is 1x1 at the bottleneck."""
+    """U-Net of ``num_downs`` levels; a ``2**num_downs`` image is 1x1 at the bottleneck.
+
+    ``upsample`` and ``global_skip`` as for :class:`ResnetGenerator`.
+    """
 
     def __init__(
         self,
@@ -260,26 +337,39 @@ class UnetGenerator(nn.Module):
         ngf: int = 64,
         norm: str = "batch",
         use_dropout: bool = False,
+        upsample: str = "transpose",
+        global_skip: bool = False,
     ) -> None:
         super().__init__()
         if num_downs < 5:
             raise ValueError(f"num_downs must be >= 5, got {num_downs}")
+        _check_choice("upsample mode", upsample, UPSAMPLE_MODES)
+        _check_global_skip(global_skip, input_nc, output_nc)
         self.input_nc = input_nc
         self.output_nc = output_nc
+        self.global_skip = global_skip
+        up = functools.partial(UnetSkipConnectionBlock, norm=norm, upsample=upsample)
         # Built from the innermost level outwards, as in the reference.
-        block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, innermost=True, norm=norm)
+        block = up(ngf * 8, ngf * 8, innermost=True)
         for _ in range(num_downs - 5):
-            block = UnetSkipConnectionBlock(
-                ngf * 8, ngf * 8, submodule=block, norm=norm, use_dropout=use_dropout
-            )
+            block = up(ngf * 8, ngf * 8, submodule=block, use_dropout=use_dropout)
         for mult in (4, 2, 1):
-            block = UnetSkipConnectionBlock(ngf * mult, ngf * mult * 2, submodule=block, norm=norm)
-        self.model = UnetSkipConnectionBlock(
-            output_nc, ngf, input_nc=input_nc, submodule=block, outermost=True, norm=norm
+            block = up(ngf * mult, ngf * mult * 2, submodule=block)
+        self.model = up(
+            output_nc,
+            ngf,
+            input_nc=input_nc,
+            submodule=block,
+            outermost=True,
+            final_tanh=not global_skip,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)  # (N, input_nc, H, W) -> (N, output_nc, H, W) in [-1, 1]
+        # (N, input_nc, H, W) -> (N, output_nc, H, W) in [-1, 1]
+        if self.global_skip:
+            # The U-Net's in-place activations never touch the outermost input, so x is intact.
+            return global_skip_output(x, self.model(x))
+        return self.model(x)
 
 
 class NLayerDiscriminator(nn.Module):
@@ -478,20 +568,43 @@ def build_generator(
     dropout: bool = False,
     init_type: str = "normal",
     init_gain: float = 0.02,
+    upsample: str = "transpose",
+    global_skip: bool = False,
 ) -> nn.Module:
-    """Build and initialise a generator by the reference's architecture name (``netG``)."""
+    """Build and initialise a generator by the reference's architecture name (``netG``).
+
+    ``upsample`` ("transpose" or "resize") and ``global_skip`` apply to the ResNet and U-Net
+    generators (see :class:`ResnetGenerator`); with ``global_skip`` the last layer starts at
+    zero, so the generator starts as the identity. The defaults are the reference's networks.
+    """
     _check_choice("generator architecture", arch, GENERATOR_ARCHS)
     _check_choice("init type", init_type, INIT_TYPES)
+    _check_choice("upsample mode", upsample, UPSAMPLE_MODES)
+    if arch == "discogan" and (upsample != "transpose" or global_skip):
+        raise ValueError(
+            "upsample='resize' and global_skip apply to the resnet_* and unet_* generators, "
+            "not to netG='discogan'"
+        )
     net: nn.Module
-    if arch == "resnet_9blocks":
-        net = ResnetGenerator(input_nc, output_nc, ngf, norm, dropout, n_blocks=9)
-    elif arch == "resnet_6blocks":
-        net = ResnetGenerator(input_nc, output_nc, ngf, norm, dropout, n_blocks=6)
+    if arch in ("resnet_9blocks", "resnet_6blocks"):
+        blocks = 9 if arch == "resnet_9blocks" else 6
+        net = ResnetGenerator(
+            input_nc, output_nc, ngf, norm, dropout, n_blocks=blocks,
+            upsample=upsample, global_skip=global_skip,
+        )  # fmt: skip
     elif arch in UNET_LEVELS:
-        net = UnetGenerator(input_nc, output_nc, UNET_LEVELS[arch], ngf, norm, dropout)
+        net = UnetGenerator(
+            input_nc, output_nc, UNET_LEVELS[arch], ngf, norm, dropout,
+            upsample=upsample, global_skip=global_skip,
+        )  # fmt: skip
     else:
         net = DiscoGANGenerator(input_nc, output_nc, ngf, norm, dropout)
     init_weights(net, init_type, init_gain)
+    if global_skip:  # after the usual draws, so the other networks' seeded weights are kept
+        last = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))][-1]
+        nn.init.zeros_(last.weight)
+        if last.bias is not None:
+            nn.init.zeros_(last.bias)
     return net
 
 

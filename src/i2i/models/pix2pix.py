@@ -49,6 +49,7 @@ from i2i.models.networks import (
     GENERATOR_ARCHS,
     INIT_TYPES,
     NORMS,
+    UPSAMPLE_MODES,
     build_discriminator,
     build_generator,
 )
@@ -78,6 +79,9 @@ class Pix2PixOptions:
     init_type: str = "normal"
     init_gain: float = 0.02
     direction: str = "AtoB"
+    # Not the reference's: generator options for short runs (as CycleGANOptions).
+    upsample: str = "transpose"
+    global_skip: bool = False
 
     def __post_init__(self) -> None:
         for key, value, choices in (
@@ -86,6 +90,7 @@ class Pix2PixOptions:
             ("norm", self.norm, NORMS),
             ("init_type", self.init_type, INIT_TYPES),
             ("direction", self.direction, PIX2PIX_DIRECTIONS),
+            ("upsample", self.upsample, UPSAMPLE_MODES),
         ):
             if value not in choices:
                 raise ValueError(f"unknown {key} {value!r}; expected one of: {', '.join(choices)}")
@@ -112,7 +117,16 @@ def build_pix2pix(options: Pix2PixOptions) -> dict[str, nn.Module]:
     """Build and initialise ``g`` and ``d``, in the reference's order (netG, then netD)."""
     o = options
     g = build_generator(
-        o.netG, o.input_nc, o.output_nc, o.ngf, o.norm, o.dropout, o.init_type, o.init_gain
+        o.netG,
+        o.input_nc,
+        o.output_nc,
+        o.ngf,
+        o.norm,
+        o.dropout,
+        o.init_type,
+        o.init_gain,
+        upsample=o.upsample,
+        global_skip=o.global_skip,
     )
     d = build_discriminator(
         o.netD, o.input_nc + o.output_nc, o.ndf, o.n_layers_D, o.norm, o.init_type, o.init_gain

@@ -16,6 +16,14 @@ only updates the discriminators, on fakes of the current generators. Such a step
 the generator losses of the last generator step along with its own discriminator losses,
 and the sample images stay those of the last generator step. The step counter is part of
 the trainer's state, so a resumed run keeps the schedule.
+
+Options for short runs (``loss.*``, all off by default, so the reference recipe is unchanged):
+``loss.lr_warmup_steps`` ramps both optimisers' learning rates linearly from 1/W to 1 of the
+scheduled rate over the first W steps (:func:`warmup_factor`; the logged ``lr_*`` stays the
+scheduled rate); ``loss.identity_boost`` B with ``loss.identity_boost_steps`` S weighs the
+identity term ``lambda_identity * B`` at the first step, decaying linearly to
+``lambda_identity`` at step S (:func:`identity_weight`), which holds the generators near the
+identity while the discriminators are still learning.
 """
 
 from __future__ import annotations
@@ -45,10 +53,37 @@ class CycleGANLossOptions:
     """
 
     n_critic: int = 1
+    lr_warmup_steps: int = 0  # 0: no warm-up
+    identity_boost: float = 1.0  # 1: lambda_identity throughout
+    identity_boost_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.n_critic < 1:
             raise ValueError(f"n_critic must be at least 1, got {self.n_critic}")
+        if self.lr_warmup_steps < 0 or self.identity_boost_steps < 0:
+            raise ValueError(
+                "lr_warmup_steps and identity_boost_steps must be >= 0, got "
+                f"{self.lr_warmup_steps} and {self.identity_boost_steps}"
+            )
+        if self.identity_boost < 1.0:
+            raise ValueError(f"identity_boost must be at least 1, got {self.identity_boost}")
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """The learning-rate multiplier of step `step` (counting from 0): (step + 1) / W for the
+    first W steps, then 1."""
+    if warmup_steps <= 0:
+        return 1.0
+    return min(1.0, (step + 1) / warmup_steps)
+
+
+def identity_weight(step: int, base: float, boost: float, boost_steps: int) -> float:
+    """The identity weight of step `step` (from 0): base * boost at step 0, linearly down to
+    base at step `boost_steps`, base after."""
+    if boost_steps <= 0 or boost == 1.0:
+        return base
+    left = max(0.0, 1.0 - step / boost_steps)
+    return base * (1.0 + (boost - 1.0) * left)
 
 
 def set_requires_grad(nets: list[nn.Module], flag: bool) -> None:
@@ -124,9 +159,33 @@ class CycleGANTrainer(StepHelpers):
         Updates the generators and then the discriminators, or with ``loss.n_critic`` > 1
         only the discriminators on all but every n_critic-th step (see the module docstring).
         """
+        factor = warmup_factor(self.steps_done, self.loss.lr_warmup_steps)
+        if factor == 1.0:
+            return self._step(batch)
+        scheduled = [
+            [group["lr"] for group in opt.param_groups] for opt in self.optimizers.values()
+        ]
+        try:
+            for opt in self.optimizers.values():
+                for group in opt.param_groups:
+                    group["lr"] *= factor
+            return self._step(batch)
+        finally:  # the schedulers own the rate: give it back unchanged
+            for opt, rates in zip(self.optimizers.values(), scheduled, strict=True):
+                for group, rate in zip(opt.param_groups, rates, strict=True):
+                    group["lr"] = rate
+
+    def _step(self, batch: dict[str, Any]) -> dict[str, float]:
+        """The step itself, at the learning rates the optimisers hold now."""
         cfg = self.cfg
         real_a, real_b = self._to_device(batch["A"]), self._to_device(batch["B"])
         generator_step = self.steps_done % self.loss.n_critic == 0
+        lambda_identity = identity_weight(
+            self.steps_done,
+            cfg.lambda_identity,
+            self.loss.identity_boost,
+            self.loss.identity_boost_steps,
+        )
         self.steps_done += 1
         if not generator_step:
             return self._critic_step(real_a, real_b)
@@ -143,18 +202,18 @@ class CycleGANTrainer(StepHelpers):
         self.optimizers["g"].zero_grad(set_to_none=True)
         losses: dict[str, torch.Tensor] = {}
         with self.autocast():
-            if cfg.lambda_identity > 0:
+            if lambda_identity > 0:
                 idt_ab = self.g_ab(real_b)
                 idt_ba = self.g_ba(real_a)
                 losses["idt_ab"] = (
                     reconstruction_loss(idt_ab, real_b, cfg.cycle_loss)
                     * cfg.lambda_b
-                    * cfg.lambda_identity
+                    * lambda_identity
                 )
                 losses["idt_ba"] = (
                     reconstruction_loss(idt_ba, real_a, cfg.cycle_loss)
                     * cfg.lambda_a
-                    * cfg.lambda_identity
+                    * lambda_identity
                 )
             losses["gan_ab"] = gan_loss(d_b_plain(fake_b), True, cfg.gan_mode)
             losses["gan_ba"] = gan_loss(d_a_plain(fake_a), True, cfg.gan_mode)
