@@ -121,6 +121,22 @@ def test_resume_checks_the_checkpoint_against_the_runs_config_json(tiny_dataset,
     assert (run / "config.json").is_file()
 
 
+def test_a_resume_that_died_before_saving_with_another_batch_size_resumes_again(
+    tiny_dataset, tmp_path
+):
+    # A resume on 2 ranks at batch 1 (the global batch kept) rewrites config.json's
+    # batch_size at once; killed before its first checkpoint, the run must still resume.
+    run = tmp_path / "run"
+    train(tiny_config(tiny_dataset, max_steps=1), run)
+    saved = json.loads((run / "config.json").read_text())
+    saved["batch_size"] = 1
+    (run / "config.json").write_text(json.dumps(saved))
+    assert train(tiny_config(tiny_dataset, max_steps=2), run, resume=True).step == 2
+    # A batch size that changes the global batch on one process is still refused.
+    with pytest.raises(ResumeError, match="batch_size: checkpoint 2, now 1"):
+        train(tiny_config(tiny_dataset, max_steps=3, batch_size=1), run, resume=True)
+
+
 def test_step_lr_policy_decays_every_lr_step_size_steps_and_resumes_exactly(tiny_dataset, tmp_path):
     changes = {"lr_policy": "step", "lr_step_size": 3, "lr_gamma": 0.5, "weight_decay": 1e-4}
     train(tiny_config(tiny_dataset, max_steps=8, **changes), tmp_path / "full")

@@ -466,6 +466,10 @@ def _check_resumable(
         )
     else:
         diffs = resume_differences(run_config, checkpoint["config"])
+        # A resume on another number of processes may have rewritten config.json's
+        # batch_size (keeping the global batch) and died before its first checkpoint; the
+        # comparison with `cfg` below checks batch_size by the global-batch rule.
+        diffs.pop("batch_size", None)
         if diffs:
             detail = "; ".join(
                 f"{k}: {run_config_path.name} {run!r}, checkpoint {saved!r}"
