@@ -249,6 +249,9 @@ def test_command_is_torchrun_of_i2i_train_with_arguments_that_parse(
     assert (config.min_nodes, config.max_nodes) == (nodes, nodes)  # a fixed world size
     assert config.rdzv_backend == "static"
     assert config.rdzv_endpoint == f"{job['metadata']['name']}-master-0:23456"
+    # SIGTERM: i2i saves within torchrun's shutdown timeout, within the pod's grace period.
+    grace = template["spec"]["terminationGracePeriodSeconds"]
+    assert 60 <= float(launch.shutdown_timeout) < grace
 
     # i2i-train, by its own parser.
     ns = i2i_train_arguments(launch.training_script_args)
@@ -367,10 +370,11 @@ def test_slurm_script_runs_torchrun_of_i2i_train_per_node(
     )
     assert done.returncode == 0, done.stderr
     srun = json.loads(record.read_text())
-    assert srun[0] == "--kill-on-bad-exit=1" and srun[1] == "torchrun"
+    # The CPUs per task are passed on explicitly (not every Slurm release does it).
+    assert srun[:3] == ["--kill-on-bad-exit=1", "--cpus-per-task=16", "torchrun"]
     for key in [k for k in os.environ if k.startswith("PET_")]:
         monkeypatch.delenv(key)
-    launch = get_args_parser().parse_args(srun[2:])
+    launch = get_args_parser().parse_args(srun[3:])
     config, _, _ = config_from_args(launch)
     assert (config.min_nodes, config.max_nodes, config.nproc_per_node) == (2, 2, 4)
     assert (config.rdzv_backend, config.rdzv_endpoint) == ("c10d", "gpu-17:29500")

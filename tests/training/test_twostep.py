@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from i2i.checkpoint import load_checkpoint, load_trained_networks
+from i2i.checkpoint import load_checkpoint, load_trained_networks, save_checkpoint
 from i2i.export import export_checkpoint
 from i2i.models import get_family, options_from_dict
 from i2i.training import ConfigError, train
@@ -242,3 +242,23 @@ def test_translation_and_onnx_export_of_every_target(full_run: Path, tmp_path: P
     assert not np.array_equal(outputs["day"], outputs["night"])
     with pytest.raises(ValueError, match="exactly 32x32"):
         get_family("twostep").shape_rule(options).check(64, 64)
+
+
+def test_step2_from_a_checkpoint_with_an_average_inverts_the_averaged_g(
+    labelled: Path, full_run: Path, tmp_path: Path
+) -> None:
+    # The step-1 run's eval and export use g's average: that is the g step 2 must invert.
+    payload = load_checkpoint(full_run / f"step_{STEP1:08d}.pt")
+    averaged = {
+        k: v * 0.5 if v.is_floating_point() else v for k, v in payload["networks"]["g"].items()
+    }
+    payload["ema"] = {"g": averaged}
+    step1 = save_checkpoint(payload, tmp_path / "step1.pt")
+    cfg = twostep_config(labelled, loss={"generator_checkpoint": str(step1), "encoder_steps": 1})
+    train(cfg, tmp_path / "encoder")
+    final = load_checkpoint(tmp_path / "encoder" / "latest.pt")
+    for key, tensor in averaged.items():
+        assert torch.equal(final["networks"]["g"][key], tensor), key
+    # d has no average: it stays the step-1 run's own.
+    for key, tensor in payload["networks"]["d"].items():
+        assert torch.equal(final["networks"]["d"][key], tensor), key

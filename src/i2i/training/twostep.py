@@ -143,11 +143,20 @@ class TwoStepTrainer(StepHelpers):
             )
         if "g" not in checkpoint["networks"]:
             raise ConfigError(f"loss.generator_checkpoint: {path} holds no generator g")
+        # g's moving average, where the step-1 run kept one, is the g that run's eval and
+        # export use, so it is the g the encoder learns to invert; d stays raw.
+        averaged = checkpoint.get("ema", {}).get("g")
+        log.info(
+            "step 2 inverts the %s g of %s", "averaged" if averaged is not None else "raw", path
+        )
         for name in ("g", "d"):
             if name not in checkpoint["networks"]:
                 continue
+            state = (
+                averaged if name == "g" and averaged is not None else checkpoint["networks"][name]
+            )
             try:
-                self.networks[name].load_state_dict(checkpoint["networks"][name])
+                self.networks[name].load_state_dict(state)
             except RuntimeError as exc:
                 raise ConfigError(
                     f"loss.generator_checkpoint: {path}: network {name!r} does not match this "

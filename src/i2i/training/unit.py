@@ -329,7 +329,18 @@ class UNITGenerators(nn.Module):
         if not (gen.training and gen.vae):
             return hiddens, torch.zeros_like(hiddens)
         shape = (distributed.global_batch(hiddens.shape[0], self.info), *hiddens.shape[1:])
-        noise = torch.randn(shape, dtype=hiddens.dtype, device=hiddens.device)
+        # randn_like fills in memory order: the global draw takes hiddens' layout (channels
+        # last or not), as one process's gen.encode (randn_like(hiddens)) does.
+        layout = (
+            torch.channels_last
+            if not hiddens.is_contiguous()
+            and hiddens.is_contiguous(memory_format=torch.channels_last)
+            else torch.contiguous_format
+        )
+        template = torch.empty(
+            shape, dtype=hiddens.dtype, device=hiddens.device, memory_format=layout
+        )
+        noise = torch.randn_like(template)
         return hiddens, distributed.rank_slice(noise, self.info)
 
     def forward(
