@@ -25,3 +25,9 @@ def test_reference_recipe_keeps_the_reference_networks_and_weights():
     small = options_from_dict("cyclegan", dict(cfg.model, ngf=4, ndf=4))
     g = create_networks("cyclegan", small)["g_ab"]
     assert isinstance(g, ResnetGenerator) and not g.global_skip
+
+
+def test_pix2pix_tiny_preset_has_the_global_skip():
+    cfg = load_config("pix2pix-tiny")
+    g = create_networks("pix2pix", options_from_dict("pix2pix", cfg.model))["g"]
+    assert isinstance(g, ResnetGenerator) and g.global_skip
