@@ -14,6 +14,7 @@ and so is dropout's mask.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,6 +139,11 @@ def cleanup(info: DistInfo) -> None:
         # Leave together: a rank tearing down its process group while another still uses
         # it (rank 0 writing the checkpoint) can abort in the backend's threads.
         torch_dist.barrier()
+        # Let the backend's worker threads drop the finished collectives now: freeing one
+        # that holds tensors made in Python (all_gather_object's) needs the GIL, and if the
+        # process group is freed first (the DDP wrappers going out of scope, with the GIL
+        # held) its destructor joins those threads and waits forever (seen under load).
+        time.sleep(0.2)
         if info.owns_group:
             torch_dist.destroy_process_group()
 
