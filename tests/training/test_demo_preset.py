@@ -31,3 +31,11 @@ def test_pix2pix_tiny_preset_has_the_global_skip():
     cfg = load_config("pix2pix-tiny")
     g = create_networks("pix2pix", options_from_dict("pix2pix", cfg.model))["g"]
     assert isinstance(g, ResnetGenerator) and g.global_skip
+
+
+def test_stargan_tiny_preset_has_the_global_skip_and_the_reference_does_not():
+    tiny = load_config("stargan-tiny")
+    g = create_networks("stargan", dict(tiny.model, domains=["a", "b"]))["g"]
+    assert g.global_skip and not g.main[-2].weight.any()  # starts as the identity
+    reference = options_from_dict("stargan", load_config("stargan").model)
+    assert reference.global_skip is False

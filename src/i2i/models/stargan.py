@@ -11,7 +11,7 @@ reference  i2i     role
 =========  ======  ==================================================================
 ``G``      ``g``   7x7 conv, 2 strided 4x4 convs down, ``repeat_num`` residual blocks,
                    2 transposed 4x4 convs up, 7x7 conv, tanh; instance norm, ReLU,
-                   zero padding, no biases
+                   zero padding, no biases (``global_skip``: see below)
 ``D``      ``d``   ``d_repeat_num`` strided 4x4 convs (LeakyReLU 0.01), then a 3x3 conv
                    to one real/fake map (``src``) and a conv with kernel
                    ``image_size / 2 ** d_repeat_num`` to the domain logits (``cls``)
@@ -32,6 +32,12 @@ reference's test images), and a translation does not depend on the rest of the b
 A reference ``G.ckpt`` holds ``running_mean``/``running_var`` buffers that i2i's ``g``
 does not have; they can be dropped on import (they never influence an output).
 
+Global skip (``global_skip``, off by default; not in the reference). ``g`` returns
+``tanh(atanh(x) + r)`` (:func:`i2i.models.networks.global_skip_output`), r the output of its
+last convolution, which starts at zero: an untrained ``g`` is the identity for every target
+and learns the change, as the ResNet and U-Net generators' option does. The layers and state
+dict keys are the same as without it, so checkpoints of either kind load into either.
+
 Sizes. ``g`` is fully convolutional: any size that is a multiple of 4 (two stride-2
 downsamplings, undone exactly by the transposed convolutions), at least 8 (instance norm
 needs more than one cell at the 1/4 scale). ``d``'s classifier kernel
@@ -47,6 +53,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from i2i.models.networks import global_skip_output
 from i2i.models.registry import ModelFamily, checked_domains, register_family
 from i2i.models.translators import domain_translators
 from i2i.shapes import ShapeRule
@@ -68,6 +75,9 @@ class StarGANOptions:
     d_conv_dim: int = 64
     d_repeat_num: int = 6  # strided convolutions of d
     image_size: int = 128  # the size d is built for (its classifier kernel)
+    # Not in the reference: g returns tanh(atanh(x) + residual) and its last conv starts at
+    # zero, so an untrained g is the identity and learns the change (short runs).
+    global_skip: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.domains, str) or not isinstance(self.domains, (list, tuple)):
@@ -132,12 +142,24 @@ class StarGANGenerator(nn.Module):
     (one-hot) -> (N, output_nc, H, W) in [-1, 1]; H and W multiples of 4."""
 
     def __init__(
-        self, input_nc: int, output_nc: int, num_domains: int, conv_dim: int, repeat_num: int
+        self,
+        input_nc: int,
+        output_nc: int,
+        num_domains: int,
+        conv_dim: int,
+        repeat_num: int,
+        global_skip: bool = False,
     ) -> None:
         super().__init__()
+        if global_skip and input_nc != output_nc:
+            raise ValueError(
+                f"global_skip adds the input image to the output, so it needs as many input "
+                f"as output channels; got input_nc={input_nc}, output_nc={output_nc}"
+            )
         self.input_nc = input_nc
         self.output_nc = output_nc
         self.num_domains = num_domains
+        self.global_skip = global_skip
         layers: list[nn.Module] = [
             nn.Conv2d(input_nc + num_domains, conv_dim, kernel_size=7, padding=3, bias=False),
             _instance_norm(conv_dim),
@@ -159,17 +181,19 @@ class StarGANGenerator(nn.Module):
                 nn.ReLU(inplace=True),
             ]
             dim //= 2
-        layers += [
-            nn.Conv2d(dim, output_nc, kernel_size=7, padding=3, bias=False),
-            nn.Tanh(),
-        ]
+        last = nn.Conv2d(dim, output_nc, kernel_size=7, padding=3, bias=False)
+        if global_skip:  # after the other draws, so their seeded weights are kept
+            nn.init.zeros_(last.weight)
+        # Identity has no parameters: the state dict's keys are the same either way.
+        layers += [last, nn.Identity() if global_skip else nn.Tanh()]
         self.main = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         # Zero padding matters here: the label maps are constant, and reflection padding
         # would keep them constant, so instance norm would remove them (the reference's note).
         maps = c.to(x.dtype)[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
-        return self.main(torch.cat([x, maps], dim=1))
+        out = self.main(torch.cat([x, maps], dim=1))
+        return global_skip_output(x, out) if self.global_skip else out
 
 
 class StarGANDiscriminator(nn.Module):
@@ -226,7 +250,7 @@ def build_stargan(options: StarGANOptions) -> dict[str, nn.Module]:
     as the reference does."""
     o = options
     k = o.num_domains
-    g = StarGANGenerator(o.input_nc, o.output_nc, k, o.conv_dim, o.repeat_num)
+    g = StarGANGenerator(o.input_nc, o.output_nc, k, o.conv_dim, o.repeat_num, o.global_skip)
     d = StarGANDiscriminator(o.input_nc, k, o.image_size, o.d_conv_dim, o.d_repeat_num)
     return {"g": g, "d": d}
 
