@@ -173,20 +173,7 @@ def test_the_whole_domain_translator_exports_with_its_int64_condition(tmp_path: 
     options = options_from_dict("stargan", TINY)
     conditional = get_family("stargan").conditional(nets, options)
     whole = DomainTranslator(conditional, 3, 3, len(DOMAINS)).eval()
-    batch, height, width = torch.export.Dim("batch"), torch.export.Dim("h"), torch.export.Dim("w")
-    path = tmp_path / "whole.onnx"
-    example = (torch.zeros(2, 16, 16, 3, dtype=torch.uint8), torch.tensor([0, 1]))
-    with torch.no_grad():
-        program = torch.onnx.export(
-            whole,
-            example,
-            input_names=["image", "domain"],
-            output_names=["translated"],
-            dynamo=True,
-            dynamic_shapes=({0: batch, 1: 4 * height, 2: 4 * width}, {0: batch}),
-        )
-    program.save(str(path))
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = export_conditional_graph(whole, tmp_path / "whole.onnx")
     image = np.random.default_rng(1).integers(0, 256, (3, 20, 28, 3), dtype=np.uint8)
     domain = np.array([2, 0, 1], dtype=np.int64)
     (got,) = session.run(None, {"image": image, "domain": domain})
@@ -198,3 +185,21 @@ def test_the_whole_domain_translator_exports_with_its_int64_condition(tmp_path: 
         ]
     assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
     np.testing.assert_array_equal(expected, np.stack(per_target))
+
+
+def export_conditional_graph(whole: torch.nn.Module, path: Path) -> ort.InferenceSession:
+    """ONNX Runtime session of the (image, int64 domain) translator `whole` exported to
+    `path` with a dynamic batch and a size a multiple of 4."""
+    batch, height, width = torch.export.Dim("batch"), torch.export.Dim("h"), torch.export.Dim("w")
+    example = (torch.zeros(2, 16, 16, 3, dtype=torch.uint8), torch.tensor([0, 1]))
+    with torch.no_grad():
+        program = torch.onnx.export(
+            whole,
+            example,
+            input_names=["image", "domain"],
+            output_names=["translated"],
+            dynamo=True,
+            dynamic_shapes=({0: batch, 1: 4 * height, 2: 4 * width}, {0: batch}),
+        )
+    program.save(str(path))
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

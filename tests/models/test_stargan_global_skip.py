@@ -14,6 +14,7 @@ from i2i.export import export_checkpoint
 from i2i.models import DomainTranslator, create_networks, get_family, options_from_dict
 from i2i.models.stargan import StarGANGenerator, StarGANOptions, one_hot
 from tests.conftest import TINY_MODEL_OPTIONS
+from tests.models.test_stargan import export_conditional_graph
 
 DOMAINS = ["day", "dusk", "night"]
 TINY = {**TINY_MODEL_OPTIONS["stargan"], "domains": DOMAINS}
@@ -145,20 +146,7 @@ def test_the_conditional_graph_with_the_skip_exports(tmp_path: Path) -> None:
         nets["g"].main[-2].weight.normal_(0, 0.5)
     options = options_from_dict("stargan", {**TINY, "global_skip": True})
     whole = DomainTranslator(get_family("stargan").conditional(nets, options), 3, 3, 3).eval()
-    batch, height, width = torch.export.Dim("batch"), torch.export.Dim("h"), torch.export.Dim("w")
-    path = tmp_path / "whole.onnx"
-    example = (torch.zeros(2, 16, 16, 3, dtype=torch.uint8), torch.tensor([0, 1]))
-    with torch.no_grad():
-        program = torch.onnx.export(
-            whole,
-            example,
-            input_names=["image", "domain"],
-            output_names=["translated"],
-            dynamo=True,
-            dynamic_shapes=({0: batch, 1: 4 * height, 2: 4 * width}, {0: batch}),
-        )
-    program.save(str(path))
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = export_conditional_graph(whole, tmp_path / "whole.onnx")
     image = np.random.default_rng(1).integers(0, 256, (3, 20, 28, 3), dtype=np.uint8)
     domain = np.array([2, 0, 1], dtype=np.int64)
     (got,) = session.run(None, {"image": image, "domain": domain})
