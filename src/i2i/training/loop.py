@@ -320,7 +320,6 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
                 "rng": rng_states,
                 "batch_index": batch_index,
                 "world_size": dist.world_size,
-                "batch_size": cfg.batch_size,
             },
             **({"ema": average.state_dict()} if average is not None else {}),
         )
@@ -424,6 +423,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = Fals
     finally:
         if progress is not None:
             progress.close()
+        if average is not None:
+            average.close()  # the steps are over: unhook the optimisers
     if stop.requested:
         log.warning("stopped by a signal at step %d; saving a checkpoint to resume from", step)
     last_saved = save() or last_saved
