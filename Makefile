@@ -30,10 +30,12 @@ lint: setup
 test: lint
 	$(BIN)/python -m pytest
 
-# Regenerate the protocol modules (src/i2i/v1) from protos/; commit the result.
+# Regenerate the protocol modules (src/i2i/v1, src/i2i/oip) from protos/; commit the result.
 protos: setup
 	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=src --grpc_python_out=src \
 		--pyi_out=src protos/i2i/v1/translator.proto
+	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=src --grpc_python_out=src \
+		--pyi_out=src protos/i2i/oip/model_config.proto protos/i2i/oip/grpc_service.proto
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .ruff_cache .mypy_cache

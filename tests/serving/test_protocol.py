@@ -1,16 +1,22 @@
-"""The generated protocol modules in src/i2i/v1 are exactly what protos/ generates."""
+"""The generated protocol modules in src/i2i/v1 and src/i2i/oip are exactly what protos/
+generates."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
-GENERATED = ("translator_pb2.py", "translator_pb2.pyi", "translator_pb2_grpc.py")
+SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+PROTOS = {"v1": ("translator",), "oip": ("model_config", "grpc_service")}
 
 
-def test_generated_modules_are_up_to_date(tmp_path):
+@pytest.mark.parametrize("package", sorted(PROTOS))
+def test_generated_modules_are_up_to_date(tmp_path, package):
     from grpc_tools import protoc  # in the [dev] extra
 
+    sources = [str(ROOT / "protos" / "i2i" / package / f"{n}.proto") for n in PROTOS[package]]
     status = protoc.main(
         [
             "grpc_tools.protoc",
@@ -18,14 +24,29 @@ def test_generated_modules_are_up_to_date(tmp_path):
             f"--python_out={tmp_path}",
             f"--grpc_python_out={tmp_path}",
             f"--pyi_out={tmp_path}",
-            str(ROOT / "protos" / "i2i" / "v1" / "translator.proto"),
+            *sources,
         ]
     )
     assert status == 0
-    for name in GENERATED:
-        fresh = (tmp_path / "i2i" / "v1" / name).read_text()
-        committed = (ROOT / "src" / "i2i" / "v1" / name).read_text()
-        assert fresh == committed, f"src/i2i/v1/{name} is stale: run `make protos` and commit"
+    for stem in PROTOS[package]:
+        for suffix in SUFFIXES:
+            name = f"{stem}{suffix}"
+            fresh = (tmp_path / "i2i" / package / name).read_text()
+            committed = (ROOT / "src" / "i2i" / package / name).read_text()
+            assert fresh == committed, (
+                f"src/i2i/{package}/{name} is stale: run `make protos` and commit"
+            )
+
+
+def test_open_inference_protocol_is_tritons():
+    """The vendored service keeps Triton's package and methods, which its clients call."""
+    from i2i.oip import grpc_service_pb2 as oip
+
+    service = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    assert service.full_name == "inference.GRPCInferenceService"
+    names = {m.name for m in service.methods}
+    assert {"ServerLive", "ServerReady", "ServerMetadata", "ModelReady", "ModelMetadata"} <= names
+    assert {"ModelConfig", "ModelInfer", "ModelStreamInfer"} <= names
 
 
 def test_service_shape():
