@@ -565,6 +565,7 @@ def test_token_is_required_for_inference_but_not_liveness(start_server):
         lambda: stub.ModelInfer(infer_request(GOOD), timeout=10),
         lambda: stub.ModelMetadata(v2.ModelMetadataRequest(name=NAME), timeout=10),
         lambda: list(stub.ModelStreamInfer(iter([infer_request(GOOD)]), timeout=10)),
+        lambda: list(stub.ModelStreamInfer(iter([]), timeout=10)),  # refused before a request
         lambda: stub.ModelInfer(
             infer_request(GOOD), metadata=[("authorization", "Bearer wrong")], timeout=10
         ),
