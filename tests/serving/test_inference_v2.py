@@ -513,6 +513,20 @@ def test_stream_answers_an_error_in_place_and_goes_on(shared_server):
     assert translated(replies[3].infer_response).shape == (1, 32, 32, 3)
 
 
+def test_requests_of_one_stream_run_together_and_answer_in_order(start_server):
+    server = start_server(max_batch=4, max_delay_ms=300.0)
+    stub = v2_stub(server)
+    requests = [infer_request(batch_of(1, seed=i), id=str(i)) for i in range(4)]
+    replies = list(stub.ModelStreamInfer(iter(requests), timeout=30))
+    assert [r.infer_response.id for r in replies] == ["0", "1", "2", "3"]
+    for request, reply in zip(requests, replies, strict=True):
+        assert reply.infer_response == stub.ModelInfer(request, timeout=30)
+    samples = server.metrics()
+    # One backend run for the stream's four requests, then four for the unary calls.
+    assert samples['i2i_inference_batch_size_bucket{direction="A2B",le="4.0",model="tiny"}'] == 5
+    assert samples['i2i_inference_batch_size_bucket{direction="A2B",le="2.0",model="tiny"}'] == 4
+
+
 # ---- readiness, auth, overload
 
 
