@@ -9,7 +9,9 @@ them, readiness, streams, auth and overload.
 from __future__ import annotations
 
 import asyncio
+import json
 import queue
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +26,7 @@ from i2i.export import export_checkpoint
 from i2i.oip import grpc_service_pb2 as v2
 from i2i.oip import grpc_service_pb2_grpc as v2_grpc
 from i2i.oip import model_config_pb2 as mc
+from i2i.serving.config import ModelSelection
 from i2i.serving.inference import v2_model_name
 from i2i.serving.server import Server
 from i2i.serving.store import ModelStore
@@ -141,6 +144,32 @@ def test_model_config_is_a_triton_config_without_the_batch_dim(shared_server):
     assert config.dynamic_batching.default_queue_policy.max_queue_size == 64
     assert list(config.version_policy.specific.versions) == [1]
     assert config.parameters["i2i_direction"].string_value == "A2B"
+
+
+def test_versions_are_the_repositorys(tiny_repository, tmp_path):
+    repository = tmp_path / "repository"
+    shutil.copytree(tiny_repository, repository)
+    shutil.copytree(repository / MODEL / "1", repository / MODEL / "2")
+    manifest_path = repository / MODEL / "2" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["version"] = 2
+    manifest_path.write_text(json.dumps(manifest))
+    models = (ModelSelection(MODEL, 1), ModelSelection(MODEL, 2))
+    server = RunningServer(server_config(repository, models=models))
+    try:
+        stub = v2_stub(server)
+        meta = stub.ModelMetadata(v2.ModelMetadataRequest(name=NAME), timeout=10)
+        assert list(meta.versions) == ["1", "2"]
+        config = stub.ModelConfig(v2.ModelConfigRequest(name=NAME, version="1"), timeout=10)
+        assert list(config.config.version_policy.specific.versions) == [1, 2]
+        for version, served in (("", "2"), ("1", "1"), ("2", "2")):
+            reply = stub.ModelInfer(infer_request(GOOD, model_version=version), timeout=30)
+            assert reply.model_version == served
+        error = rpc_error(lambda: stub.ModelInfer(infer_request(GOOD, model_version="3")))
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+        assert "loaded versions: 1, 2" in error.details()
+    finally:
+        server.close()
 
 
 # ---- inference

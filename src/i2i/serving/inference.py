@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -79,11 +80,6 @@ IGNORED_PARAMETERS = frozenset(
     {"sequence_id", "sequence_start", "sequence_end", "priority", "binary_data_output"}
 )
 OWN_PARAMETERS = ("style_seed", "size_policy", "timeout")
-# Datatypes by element size, for the byte-count checks of typed inputs.
-DATATYPE_BYTES = {
-    "BOOL": 1, "UINT8": 1, "UINT16": 2, "UINT32": 4, "UINT64": 8, "INT8": 1, "INT16": 2,
-    "INT32": 4, "INT64": 8, "FP16": 2, "FP32": 4, "FP64": 8, "BF16": 2,
-}  # fmt: skip
 GPU_BACKENDS = ("tensorrt", "cuda")  # backend names with these run on a GPU
 
 
@@ -99,7 +95,7 @@ def add_to_server(servicer: v2_grpc.GRPCInferenceServiceServicer, server: grpc.a
     """Register `servicer` as inference.GRPCInferenceService with lenient request parsing.
 
     A body that is not the method's message reaches the handler as `Malformed` and is
-    answered INVALID_ARGUMENT (see `servicer.lenient_parser`).
+    answered INVALID_ARGUMENT (see `_lenient_parser`).
     """
     kinds = {
         (False, False): grpc.unary_unary_rpc_method_handler,
@@ -260,7 +256,7 @@ def parse_inputs(request: Any, target: Target) -> Inputs:
                 f"'{tensor.name}' for model '{name}'"
             )
         data = _tensor_bytes(tensor, raw, datatype)
-        size = int(np.prod(shape)) * DATATYPE_BYTES[datatype]
+        size = math.prod(shape) * (1 if datatype == "UINT8" else 4)  # Python ints: no overflow
         if len(data) != size:
             source = "raw_input_contents" if raw is not None else "contents"
             raise InvalidArgument(
