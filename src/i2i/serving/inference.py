@@ -32,6 +32,7 @@ from i2i.oip import grpc_service_pb2 as v2
 from i2i.oip import grpc_service_pb2_grpc as v2_grpc
 from i2i.oip import model_config_pb2 as mc
 from i2i.serving.errors import (
+    DeadlineExceeded,
     Internal,
     InvalidArgument,
     NotFound,
@@ -724,9 +725,19 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             )
             for index, pixels in enumerate(inputs.images)
         ]
-        results = await _all(
-            self.pipeline.translate(r, direction, deadline=deadline) for r in requests
-        )
+        calls = _all(self.pipeline.translate(r, direction, deadline=deadline) for r in requests)
+        if parameters.timeout_s is None:  # the call's own deadline: gRPC cancels it
+            results = await calls
+        else:  # the batcher checks deadlines only as it forms batches: enforce it here
+            try:
+                results = await asyncio.wait_for(
+                    calls, start + parameters.timeout_s - time.monotonic()
+                )
+            except asyncio.TimeoutError:  # noqa: UP041 - distinct from TimeoutError on 3.10
+                raise DeadlineExceeded(
+                    f"the timeout parameter ({parameters.timeout_s * 1e6:.0f} µs) passed before "
+                    f"the request was answered; the images not yet computed were dropped"
+                ) from None
         for result in results:
             self.metrics.queued(direction.model, direction.name, result.queue_s)
         return results
