@@ -520,11 +520,12 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             )
         model_name, direction_name = pairs[0]
         store = self.pipeline.store
-        model = store.models.get((model_name, version or store.latest[model_name]))
+        wanted = version or store.latest[model_name]
+        model = store.models.get((model_name, wanted))
         if model is None or direction_name not in model.directions:
             have = ", ".join(str(v) for v in self.versions(model_name, direction_name))
             raise NotFound(
-                f"Request for unknown model: '{name}' version {version} is not found; loaded "
+                f"Request for unknown model: '{name}' version {wanted} is not found; loaded "
                 f"versions: {have}"
             )
         return Target(name, model, model.directions[direction_name])
