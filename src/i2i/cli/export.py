@@ -119,7 +119,14 @@ def run_export(args: argparse.Namespace) -> int:
     )
     print(format_parity(manifest))
     if triton:
-        _write_triton(args.repository, args.name, args.triton_repository, platform)
+        from i2i.repository import RepositoryError
+
+        try:
+            _write_triton(args.repository, args.name, args.triton_repository, platform)
+        except RepositoryError as exc:
+            raise RepositoryError(
+                f"{folder} was written, but not the Triton repository: {exc}"
+            ) from exc
     return 0
 
 

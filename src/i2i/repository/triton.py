@@ -63,6 +63,7 @@ VERSION_POLICIES = ("latest", "all")
 # the repository layer must not import serving).
 DEFAULT_MAX_BATCH = 8
 CONFIG = "config.pbtxt"
+_STAGING = ".i2i-triton-tmp-"
 _DTYPES = {
     "uint8": mc.TYPE_UINT8,
     "float32": mc.TYPE_FP32,
@@ -511,7 +512,7 @@ def write_triton_models(
     replace: bool = False,
     hardlink: bool = False,
 ) -> None:
-    """Write `models` into `out`, all built beside it first, then renamed into place.
+    """Write `models` into `out`: all built in a hidden folder first, then renamed into place.
 
     `out` must be absent or empty unless `replace`; then each model folder written replaces
     the one of its name (others are left alone).
@@ -519,7 +520,15 @@ def write_triton_models(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise TritonExportError(f"{out} is a file; the Triton repository must be a folder")
-    present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    present = []
+    if out.is_dir():
+        for entry in out.iterdir():
+            if entry.name.startswith(_STAGING) and entry.is_dir():  # left by a killed export
+                shutil.rmtree(entry)
+                log.warning("removed %s, left by an interrupted export", entry)
+            else:
+                present.append(entry.name)
+        present.sort()
     if present and not replace:
         shown = ", ".join(present[:5]) + (", ..." if len(present) > 5 else "")
         raise TritonExportError(
@@ -527,8 +536,13 @@ def write_triton_models(
             f"to replace the Triton models this export writes "
             f"({', '.join(m.name for m in models)}) and keep the others"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.tmp-{secrets.token_hex(4)}"
+    # Built inside OUT when it exists (the renames then stay on its filesystem, also when
+    # OUT is a mount point), else beside it; hidden, and removed whatever happens.
+    if out.is_dir():
+        staging = out / f"{_STAGING}{secrets.token_hex(4)}"
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = out.parent / f".{out.name}{_STAGING}{secrets.token_hex(4)}"
     staging.mkdir()
     try:
         for model in models:
