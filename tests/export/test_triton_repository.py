@@ -315,7 +315,13 @@ def test_hardlink_links_the_artifacts(tiny_repository: Path, tmp_path: Path) -> 
 
 
 def add_fake_engine(
-    repository: Path, direction: str, gpu: str, cc: str, max_batch: int = 16, trt: str = "10.3.0"
+    repository: Path,
+    direction: str,
+    gpu: str,
+    cc: str,
+    max_batch: int = 16,
+    trt: str = "10.3.0",
+    model: str = MODEL,
 ) -> bytes:
     """Add a made-up plan file for `direction` to version 1's manifest; return its bytes."""
     data = f"not a real engine: {direction} {gpu} {cc}".encode()
@@ -344,7 +350,7 @@ def add_fake_engine(
             "psnr": 50.0,
         },
     }
-    add_artifacts(repository, MODEL, 1, {file: source}, [entry])
+    add_artifacts(repository, model, 1, {file: source}, [entry])
     return data
 
 
@@ -429,6 +435,22 @@ def test_engines_that_share_a_compute_capability_need_a_gpu_choice(
             tmp_path / "c",
             options=TritonOptions(platform="tensorrt", gpu="Tesla T4"),
         )
+
+
+def test_a_multi_domain_models_conditional_graph_stays_on_onnx_runtime_with_tensorrt(
+    md_repository: Path, tmp_path: Path
+) -> None:
+    repository = Path(shutil.copytree(md_repository, tmp_path / "i2i"))
+    directions = list(read_manifest(repository, "domains")["directions"])
+    for direction in directions:
+        add_fake_engine(repository, direction, "NVIDIA L4", "8.9", model="domains")
+    out = tmp_path / "triton"
+    export_triton(repository, out, options=TritonOptions(platform="tensorrt"))
+    for direction in directions:
+        assert parse_config(out / f"domains_{direction}").platform == "tensorrt_plan"
+    config = parse_config(out / "domains")
+    assert config.platform == "onnxruntime_onnx"
+    check_against_onnx(config, out / "domains" / "1" / "model.onnx")
 
 
 def test_tensorrt_without_engines_is_refused(tiny_repository: Path, tmp_path: Path) -> None:

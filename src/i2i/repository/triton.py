@@ -279,10 +279,9 @@ def _direction_model(
                 f"({_describe_ccs(cc_files)}); Triton's config is one per model: export one "
                 f"version with --version, or pick a GPU with --gpu"
             )
-        if len(first) > 1:
+        if len(first) > 1:  # Triton picks the file by its GPU's compute capability
             for cc, file in sorted(first.items()):
                 config.cc_model_filenames[cc] = file
-            config.default_model_filename = sorted(first.values())[0]
     model.config = config
     return model
 
