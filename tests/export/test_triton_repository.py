@@ -646,3 +646,18 @@ def test_i2i_export_triton_usage_errors(
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_i2i_export_says_the_version_was_written_when_only_triton_fails(
+    tiny_checkpoint_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "triton-file"
+    blocker.write_text("a file where the Triton repository should go")
+    code = export_main(
+        [str(tiny_checkpoint_path), "--repository", str(tmp_path / "models"), "--name", "m",
+         "--formats", "triton", "--triton-repository", str(blocker)]
+    )  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "m/1 was written, but not the Triton repository" in err and "is a file" in err
+    assert read_manifest(tmp_path / "models", "m", 1)["version"] == 1
