@@ -661,3 +661,17 @@ def test_i2i_export_says_the_version_was_written_when_only_triton_fails(
     err = capsys.readouterr().err
     assert "m/1 was written, but not the Triton repository" in err and "is a file" in err
     assert read_manifest(tmp_path / "models", "m", 1)["version"] == 1
+
+
+def test_help_texts(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        i2i_main(["models", "export-triton", "--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--platform", "--max-batch", "--instances", "--kind", "--max-queue-delay-us",
+                 "--preferred-batch-sizes", "--version-policy", "--hardlink", "--force",
+                 "config.pbtxt"):  # fmt: skip
+        assert flag in text
+    with pytest.raises(SystemExit):
+        export_main(["--help"])
+    assert "--triton-repository" in capsys.readouterr().out
