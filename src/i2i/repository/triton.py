@@ -166,14 +166,13 @@ def export_triton(
         options: platform, batching and instance settings.
 
     Raises:
-        TritonExportError (a RepositoryError): a model, version or artifact is missing,
-            the options do not fit the models, or `out` is not empty without `replace`.
-            Nothing is written then.
+        RepositoryError: a model or version is missing or broken; TritonExportError (a
+            RepositoryError): an artifact is missing or changed, the options do not fit the
+            models, or `out` is not empty without `replace`. Nothing is written then.
     """
-    planned = plan_triton_models(repository, models, version, options or TritonOptions())
-    write_triton_models(
-        planned, out, replace=replace, hardlink=(options or TritonOptions()).hardlink
-    )
+    options = options or TritonOptions()
+    planned = plan_triton_models(repository, models, version, options)
+    write_triton_models(planned, out, replace=replace, hardlink=options.hardlink)
     return planned
 
 
