@@ -1,4 +1,5 @@
-"""`i2i models`: read model repositories (list, show) and build TensorRT engines for them."""
+"""`i2i models`: read model repositories (list, show), build TensorRT engines for them and
+write them as Triton model repositories (export-triton)."""
 
 from __future__ import annotations
 
@@ -131,10 +132,179 @@ def run_build_engines(args: argparse.Namespace) -> int:
     return 0
 
 
+EXPORT_TRITON_DESCRIPTION = (
+    "Write a Triton Inference Server model repository from an i2i one: per direction a Triton "
+    "model <model>_<direction> (the names i2i-serve's v2 API uses) with a config.pbtxt and one "
+    "folder per i2i version holding model.onnx (ONNX Runtime) or model.plan (TensorRT); a "
+    "multi-domain model also gets <model>, its conditional graph (inputs image and domain). "
+    "Inputs image UINT8 [N,H,W,C] (and style FP32 [N,S] for multimodal models), output "
+    "translated UINT8 [N,H,W,C], dynamic batching and instance groups as set below. Serve it "
+    "with `tritonserver --model-repository OUT`. Files are copied (checked against each "
+    "manifest's sha256) unless --hardlink. TensorRT plans run only on the GPU type and "
+    "TensorRT version that built them: Triton's TensorRT must be that version. See "
+    "docs/triton.md."
+)
+
+
+def add_export_triton_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("repository", type=Path, metavar="REPO", help="i2i model repository folder")
+    p.add_argument(
+        "out", type=Path, metavar="OUT", help="Triton model repository folder (created; empty)"
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        metavar="NAME",
+        help="i2i model to write (repeatable; default: every model in REPO)",
+    )
+    p.add_argument(
+        "--version",
+        type=int,
+        metavar="V",
+        help="only this version of the one --model (default: all)",
+    )
+    p.add_argument(
+        "--platform",
+        choices=("onnx", "tensorrt"),
+        default="onnx",
+        help="onnx: onnxruntime_onnx with model.onnx (default); tensorrt: tensorrt_plan with the "
+        "repository's engines (built by `i2i models build-engines` on the serving GPU type)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "fp16"),
+        default="fp32",
+        help="which ONNX artifact to serve (default fp32; fp16 needs an export with onnx-fp16)",
+    )
+    p.add_argument(
+        "--gpu",
+        metavar="NAME",
+        help="tensorrt: use the engines built on this GPU, e.g. 'NVIDIA H100 80GB HBM3' "
+        "(needed when two engines share a compute capability)",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        metavar="N",
+        help="max_batch_size (default 8, i2i-serve's default; tensorrt: at most the engines' "
+        "largest batch)",
+    )
+    p.add_argument(
+        "--instances", type=int, default=1, metavar="N", help="instances per device (default 1)"
+    )
+    p.add_argument(
+        "--kind",
+        choices=("gpu", "cpu"),
+        default="gpu",
+        help="instance_group kind: KIND_GPU (default) or KIND_CPU (onnx only)",
+    )
+    p.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=0,
+        metavar="N",
+        help="dynamic batching: longest wait for a fuller batch, in microseconds (default 0)",
+    )
+    p.add_argument(
+        "--preferred-batch-sizes",
+        metavar="N,N",
+        default="",
+        help="dynamic batching: preferred batch sizes, e.g. 4,8 (default none)",
+    )
+    p.add_argument(
+        "--version-policy",
+        choices=("latest", "all"),
+        default="latest",
+        help="which versions Triton loads: latest (the newest, as i2i-serve; default) or all",
+    )
+    p.add_argument(
+        "--hardlink",
+        action="store_true",
+        help="hard-link the artifacts instead of copying them (one filesystem only)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a non-empty OUT, replacing the Triton models written (others are kept)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def triton_options(args: argparse.Namespace) -> Any:
+    """The TritonOptions of `i2i models export-triton`'s arguments."""
+    from i2i.repository.triton import TritonOptions
+
+    try:
+        preferred = tuple(int(n) for n in args.preferred_batch_sizes.split(",") if n.strip())
+    except ValueError:
+        raise UsageError(
+            f"--preferred-batch-sizes {args.preferred_batch_sizes!r}: give whole numbers "
+            f"separated by commas, e.g. 4,8"
+        ) from None
+    return TritonOptions(
+        platform=args.platform,
+        precision=args.precision,
+        max_batch=args.max_batch,
+        instances=args.instances,
+        kind=args.kind,
+        max_queue_delay_us=args.max_queue_delay_us,
+        preferred_batch_sizes=preferred,
+        version_policy=args.version_policy,
+        gpu=args.gpu,
+        hardlink=args.hardlink,
+    )
+
+
+def run_export_triton(args: argparse.Namespace) -> int:
+    from i2i.repository.triton import export_triton
+
+    if args.version is not None and (not args.model or len(args.model) != 1):
+        raise UsageError("--version needs exactly one --model (version numbers are per model)")
+    written = export_triton(
+        args.repository,
+        args.out,
+        args.model,
+        args.version,
+        triton_options(args),
+        replace=args.force,
+    )
+    print(f"wrote {len(written)} Triton models into {args.out}")
+    print(format_triton_models(written))
+    return 0
+
+
+def format_triton_models(models: Sequence[Any]) -> str:
+    """The Triton models written: name, versions, platform, batch, and their tensors."""
+    from i2i.oip import model_config_pb2 as mc
+
+    rows: list[Sequence[str]] = [("triton model", "versions", "platform", "max batch", "tensors")]
+    for model in models:
+        config = model.config
+
+        def tensor(t: Any, config: Any = config) -> str:
+            dims = ", ".join(map(str, [-1, *t.dims])) if not t.HasField("reshape") else "-1"
+            return f"{t.name} {mc.DataType.Name(t.data_type)[5:]} [{dims}]"
+
+        tensors = (
+            ", ".join(map(tensor, config.input)) + " -> " + ", ".join(map(tensor, config.output))
+        )
+        rows.append(
+            (
+                model.name,
+                _ranges(model.versions),
+                config.platform,
+                str(config.max_batch_size),
+                tensors,
+            )
+        )
+    return _table(rows, right={3})
+
+
 def add_commands(sub: Any) -> None:
     """Register the models group on the `i2i` parser's subcommands."""
     models = sub.add_parser(
-        "models", help="read model repositories; build TensorRT engines for them"
+        "models",
+        help="read model repositories; build TensorRT engines for them; write Triton ones",
     ).add_subparsers(dest="models_command", required=True)
     p = models.add_parser(
         "families", help="the model families i2i can train, import, export and serve"
@@ -156,6 +326,14 @@ def add_commands(sub: Any) -> None:
     )
     add_build_engines_arguments(p)
     p.set_defaults(func=run_build_engines, extras=("export",))
+    p = models.add_parser(
+        "export-triton",
+        help="write a Triton Inference Server model repository from an i2i one",
+        description=EXPORT_TRITON_DESCRIPTION,
+        epilog=EPILOG,
+    )
+    add_export_triton_arguments(p)
+    p.set_defaults(func=run_export_triton)
 
 
 # --- what `i2i models list` and `i2i models show` print -----------------------------------
