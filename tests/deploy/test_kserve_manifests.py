@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import re
 import socket
@@ -39,6 +40,8 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from i2i.oip import grpc_service_pb2 as v2
+from i2i.oip import grpc_service_pb2_grpc as v2_grpc
 from i2i.repository import FORMAT_VERSION
 from i2i.serving.config import ServerConfig, add_arguments, config_from_args
 from tests.conftest import without_training_packages
@@ -838,25 +841,50 @@ def served(tiny_repository: Path, tmp_path: Path) -> Iterator[tuple[int, int, li
         process.wait(10)
 
 
+def wait_serving(port: int, log: str) -> None:
+    """Call grpc.health.v1 on the port as the readiness probe does, until SERVING."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=3)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            assert time.monotonic() < deadline, Path(log).read_text()[-3000:]
+            time.sleep(0.5)
+
+
 @pytest.mark.slow
 def test_runtime_arguments_start_a_server_that_answers_the_probes(
     served: tuple[int, int, list[str]],
 ) -> None:
     port, metrics_port, (log,) = served
     runtime, _ = pair("cpu")
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        deadline = time.monotonic() + 120
-        while True:  # what the readiness probe does, until the models are loaded
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=3)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    break
-            except grpc.RpcError:
-                pass
-            assert time.monotonic() < deadline, Path(log).read_text()[-3000:]
-            time.sleep(0.5)
+    wait_serving(port, log)
     path = runtime["spec"]["annotations"]["prometheus.kserve.io/path"]
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}{path}", timeout=10) as reply:
         text = reply.read().decode()
     assert reply.status == 200 and "i2i_server_ready 1.0" in text
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("i2i.serving.inference") is None,
+    reason="the v2 service (issue 13, i2i.serving.inference) is not in this tree yet",
+)
+def test_runtime_port_speaks_the_v2_protocol_the_runtime_declares(
+    served: tuple[int, int, list[str]],
+) -> None:
+    """protocolVersions [grpc-v2]: the h2c port answers inference.GRPCInferenceService."""
+    port, _, (log,) = served
+    wait_serving(port, log)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = v2_grpc.GRPCInferenceServiceStub(channel)
+        assert stub.ServerReady(v2.ServerReadyRequest(), timeout=10).ready
+        assert stub.ModelReady(v2.ModelReadyRequest(name="tiny_A2B"), timeout=10).ready
+        metadata = stub.ModelMetadata(v2.ModelMetadataRequest(name="tiny_A2B"), timeout=10)
+    assert [(t.name, t.datatype) for t in metadata.inputs][:1] == [("image", "UINT8")]
+    assert [(t.name, t.datatype) for t in metadata.outputs] == [("translated", "UINT8")]
