@@ -45,7 +45,8 @@ from i2i.oip import grpc_service_pb2_grpc as v2_grpc
 from i2i.repository import FORMAT_VERSION
 from i2i.serving.config import ServerConfig, add_arguments, config_from_args
 from tests.conftest import without_training_packages
-from tests.deploy.conftest import DEPLOY, load_documents, promql_metric_names, tool
+from tests.deploy import load as load_dockerfile
+from tests.deploy.conftest import DEPLOY, load_documents, promql_metric_names, render, tool
 
 KSERVE = DEPLOY / "kserve"
 SCHEMAS = Path(__file__).parent / "schemas" / "kserve"
@@ -887,3 +888,18 @@ def test_runtime_port_speaks_the_v2_protocol_the_runtime_declares(
         metadata = stub.ModelMetadata(v2.ModelMetadataRequest(name="tiny_A2B"), timeout=10)
     assert [(t.name, t.datatype) for t in metadata.inputs][:1] == [("image", "UINT8")]
     assert [(t.name, t.datatype) for t in metadata.outputs] == [("translated", "UINT8")]
+
+
+@pytest.mark.parametrize("variant", sorted(RUNTIMES))
+def test_runtime_runs_the_serving_image_as_built(variant: str, kubectl: str) -> None:
+    """The runtime's command, user and image are the Dockerfile's and the plain overlay's."""
+    (container,) = one(RUNTIMES[variant])["spec"]["containers"]
+    final = load_dockerfile().final
+    assert container["command"] == final.last("ENTRYPOINT").exec_form()
+    user, _, group = final.last("USER").value.partition(":")
+    context = container["securityContext"]
+    assert (str(context["runAsUser"]), str(context["runAsGroup"])) == (user, group)
+    overlay = render(kubectl, DEPLOY / "overlays" / variant)
+    deployment = next(d for d in overlay if d["kind"] == "Deployment")
+    (server,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == server["image"]  # one release of the image for both
