@@ -15,7 +15,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from types import ModuleType
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -64,12 +65,15 @@ class Malformed:
     message: str
 
 
-def lenient_parser(message_type: type[Message]) -> Callable[[bytes], Message | Malformed]:
+def lenient_parser(
+    message_type: type[Message], hint: str
+) -> Callable[[bytes], Message | Malformed]:
     """A request deserializer that returns `Malformed` instead of raising.
 
     gRPC deserialises a request before the handler runs and answers UNKNOWN ("Unexpected
     DecodeError") to whatever the deserializer raises; this way the handler sees the
-    failure and answers INVALID_ARGUMENT, counted and logged like any bad request.
+    failure and answers INVALID_ARGUMENT, counted and logged like any bad request. `hint`
+    says what to build the message with.
     """
     name = message_type.DESCRIPTOR.full_name
 
@@ -79,18 +83,24 @@ def lenient_parser(message_type: type[Message]) -> Callable[[bytes], Message | M
         except DecodeError as exc:
             return Malformed(
                 f"the request body ({len(data)} bytes) is not a valid {name} protobuf "
-                f"message ({exc}); build it with code generated from the i2i.v1 protocol "
-                f"(protos/i2i/v1/translator.proto)"
+                f"message ({exc}); build it with {hint}"
             )
 
     return parse
 
 
-def add_to_server(servicer: pb_grpc.TranslatorServicer, server: grpc.aio.Server) -> None:
-    """Register `servicer` as i2i.v1.Translator, parsing requests with `lenient_parser`.
+def register_service(
+    module: ModuleType,
+    service_name: str,
+    handler: Callable[[str], Callable[..., Any]],
+    server: grpc.aio.Server,
+    hint: str,
+) -> None:
+    """Register the service `service_name` of the generated `module` on `server`.
 
-    The same handlers as the generated ``add_TranslatorServicer_to_server``, built from the
-    service descriptor so they follow the protocol file.
+    Handlers are built from the service descriptor, so they follow the protocol file, with
+    requests parsed by `lenient_parser`; `handler(method_name)` gives each method's
+    coroutine (or async generator).
     """
     kinds = {
         (False, False): grpc.unary_unary_rpc_method_handler,
@@ -98,21 +108,39 @@ def add_to_server(servicer: pb_grpc.TranslatorServicer, server: grpc.aio.Server)
         (True, False): grpc.stream_unary_rpc_method_handler,
         (True, True): grpc.stream_stream_rpc_method_handler,
     }
-    service = pb.DESCRIPTOR.services_by_name["Translator"]
+    service = module.DESCRIPTOR.services_by_name[service_name]
     handlers = {}
     for method in service.methods:
-        request_type = getattr(pb, method.input_type.name)
-        response_type = getattr(pb, method.output_type.name)
+        request_type = getattr(module, method.input_type.name)
+        response_type = getattr(module, method.output_type.name)
         kind = kinds[(method.client_streaming, method.server_streaming)]
         handlers[method.name] = kind(
-            getattr(servicer, method.name),
-            request_deserializer=lenient_parser(request_type),
+            handler(method.name),
+            request_deserializer=lenient_parser(request_type, hint),
             response_serializer=response_type.SerializeToString,
         )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )
     server.add_registered_method_handlers(service.full_name, handlers)
+
+
+def add_to_server(servicer: pb_grpc.TranslatorServicer, server: grpc.aio.Server) -> None:
+    """Register `servicer` as i2i.v1.Translator, parsing requests with `lenient_parser`."""
+    register_service(
+        pb,
+        "Translator",
+        lambda name: getattr(servicer, name),
+        server,
+        "code generated from the i2i.v1 protocol (protos/i2i/v1/translator.proto)",
+    )
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: ServingError) -> None:
+    """End the call with the error's code and message (and retry advice, if exhausted)."""
+    if exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # tell clients whether to retry
+        context.set_trailing_metadata(RETRYABLE if exc.retryable else NOT_RETRYABLE)
+    await context.abort(exc.code, exc.message)
 
 
 def _parsed(message: M | Malformed) -> M:
@@ -350,19 +378,13 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
                 extra=where,
             )
 
-    async def _abort(self, context: grpc.aio.ServicerContext, exc: ServingError) -> None:
-        """End the call with the error's code and message (and retry advice, if exhausted)."""
-        if exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # tell clients whether to retry
-            context.set_trailing_metadata(RETRYABLE if exc.retryable else NOT_RETRYABLE)
-        await context.abort(exc.code, exc.message)
-
     async def Translate(  # noqa: N802 - the protocol's name
         self, request: pb.TranslateRequest | Malformed, context: grpc.aio.ServicerContext
     ) -> pb.TranslateResponse:
         try:
             return await self._translate_one(request, context)
         except ServingError as exc:
-            await self._abort(context, exc)
+            await abort(context, exc)
             raise AssertionError("unreachable") from None
 
     async def TranslateStream(  # noqa: N802
@@ -377,7 +399,7 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
             try:
                 yield await self._translate_one(message, context)
             except ServingError as exc:
-                await self._abort(context, exc)
+                await abort(context, exc)
 
     async def ListModels(  # noqa: N802
         self, request: pb.ListModelsRequest | Malformed, context: grpc.aio.ServicerContext
@@ -386,7 +408,7 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
             self._check_accepting()
             _parsed(request)
         except ServingError as exc:
-            await self._abort(context, exc)
+            await abort(context, exc)
         store = self.pipeline.store
         return pb.ListModelsResponse(
             models=[model_info(m) for _, m in sorted(store.models.items())]
@@ -400,7 +422,7 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
             parsed: pb.GetModelRequest = _parsed(request)
             return model_info(self.pipeline.store.model(parsed.model, parsed.version or None))
         except ServingError as exc:
-            await self._abort(context, exc)
+            await abort(context, exc)
             raise AssertionError("unreachable") from None
 
 
