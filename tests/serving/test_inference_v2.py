@@ -489,14 +489,11 @@ def test_tritonclients_reserved_parameters_are_accepted(shared_server):
     assert translated(v2_stub(shared_server).ModelInfer(request, timeout=30)).shape[0] == 2
 
 
-def test_unknown_model_and_version_are_not_found(shared_server):
+def test_unknown_model_and_version_are_not_found_and_not_ready(shared_server):
     stub = v2_stub(shared_server)
     calls = {
         "infer": lambda name, version: stub.ModelInfer(
             infer_request(GOOD, name, model_version=version), timeout=10
-        ),
-        "ready": lambda name, version: stub.ModelReady(
-            v2.ModelReadyRequest(name=name, version=version), timeout=10
         ),
         "metadata": lambda name, version: stub.ModelMetadata(
             v2.ModelMetadataRequest(name=name, version=version), timeout=10
@@ -513,7 +510,19 @@ def test_unknown_model_and_version_are_not_found(shared_server):
         error = rpc_error(lambda call=call: call(NAME, "7"))
         assert error.code() == grpc.StatusCode.NOT_FOUND, what
         assert "'tiny_A2B' version 7 is not found; loaded versions: 1" in error.details()
+    # As Triton: no model has version 0 or the name "" (NOT_FOUND, not INVALID_ARGUMENT).
+    for name, version in ((NAME, "0"), ("", "")):
+        error = rpc_error(lambda n=name, v=version: calls["infer"](n, v))
+        assert error.code() == grpc.StatusCode.NOT_FOUND, (name, version)
+        assert f"Request for unknown model: '{name}'" in error.details()
     error = rpc_error(lambda: stub.ModelMetadata(v2.ModelMetadataRequest(name=NAME, version="x")))
+    assert error.code() == INVALID
+    # ModelReady of a model or version not served is ready=false, as Triton answers it
+    # (tritonclient's is_model_ready returns False); a bad version is still an error.
+    for name, version in (("tiny_C2D", ""), (NAME, "7"), (NAME, "0"), ("", "")):
+        ready = stub.ModelReady(v2.ModelReadyRequest(name=name, version=version), timeout=10)
+        assert ready.ready is False, (name, version)
+    error = rpc_error(lambda: stub.ModelReady(v2.ModelReadyRequest(name=NAME, version="x")))
     assert error.code() == INVALID
     # Unknown names are counted under "unknown", never as a label of their own.
     samples = shared_server.metrics()

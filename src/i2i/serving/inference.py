@@ -25,7 +25,7 @@ from typing import Any
 
 import grpc
 import numpy as np
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 
 import i2i
 from i2i.oip import grpc_service_pb2 as v2
@@ -46,11 +46,11 @@ from i2i.serving.metrics import ServerMetrics
 from i2i.serving.pipeline import Pipeline, RawPixels, Request, Result, new_request_id
 from i2i.serving.servicer import (
     INLINE_REPLY_BYTES,
-    NOT_RETRYABLE,
-    RETRYABLE,
     Malformed,
     TranslatorServicer,
+    abort,
     clean_request_id,
+    register_service,
 )
 from i2i.serving.store import LoadedDirection, LoadedModel
 
@@ -93,49 +93,16 @@ def v2_model_name(model: str, direction: str) -> str:
 
 
 def add_to_server(servicer: v2_grpc.GRPCInferenceServiceServicer, server: grpc.aio.Server) -> None:
-    """Register `servicer` as inference.GRPCInferenceService with lenient request parsing.
-
-    A body that is not the method's message reaches the handler as `Malformed` and is
-    answered INVALID_ARGUMENT (see `_lenient_parser`).
-    """
-    kinds = {
-        (False, False): grpc.unary_unary_rpc_method_handler,
-        (False, True): grpc.unary_stream_rpc_method_handler,
-        (True, False): grpc.stream_unary_rpc_method_handler,
-        (True, True): grpc.stream_stream_rpc_method_handler,
-    }
-    service = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-    handlers = {}
-    for method in service.methods:
-        request_type = getattr(v2, method.input_type.name)
-        response_type = getattr(v2, method.output_type.name)
-        kind = kinds[(method.client_streaming, method.server_streaming)]
-        call = getattr(servicer, method.name) if method.name in IMPLEMENTED else None
-        handlers[method.name] = kind(
-            call or _unimplemented(method.name),
-            request_deserializer=_lenient_parser(request_type),
-            response_serializer=response_type.SerializeToString,
-        )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    server.add_registered_method_handlers(SERVICE, handlers)
-
-
-def _lenient_parser(message_type: type[Message]) -> Callable[[bytes], Message | Malformed]:
-    """A request deserializer that returns `Malformed` instead of raising (the handler
-    answers INVALID_ARGUMENT; gRPC itself would answer UNKNOWN)."""
-    name = message_type.DESCRIPTOR.full_name
-
-    def parse(data: bytes) -> Message | Malformed:
-        try:
-            return message_type.FromString(data)
-        except DecodeError as exc:
-            return Malformed(
-                f"the request body ({len(data)} bytes) is not a valid {name} protobuf "
-                f"message ({exc}); build it with the Open Inference Protocol's "
-                f"grpc_service.proto (tritonclient, or protos/i2i/oip)"
-            )
-
-    return parse
+    """Register `servicer` as inference.GRPCInferenceService (`servicer.register_service`:
+    a body that is not the method's message is answered INVALID_ARGUMENT); the RPCs not in
+    `IMPLEMENTED` answer UNIMPLEMENTED, saying so."""
+    register_service(
+        v2,
+        "GRPCInferenceService",
+        lambda name: getattr(servicer, name) if name in IMPLEMENTED else _unimplemented(name),
+        server,
+        "the Open Inference Protocol's grpc_service.proto (tritonclient, or protos/i2i/oip)",
+    )
 
 
 def _parsed(message: Message | Malformed) -> Any:
@@ -146,19 +113,16 @@ def _parsed(message: Message | Malformed) -> Any:
 
 
 def parse_version(text: str) -> int | None:
-    """A v2 model_version: "" means the latest loaded, else a positive integer."""
+    """A v2 model_version: "" means the latest loaded, else an integer (as Triton reads
+    it: one that no loaded version has, 0 included, is NOT_FOUND, not invalid)."""
     if not text:
         return None
-    try:
-        version = int(text)
-    except ValueError:
-        version = 0
-    if version < 1 or not text.isdigit():
+    if not text.removeprefix("-").isdigit():
         raise InvalidArgument(
             f"invalid model version specified {text!r}: a version is an integral value > 0, "
             f"or empty for the latest"
         )
-    return version
+    return int(text)
 
 
 @dataclass(frozen=True)
@@ -505,9 +469,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         version = parse_version(version_text)
         names = self._names()
         pairs = names.get(name)
-        if not name:
-            raise InvalidArgument("model_name is empty: name a model (e.g. <model>_<direction>)")
-        if pairs is None:
+        if pairs is None:  # "" too, as Triton answers it
             raise NotFound(
                 f"Request for unknown model: '{name}' is not found; this server serves "
                 f"{', '.join(names) or 'no model'} (<model>_<direction>)"
@@ -520,7 +482,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             )
         model_name, direction_name = pairs[0]
         store = self.pipeline.store
-        wanted = version or store.latest[model_name]
+        wanted = store.latest[model_name] if version is None else version
         model = store.models.get((model_name, wanted))
         if model is None or direction_name not in model.directions:
             have = ", ".join(str(v) for v in self.versions(model_name, direction_name))
@@ -536,11 +498,6 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             v for (m, v), loaded in self.pipeline.store.models.items()
             if m == model and direction in loaded.directions
         )  # fmt: skip
-
-    async def _abort(self, context: grpc.aio.ServicerContext, exc: ServingError) -> None:
-        if exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # tell clients whether to retry
-            context.set_trailing_metadata(RETRYABLE if exc.retryable else NOT_RETRYABLE)
-        await context.abort(exc.code, exc.message)
 
     # ---- health and metadata
 
@@ -568,13 +525,22 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             parsed = _parsed(request)
             return build(self.resolve(parsed.name, parsed.version))
         except ServingError as exc:
-            await self._abort(context, exc)
+            await abort(context, exc)
             raise AssertionError("unreachable") from None
 
     async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        return await self._described(
-            request, context, lambda target: v2.ModelReadyResponse(ready=True)
-        )
+        # As Triton: a model or version it does not have is not ready (tritonclient's
+        # is_model_ready returns False), not an error; a malformed request still is one.
+        try:
+            self._check_accepting()
+            parsed = _parsed(request)
+            self.resolve(parsed.name, parsed.version)
+            return v2.ModelReadyResponse(ready=True)
+        except NotFound:
+            return v2.ModelReadyResponse(ready=False)
+        except ServingError as exc:
+            await abort(context, exc)
+            raise AssertionError("unreachable") from None
 
     async def ModelMetadata(  # noqa: N802
         self, request: Any, context: grpc.aio.ServicerContext
@@ -747,7 +713,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         try:
             return await self._infer_one(request, context)
         except ServingError as exc:
-            await self._abort(context, exc)
+            await abort(context, exc)
             raise AssertionError("unreachable") from None
 
     async def ModelStreamInfer(  # noqa: N802
@@ -780,7 +746,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
                     reply = await task
                 except ServingError as exc:
                     if not self.translator.accepting:
-                        await self._abort(context, exc)
+                        await abort(context, exc)
                     yield _stream_error(message, exc)
                     continue
                 yield v2.ModelStreamInferResponse(infer_response=reply)
