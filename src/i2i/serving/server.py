@@ -29,6 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_reflection.v1alpha import reflection_pb2 as reflection_pb
 
+from i2i.serving import inference
 from i2i.serving.batcher import BatchObserver
 from i2i.serving.config import ServerConfig, ServerConfigError
 from i2i.serving.metrics import MetricsServer, ServerMetrics
@@ -40,8 +41,16 @@ from i2i.v1 import translator_pb2 as pb
 log = logging.getLogger(__name__)
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Translator"].full_name  # "i2i.v1.Translator"
-# Probes (Kubernetes, grpcurl) need no token for these.
-OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# Probes (Kubernetes, grpcurl, KServe and Triton clients) need no token for these: they
+# tell no more than the health service does.
+OPEN_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.",
+    f"/{inference.SERVICE}/ServerLive",
+    f"/{inference.SERVICE}/ServerReady",
+)
+# Methods with a request stream: a refusal must be a stream handler too.
+STREAMING_METHODS = (f"/{SERVICE}/TranslateStream", f"/{inference.SERVICE}/ModelStreamInfer")
 # Server reflection v1 (what grpcurl and current tools ask first) is v1alpha under another
 # package name: the same messages, field for field.
 REFLECTION_V1 = "grpc.reflection.v1"
@@ -81,7 +90,7 @@ class TokenAuth(grpc.aio.ServerInterceptor):
         matches = hmac.compare_digest(credentials.strip().encode(), self._expected)
         if scheme.lower() == "bearer" and matches:
             return await continuation(details)
-        return self._refuse_stream if method.endswith("TranslateStream") else self._refuse_unary
+        return self._refuse_stream if method in STREAMING_METHODS else self._refuse_unary
 
 
 class _Observer:
@@ -118,6 +127,10 @@ class Server:
             self.executor,
             max_calls=config.max_concurrent_rpcs,
             # A full queue moves on within the batching delay: the time to wait for a retry.
+        )
+        # The v2 service shares Translate's admission, in-flight count and drain.
+        self.inference = inference.InferenceServicer(
+            self.pipeline, self.metrics, self.servicer, self.executor
         )
         self.metrics.watch_in_flight(lambda: self.servicer.in_flight)
         self.health = health.aio.HealthServicer()
@@ -176,10 +189,10 @@ class Server:
         # also refuse health checks under load (and fail Kubernetes probes).
         server = grpc.aio.server(interceptors=interceptors, options=options)
         add_to_server(self.servicer, server)
+        inference.add_to_server(self.inference, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        enable_reflection(
-            (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server
-        )
+        health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+        enable_reflection((SERVICE, inference.SERVICE, health_name), server)
         address = f"{config.host}:{config.port}"
         credentials = self._credentials()
         if config.token and credentials is None:
