@@ -8,8 +8,9 @@ tests/serving/tritonclient_scripts/oip_calls.py, run by that venv's interpreter,
 server on 127.0.0.1 in this process; the checks compare what tritonclient parsed with the
 ONNX graphs run directly and with Translate. The expected status codes are the ones Triton
 itself returns for the same mistakes (tritonserver 2.51 through nvidia-pytriton 0.7.0:
-INVALID_ARGUMENT for a wrong datatype, shape or input name, NOT_FOUND for an unknown model
-or version, and `is_model_ready` False for an unknown model).
+INVALID_ARGUMENT for a wrong datatype, shape, input or output name or a version that is no
+number, NOT_FOUND for an unknown model or version, and `is_model_ready` False for an unknown
+model or version).
 """
 
 from __future__ import annotations
@@ -166,16 +167,25 @@ def test_live_ready_and_server_metadata(tritonclient):
         ready={"op": "server_ready"},
         model_ready={"op": "model_ready", "model": TINY_A2B},
         version_ready={"op": "model_ready", "model": f"{MODEL}_B2A", "version": "1"},
-        unknown_ready={"op": "model_ready", "model": "nope_A2B"},
         metadata={"op": "server_metadata"},
     )
     assert ok(got["live"]) is True
     assert ok(got["ready"]) is True
     assert ok(got["model_ready"]) is True
     assert ok(got["version_ready"]) is True
-    assert ok(got["unknown_ready"]) is False  # as Triton: not ready, not an error
     metadata = ok(got["metadata"])
     assert metadata["name"] and metadata["version"]
+
+
+def test_model_ready_of_an_unknown_model_is_false_as_in_triton(tritonclient):
+    # Triton answers ModelReady for a model it does not have with ready=false, not an error:
+    # tritonclient's is_model_ready returns False (readiness probes and KServe rely on it).
+    got = tritonclient(
+        unknown={"op": "model_ready", "model": "nope_A2B"},
+        version={"op": "model_ready", "model": TINY_A2B, "version": "7"},
+    )
+    assert ok(got["unknown"]) is False
+    assert ok(got["version"]) is False
 
 
 def test_model_metadata_and_config_as_tritonclient_parses_them(tritonclient):
@@ -283,6 +293,7 @@ def test_bad_inputs_are_invalid_argument(tritonclient):
         name=infer(TINY_A2B, picture=pixels),
         missing=infer(TINY_A2B),
         output={**infer(TINY_A2B, image=pixels), "outputs": ["nah"]},
+        version={**infer(TINY_A2B, image=pixels), "version": "x"},  # Triton: an integer > 0
     )
     for case in got:
         status, message = error(got[case])
@@ -292,6 +303,7 @@ def test_bad_inputs_are_invalid_argument(tritonclient):
     assert "picture" in error(got["name"])[1]
     assert "image" in error(got["missing"])[1]
     assert "nah" in error(got["output"])[1]
+    assert "'x'" in error(got["version"])[1]
 
 
 def test_unknown_model_or_version_is_not_found(tritonclient):
