@@ -281,6 +281,25 @@ def test_stream_infer_answers_every_request_in_order(tritonclient, tiny_reposito
         np.testing.assert_array_equal(output(reply), expected)
 
 
+def test_stream_errors_answer_the_request_and_the_stream_goes_on(tritonclient, tiny_repository):
+    pixels = sample_image(32, 32, seed=55)
+    got = tritonclient(
+        stream={
+            "op": "stream",
+            "requests": [
+                infer("nope_A2B", image=pixels[None]),
+                infer(TINY_A2B, image=pixels[None].astype(np.float32)),
+                infer(TINY_A2B, image=pixels[None]),
+            ],
+        }
+    )
+    unknown, wrong_type, fine = ok(got["stream"])
+    # As from Triton: the stream's error_message, which tritonclient gives without a status.
+    assert "nope_A2B" in error(unknown)[1]
+    assert "FP32" in error(wrong_type)[1] and "UINT8" in error(wrong_type)[1]
+    np.testing.assert_array_equal(output(fine), ort_translate(tiny_repository, "A2B", pixels)[None])
+
+
 # --- errors: the status codes Triton gives for the same mistakes ------------------------------
 
 
@@ -320,6 +339,20 @@ def test_unknown_model_or_version_is_not_found(tritonclient):
         assert status == "StatusCode.NOT_FOUND", (case, message)
     assert "nope_A2B" in error(got["infer"])[1]
     assert "7" in error(got["version"])[1]
+
+
+def test_version_zero_and_an_empty_name_are_not_found_as_in_triton(tritonclient):
+    # Triton: no model has version 0 or the name "" (NOT_FOUND, "Request for unknown model").
+    pixels = sample_image(32, 32, seed=62)[None]
+    got = tritonclient(
+        zero={**infer(TINY_A2B, image=pixels), "version": "0"},
+        empty=infer("", image=pixels),
+    )
+    answers = {case: error(got[case]) for case in got}
+    assert {case: status for case, (status, _) in answers.items()} == {
+        "zero": "StatusCode.NOT_FOUND",
+        "empty": "StatusCode.NOT_FOUND",
+    }, answers
 
 
 # --- a multimodal model: the FP32 style input -------------------------------------------------
