@@ -746,17 +746,47 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[v2.ModelStreamInferResponse]:
         # As Triton: a failed request is answered in the stream (error_message) and the
-        # stream goes on. Requests are answered in order, one at a time. Once the server
-        # drains, the next request ends the stream with UNAVAILABLE (reconnect elsewhere).
-        async for message in request_iterator:
+        # stream goes on. Requests run concurrently (so one stream's requests batch
+        # together), at most --max-queue of them at once per stream, and are answered in
+        # the order they came. Once the server drains, a request refused for it ends the
+        # stream with UNAVAILABLE (reconnect elsewhere).
+        window = max(1, self.pipeline.store.config.max_queue)
+        pending: asyncio.Queue[tuple[Any, asyncio.Future[Any]] | None] = asyncio.Queue(window)
+
+        failed: list[Exception] = []
+
+        async def read() -> None:
             try:
-                reply = await self._infer_one(message, context)
-            except ServingError as exc:
-                if not self.translator.accepting:
-                    await self._abort(context, exc)
-                yield _stream_error(message, exc)
-                continue
-            yield v2.ModelStreamInferResponse(infer_response=reply)
+                async for message in request_iterator:
+                    task = asyncio.ensure_future(self._infer_one(message, context))
+                    await pending.put((message, task))
+            except Exception as exc:  # reading the stream failed: end it with that error
+                failed.append(exc)
+            await pending.put(None)  # not on cancellation: only the loop below cancels it
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (item := await pending.get()) is not None:
+                message, task = item
+                try:
+                    reply = await task
+                except ServingError as exc:
+                    if not self.translator.accepting:
+                        await self._abort(context, exc)
+                    yield _stream_error(message, exc)
+                    continue
+                yield v2.ModelStreamInferResponse(infer_response=reply)
+            if failed:
+                raise failed[0]
+        finally:
+            reader.cancel()
+            while not pending.empty():
+                left = pending.get_nowait()
+                if left is None:
+                    continue
+                if left[1].done() and not left[1].cancelled():
+                    left[1].exception()  # answered by the abort: retrieved, not logged
+                left[1].cancel()
 
 
 def _unimplemented(method: str) -> Callable[[Any, grpc.aio.ServicerContext], Any]:
