@@ -76,10 +76,13 @@ def tritonclient_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
                     f"cannot make the tritonclient venv: {' '.join(command)} exited "
                     f"{done.returncode}:\n{(done.stdout + done.stderr)[-2000:]}"
                 )
-    check = subprocess.run(
-        [str(python), "-c", "import tritonclient.grpc, numpy"],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+    try:
+        check = subprocess.run(
+            [str(python), "-c", "import tritonclient.grpc, numpy"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        unavailable(f"no python with tritonclient.grpc in {how}: {exc}")
     if check.returncode != 0:
         unavailable(f"tritonclient.grpc does not import with {how}:\n{check.stderr[-2000:]}")
     return python
