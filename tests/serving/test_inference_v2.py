@@ -9,6 +9,7 @@ them, readiness, streams, auth and overload.
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -568,6 +569,27 @@ def test_not_ready_while_loading(tiny_repository, monkeypatch):
         asyncio.run_coroutine_threadsafe(server.stop(grace=1), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+
+
+def test_draining_ends_an_open_stream_with_unavailable(start_server):
+    server = start_server(drain_delay_s=3.0)
+    stub = v2_stub(server)
+    sent: queue.Queue = queue.Queue()
+    replies = stub.ModelStreamInfer(iter(sent.get, None), timeout=30)
+    sent.put(infer_request(GOOD, id="before"))
+    assert next(replies).infer_response.id == "before"
+    stopping = asyncio.run_coroutine_threadsafe(server.server.stop(), server.loop)
+    deadline = time.monotonic() + 10
+    while stub.ServerReady(v2.ServerReadyRequest(), timeout=10).ready:
+        assert time.monotonic() < deadline, "never stopped being ready"
+        time.sleep(0.02)
+    assert stub.ServerLive(v2.ServerLiveRequest(), timeout=10).live is True
+    sent.put(infer_request(GOOD, id="after"))
+    error = rpc_error(lambda: next(replies))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "Server not ready" in error.details()
+    sent.put(None)
+    stopping.result(30)
 
 
 def test_token_is_required_for_inference_but_not_liveness(start_server):

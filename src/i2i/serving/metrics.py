@@ -209,12 +209,12 @@ class ServerMetrics:
 
         self._requests = counter(
             "i2i_inference_requests",
-            "Translate calls answered, by gRPC status code.",
+            "Translate and ModelInfer (KServe v2) calls answered, by gRPC status code.",
             [*_ROUTE, "code"],
         )
         self._request_seconds = histogram(
             "i2i_inference_request_duration_seconds",
-            "Time from receiving a Translate call to its reply, whatever the status code.",
+            "Time from receiving a Translate or ModelInfer call to its reply, whatever the status code.",
         )
         self._images = counter(
             "i2i_inference_images", "Images translated, counted for calls answered OK only."
@@ -240,7 +240,8 @@ class ServerMetrics:
             "i2i_inference_pending_requests", "Requests waiting in the batcher's queue.", _ROUTE
         )
         self._in_flight = gauge(
-            "i2i_inference_in_flight_requests", "Translate calls being handled right now."
+            "i2i_inference_in_flight_requests",
+            "Translate and ModelInfer calls being handled right now.",
         )
         self._load_seconds = gauge(
             "i2i_model_load_duration_seconds",
@@ -273,7 +274,7 @@ class ServerMetrics:
     def request_done(
         self, model: str, direction: str, code: str, total_s: float, images: int
     ) -> None:
-        """One Translate call answered.
+        """One Translate or ModelInfer call answered (a stream's frame or request is one call).
 
         Args:
             model: Model name.
