@@ -228,6 +228,7 @@ def test_infer_raw_bytes_equals_onnxruntime(tritonclient, tiny_repository):
     got = tritonclient(
         a2b={**infer(TINY_A2B, image=pixels[None]), "request_id": "r-7"},
         b2a={**infer(f"{MODEL}_B2A", image=pixels[None]), "version": "1"},
+        aio={**infer(TINY_A2B, image=pixels[None]), "op": "aio_infer"},  # serve.py's client
     )
     reply = ok(got["a2b"])["reply"]
     assert (reply["model_name"], reply["model_version"], reply["id"]) == (TINY_A2B, "1", "r-7")
@@ -238,6 +239,7 @@ def test_infer_raw_bytes_equals_onnxruntime(tritonclient, tiny_repository):
     np.testing.assert_array_equal(
         output(got["b2a"]), ort_translate(tiny_repository, "B2A", pixels)[None]
     )
+    assert output(got["aio"]).tobytes() == output(got["a2b"]).tobytes()
 
 
 def test_a_batch_of_several_images_in_one_request(tritonclient, tiny_repository):

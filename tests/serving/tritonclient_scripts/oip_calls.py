@@ -9,8 +9,9 @@ PLAN.json: ``{"url": "127.0.0.1:PORT", "out": "FOLDER", "calls": [CALL, ...]}``,
 ``{"id": ..., "op": ..., ...}`` with op one of server_live, server_ready, server_metadata,
 model_ready, model_metadata, model_config (``model``, optional ``version``), infer
 (``model``, ``inputs`` ``[{"name", "datatype", "npy"}]``, optional ``version``,
-``outputs``, ``parameters``, ``request_id``) and stream (``requests``: a list of infer
-calls sent over one ModelStreamInfer stream). Prints ``{id: {"ok": VALUE}}`` or
+``outputs``, ``parameters``, ``request_id``), aio_infer (the same through tritonclient's
+asyncio client, as benchmarks/serve.py drives servers) and stream (``requests``: a list of
+infer calls sent over one ModelStreamInfer stream). Prints ``{id: {"ok": VALUE}}`` or
 ``{id: {"error": {"status": ..., "message": ...}}}`` as JSON; the output tensors of infer
 calls are written to FOLDER as ``<id>.<output>.npy`` (stream: ``<id>.<n>.<output>.npy``).
 Imports nothing from i2i.
@@ -18,6 +19,7 @@ Imports nothing from i2i.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
 import sys
@@ -26,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import tritonclient.grpc as triton
+import tritonclient.grpc.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
 
@@ -84,7 +87,22 @@ def stream(client: triton.InferenceServerClient, call: dict[str, Any], out: Path
         client.stop_stream()
 
 
-def run(client: triton.InferenceServerClient, call: dict[str, Any], out: Path) -> Any:
+async def aio_infer(url: str, call: dict[str, Any], out: Path) -> dict[str, Any]:
+    """One infer call through tritonclient's asyncio client."""
+    async with triton_aio.InferenceServerClient(url) as client:
+        result = await client.infer(
+            call["model"],
+            infer_inputs(call),
+            model_version=call.get("version", ""),
+            outputs=infer_outputs(call),
+            request_id=call.get("request_id", ""),
+            parameters=call.get("parameters"),
+            client_timeout=60,
+        )
+    return save_result(result, out, call["id"])
+
+
+def run(client: triton.InferenceServerClient, url: str, call: dict[str, Any], out: Path) -> Any:
     """One call's value as JSON-able data (raises InferenceServerException on errors)."""
     op, model, version = call["op"], call.get("model", ""), call.get("version", "")
     if op == "server_live":
@@ -110,6 +128,8 @@ def run(client: triton.InferenceServerClient, call: dict[str, Any], out: Path) -
             client_timeout=60,
         )
         return save_result(result, out, call["id"])
+    if op == "aio_infer":
+        return asyncio.run(aio_infer(url, call, out))
     if op == "stream":
         return stream(client, call, out)
     raise SystemExit(f"unknown op {op!r}")
@@ -123,7 +143,7 @@ def main() -> None:
     with triton.InferenceServerClient(plan["url"]) as client:
         for call in plan["calls"]:
             try:
-                results[call["id"]] = {"ok": run(client, call, out)}
+                results[call["id"]] = {"ok": run(client, plan["url"], call, out)}
             except InferenceServerException as exc:
                 error = {"status": exc.status(), "message": exc.message()}
                 results[call["id"]] = {"error": error}
