@@ -9,7 +9,9 @@ them, readiness, streams, auth and overload.
 from __future__ import annotations
 
 import asyncio
+import json
 import queue
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -18,12 +20,17 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import descriptor_pool
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
 
 import i2i
 from i2i.export import export_checkpoint
 from i2i.oip import grpc_service_pb2 as v2
 from i2i.oip import grpc_service_pb2_grpc as v2_grpc
 from i2i.oip import model_config_pb2 as mc
+from i2i.serving.config import ModelSelection
 from i2i.serving.inference import v2_model_name
 from i2i.serving.server import Server
 from i2i.serving.store import ModelStore
@@ -141,6 +148,43 @@ def test_model_config_is_a_triton_config_without_the_batch_dim(shared_server):
     assert config.dynamic_batching.default_queue_policy.max_queue_size == 64
     assert list(config.version_policy.specific.versions) == [1]
     assert config.parameters["i2i_direction"].string_value == "A2B"
+
+
+def test_reflection_describes_the_service(shared_server):
+    with shared_server.channel() as channel:
+        database = ProtoReflectionDescriptorDatabase(channel)
+        assert "inference.GRPCInferenceService" in database.get_services()
+        pool = descriptor_pool.DescriptorPool(database)
+        service = pool.FindServiceByName("inference.GRPCInferenceService")
+        assert service.FindMethodByName("ModelInfer").input_type.full_name == (
+            "inference.ModelInferRequest"
+        )
+
+
+def test_versions_are_the_repositorys(tiny_repository, tmp_path):
+    repository = tmp_path / "repository"
+    shutil.copytree(tiny_repository, repository)
+    shutil.copytree(repository / MODEL / "1", repository / MODEL / "2")
+    manifest_path = repository / MODEL / "2" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["version"] = 2
+    manifest_path.write_text(json.dumps(manifest))
+    models = (ModelSelection(MODEL, 1), ModelSelection(MODEL, 2))
+    server = RunningServer(server_config(repository, models=models))
+    try:
+        stub = v2_stub(server)
+        meta = stub.ModelMetadata(v2.ModelMetadataRequest(name=NAME), timeout=10)
+        assert list(meta.versions) == ["1", "2"]
+        config = stub.ModelConfig(v2.ModelConfigRequest(name=NAME, version="1"), timeout=10)
+        assert list(config.config.version_policy.specific.versions) == [1, 2]
+        for version, served in (("", "2"), ("1", "1"), ("2", "2")):
+            reply = stub.ModelInfer(infer_request(GOOD, model_version=version), timeout=30)
+            assert reply.model_version == served
+        error = rpc_error(lambda: stub.ModelInfer(infer_request(GOOD, model_version="3")))
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+        assert "loaded versions: 1, 2" in error.details()
+    finally:
+        server.close()
 
 
 # ---- inference
@@ -419,6 +463,22 @@ def test_bad_input_is_invalid_argument_with_tritons_wording(shared_server, case)
     error = rpc_error(lambda: v2_stub(shared_server).ModelInfer(request, timeout=30))
     assert error.code() == INVALID, error.details()
     assert message in error.details()
+
+
+def test_timeout_parameter_is_a_deadline(start_server):
+    server = start_server(max_batch=1, max_delay_ms=0.0)
+    gate = Gate(server)
+    stub = v2_stub(server)
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(stub.ModelInfer, infer_request(batch_of(1)), timeout=30)
+        gate.wait_entered()
+        request = infer_request(batch_of(1, seed=1))
+        request.parameters["timeout"].int64_param = 300_000  # 0.3 s, waiting behind the gate
+        error = rpc_error(lambda: stub.ModelInfer(request, timeout=30))
+        assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        gate.release.set()
+        assert translated(held.result(30)).shape[0] == 1
+    assert gate.batches == [1]  # the expired request was never computed
 
 
 def test_tritonclients_reserved_parameters_are_accepted(shared_server):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from i2i.oip import grpc_service_pb2 as v2
 from i2i.oip import grpc_service_pb2_grpc as v2_grpc
 from i2i.oip import model_config_pb2 as mc
 from i2i.serving.errors import (
+    DeadlineExceeded,
     Internal,
     InvalidArgument,
     NotFound,
@@ -79,11 +81,6 @@ IGNORED_PARAMETERS = frozenset(
     {"sequence_id", "sequence_start", "sequence_end", "priority", "binary_data_output"}
 )
 OWN_PARAMETERS = ("style_seed", "size_policy", "timeout")
-# Datatypes by element size, for the byte-count checks of typed inputs.
-DATATYPE_BYTES = {
-    "BOOL": 1, "UINT8": 1, "UINT16": 2, "UINT32": 4, "UINT64": 8, "INT8": 1, "INT16": 2,
-    "INT32": 4, "INT64": 8, "FP16": 2, "FP32": 4, "FP64": 8, "BF16": 2,
-}  # fmt: skip
 GPU_BACKENDS = ("tensorrt", "cuda")  # backend names with these run on a GPU
 
 
@@ -99,7 +96,7 @@ def add_to_server(servicer: v2_grpc.GRPCInferenceServiceServicer, server: grpc.a
     """Register `servicer` as inference.GRPCInferenceService with lenient request parsing.
 
     A body that is not the method's message reaches the handler as `Malformed` and is
-    answered INVALID_ARGUMENT (see `servicer.lenient_parser`).
+    answered INVALID_ARGUMENT (see `_lenient_parser`).
     """
     kinds = {
         (False, False): grpc.unary_unary_rpc_method_handler,
@@ -260,7 +257,7 @@ def parse_inputs(request: Any, target: Target) -> Inputs:
                 f"'{tensor.name}' for model '{name}'"
             )
         data = _tensor_bytes(tensor, raw, datatype)
-        size = int(np.prod(shape)) * DATATYPE_BYTES[datatype]
+        size = math.prod(shape) * (1 if datatype == "UINT8" else 4)  # Python ints: no overflow
         if len(data) != size:
             source = "raw_input_contents" if raw is not None else "contents"
             raise InvalidArgument(
@@ -523,11 +520,12 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             )
         model_name, direction_name = pairs[0]
         store = self.pipeline.store
-        model = store.models.get((model_name, version or store.latest[model_name]))
+        wanted = version or store.latest[model_name]
+        model = store.models.get((model_name, wanted))
         if model is None or direction_name not in model.directions:
             have = ", ".join(str(v) for v in self.versions(model_name, direction_name))
             raise NotFound(
-                f"Request for unknown model: '{name}' version {version} is not found; loaded "
+                f"Request for unknown model: '{name}' version {wanted} is not found; loaded "
                 f"versions: {have}"
             )
         return Target(name, model, model.directions[direction_name])
@@ -728,9 +726,19 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             )
             for index, pixels in enumerate(inputs.images)
         ]
-        results = await _all(
-            self.pipeline.translate(r, direction, deadline=deadline) for r in requests
-        )
+        calls = _all(self.pipeline.translate(r, direction, deadline=deadline) for r in requests)
+        if parameters.timeout_s is None:  # the call's own deadline: gRPC cancels it
+            results = await calls
+        else:  # the batcher checks deadlines only as it forms batches: enforce it here
+            try:
+                results = await asyncio.wait_for(
+                    calls, start + parameters.timeout_s - time.monotonic()
+                )
+            except asyncio.TimeoutError:  # noqa: UP041 - distinct from TimeoutError on 3.10
+                raise DeadlineExceeded(
+                    f"the timeout parameter ({parameters.timeout_s * 1e6:.0f} µs) passed before "
+                    f"the request was answered; the images not yet computed were dropped"
+                ) from None
         for result in results:
             self.metrics.queued(direction.model, direction.name, result.queue_s)
         return results
