@@ -77,7 +77,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--onnx", required=True, help="the translator's ONNX file")
-    p.add_argument("--model", default="tiny", help="the model's name in Triton")
+    p.add_argument(
+        "--model",
+        default="tiny_A2B",
+        help="the model's name in Triton; serve.py passes i2i's v2 name, <model>_<direction>, "
+        "so one tritonclient load generator calls both servers alike",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address the gRPC and HTTP ports bind")
     p.add_argument("--grpc-port", type=int, default=8001)
     p.add_argument("--http-port", type=int, default=8000, help="PyTriton loads models over it")

@@ -16,17 +16,24 @@ falls on every side of a comparison alike:
    reply, send again, for --duration s after --warmup s; images/s, p50/p95/p99 latency, the
    mean batch the server formed, its measured compute per batch, and the CPU cores that the
    server (with its children) and the load generator used. Targets: ``i2i`` (dynamic
-   batching), ``i2i-nobatch`` (max batch 1), ``pytriton`` (Triton's dynamic batcher in front
-   of an ONNX Runtime session in a PyTriton ``@batch`` infer function,
-   benchmarks/pytriton_server.py) and ``pytriton-nobatch``.
+   batching, called through Translate), ``i2i-nobatch`` (max batch 1), ``i2i-v2`` (a server
+   with ``i2i``'s settings, called through the Open Inference Protocol's ModelInfer by the
+   client that drives PyTriton), ``pytriton`` (Triton's dynamic batcher in front of an ONNX
+   Runtime session in a PyTriton ``@batch`` infer function, benchmarks/pytriton_server.py)
+   and ``pytriton-nobatch``.
 
 The machine (benchmarks/machine.py), the load average and, for every point, the cores that
 other processes used meanwhile are printed with the tables. Each server is its own process.
 The load generator is this file run as a child process
-(``--target i2i|pytriton --address ...``): with this interpreter against i2i, with the
-PyTriton venv's interpreter against PyTriton (tritonclient's asyncio gRPC client), so both
-sides are driven by the same ``closed_loop``. That mode needs only numpy and its client,
-so the script runs in the PyTriton venv (nvidia-pytriton, onnxruntime, numpy; no i2i).
+(``--target i2i|v2|pytriton --address ...``): with this interpreter against i2i's Translate,
+with the PyTriton venv's interpreter (tritonclient's asyncio gRPC client) against PyTriton
+and against i2i's ModelInfer, so every side is driven by the same ``closed_loop``. The v2
+model is ``<model>_<direction>`` on both (i2i's v2 name; PyTriton binds its model under the
+same name), with input ``image`` and output ``translated``: the tritonclient code is the same
+for both, but for where the batch counts come from (Triton's statistics; i2i's Prometheus
+metrics, so ``i2i-v2``'s server alone runs its metrics port). That mode needs only numpy
+and its client, so the script runs in the PyTriton venv (nvidia-pytriton, onnxruntime,
+numpy; no i2i).
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -60,8 +68,11 @@ from machine import (
     process_tree_cpu,
 )
 
-TARGETS = ("i2i", "i2i-nobatch", "pytriton", "pytriton-nobatch")
+TARGETS = ("i2i", "i2i-nobatch", "i2i-v2", "pytriton", "pytriton-nobatch")
+TRITONCLIENT_TARGETS = ("i2i-v2", "pytriton", "pytriton-nobatch")  # need --pytriton-python
 READY = re.compile(r"(?<![A-Z_])SERVING ")  # both servers log it when ready; not NOT_SERVING
+# i2i's metrics that V2Client adds up: images and batches run, seconds of compute.
+SUMMED = re.compile(r"(i2i_inference_(?:batch_size|compute_duration_seconds)_(?:sum|count))[{ ]")
 # Cumulative (requests, batches, seconds of compute) as the server reports them.
 Counts = tuple[float, float, float]
 
@@ -104,6 +115,12 @@ class I2IClient:
         await self.channel.close()
 
 
+def v2_model_name(model: str, direction: str) -> str:
+    """i2i-serve's v2 model name (i2i.serving.inference.v2_model_name; the client mode runs
+    without i2i, so the one-liner is repeated here)."""
+    return f"{model}_{direction}"
+
+
 class TritonClient:
     """One (1, H, W, 3) tensor per ModelInfer call; batches and compute from Triton's stats."""
 
@@ -136,6 +153,35 @@ class TritonClient:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+class V2Client(TritonClient):
+    """TritonClient against i2i's ModelInfer; batches and compute from i2i's metrics.
+
+    i2i-serve has no statistics extension; its Prometheus histograms of batch sizes and
+    compute times give the same three numbers (their _sum and _count, all labels added).
+    """
+
+    def __init__(self, address: str, model: str, pixels: np.ndarray, metrics_url: str) -> None:
+        super().__init__(address, model, pixels)
+        self.metrics_url = metrics_url
+
+    async def counts(self) -> Counts:
+        text = await asyncio.to_thread(self._scrape)
+        total: dict[str, float] = {}
+        for line in text.splitlines():
+            match = SUMMED.match(line)
+            if match:
+                total[match[1]] = total.get(match[1], 0.0) + float(line.rsplit(" ", 1)[1])
+        return (
+            total.get("i2i_inference_batch_size_sum", 0.0),
+            total.get("i2i_inference_batch_size_count", 0.0),
+            total.get("i2i_inference_compute_duration_seconds_sum", 0.0),
+        )
+
+    def _scrape(self) -> str:
+        with urllib.request.urlopen(self.metrics_url, timeout=10) as response:
+            return str(response.read().decode())
 
 
 async def closed_loop(
@@ -204,8 +250,11 @@ async def run_client(args: argparse.Namespace) -> list[dict[str, Any]]:
     client: I2IClient | TritonClient
     if args.target == "i2i":
         client = I2IClient(args.address, args.model, args.direction, pixels)
+    elif args.target == "v2":
+        model = v2_model_name(args.model, args.direction)
+        client = V2Client(args.address, model, pixels, args.metrics_url)
     else:
-        client = TritonClient(args.address, args.model, pixels)
+        client = TritonClient(args.address, v2_model_name(args.model, args.direction), pixels)
     try:
         await client.send()  # fails at once on a wrong address or model name
         points = []
@@ -260,7 +309,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def server_command(target: str, args: argparse.Namespace, onnx: Path, port: int) -> list[str]:
+def server_command(
+    target: str, args: argparse.Namespace, onnx: Path, port: int, metrics_port: int
+) -> list[str]:  # fmt: skip
     max_batch = 1 if target.endswith("-nobatch") else args.max_batch
     knobs = ["--max-batch", str(max_batch), "--max-delay-ms", str(args.max_delay_ms)]
     knobs += ["--threads", str(args.threads)]
@@ -268,13 +319,14 @@ def server_command(target: str, args: argparse.Namespace, onnx: Path, port: int)
         return [
             sys.executable, "-m", "i2i.serving", "--repository", str(args.repository),
             "--model", args.model, "--host", "127.0.0.1", "--port", str(port),
-            "--metrics-port", "-1", "--max-queue", str(args.max_queue),
+            "--metrics-port", str(metrics_port), "--max-queue", str(args.max_queue),
             "--warmup-size", str(args.size), "--log-level", "INFO", *knobs,
             "--backend", "onnxruntime-cpu", "--precision", "fp32",  # what the others run
         ]  # fmt: skip
     return [
         args.pytriton_python, str(Path(__file__).with_name("pytriton_server.py")),
-        "--onnx", str(onnx), "--model", args.model, "--grpc-port", str(port),
+        "--onnx", str(onnx), "--model", v2_model_name(args.model, args.direction),
+        "--grpc-port", str(port),
         "--http-port", str(free_port()), *knobs,
     ]  # fmt: skip
 
@@ -304,26 +356,33 @@ def stop_server(process: subprocess.Popen) -> None:
             process.wait()
 
 
-def start_target(target: str, args: argparse.Namespace, onnx: Path, logs: Path) -> tuple:
-    """Start the target's server; (its process, its port)."""
+def start_target(
+    target: str, args: argparse.Namespace, onnx: Path, logs: Path
+) -> tuple[subprocess.Popen, int, int]:  # fmt: skip
+    """Start the target's server; (its process, its port, its metrics port or -1)."""
     port = free_port()
+    metrics_port = free_port() if target == "i2i-v2" else -1  # its load generator reads it
     os.environ.setdefault("PYTRITON_ACCESS_TOKEN", secrets.token_urlsafe(24))  # both children
-    return start_server(server_command(target, args, onnx, port), logs / f"{target}.log"), port
+    command = server_command(target, args, onnx, port, metrics_port)
+    return start_server(command, logs / f"{target}.log"), port, metrics_port
 
 
 def run_point(
-    target: str, server: subprocess.Popen, port: int, concurrency: int, args: argparse.Namespace,
-    logs: Path,
+    target: str, server: tuple[subprocess.Popen, int, int], concurrency: int,
+    args: argparse.Namespace, logs: Path,
 ) -> dict[str, Any]:  # fmt: skip
     """One closed-loop point against a running server, by the load generator in its own process."""
-    kind = "i2i" if target.startswith("i2i") else "pytriton"
+    process, port, metrics_port = server
+    kind = "v2" if target == "i2i-v2" else "i2i" if target.startswith("i2i") else "pytriton"
     client = [
         sys.executable if kind == "i2i" else args.pytriton_python, str(Path(__file__).resolve()),
-        "--target", kind, "--address", f"127.0.0.1:{port}", "--server-pid", str(server.pid),
+        "--target", kind, "--address", f"127.0.0.1:{port}", "--server-pid", str(process.pid),
         "--model", args.model, "--direction", args.direction, "--size", str(args.size),
         "--concurrency", str(concurrency),
         "--duration", str(args.duration), "--warmup", str(args.warmup),
     ]  # fmt: skip
+    if kind == "v2":
+        client += ["--metrics-url", f"http://127.0.0.1:{metrics_port}/metrics"]
     client_log = logs / f"{target}.client.log"
     with client_log.open("ab") as stderr:
         done = subprocess.run(client, stdout=subprocess.PIPE, stderr=stderr, check=False)
@@ -347,7 +406,7 @@ def summarise(raw: list[dict], load: list[dict], max_batch: int) -> dict[str, An
     """Best throughput against the raw ceiling of the same round; ratios at equal concurrency."""
     ceiling = {(r["round"], r["batch"]): r["images_per_s"] for r in raw}
     overhead = {}
-    for target, batch in (("i2i", max_batch), ("i2i-nobatch", 1)):
+    for target, batch in (("i2i", max_batch), ("i2i-nobatch", 1), ("i2i-v2", max_batch)):
         points = [p for p in load if p["target"] == target]
         if points:
             best = max(points, key=lambda p: p["images_per_s"])
@@ -360,7 +419,10 @@ def summarise(raw: list[dict], load: list[dict], max_batch: int) -> dict[str, An
                 "fraction_of_raw": best["images_per_s"] / raw_now,
             }
     by_key = {(p["target"], p["concurrency"]): p for p in load}
-    pairs = (("i2i", "i2i-nobatch"), ("i2i", "pytriton"), ("i2i-nobatch", "pytriton-nobatch"))
+    pairs = (
+        ("i2i", "i2i-nobatch"), ("i2i", "pytriton"), ("i2i-nobatch", "pytriton-nobatch"),
+        ("i2i-v2", "pytriton"), ("i2i-v2", "i2i"),
+    )  # fmt: skip
     versus = [
         {"a": ours, "b": theirs, "concurrency": c,
          "throughput_ratio": p["images_per_s"] / by_key[theirs, c]["images_per_s"],
@@ -451,13 +513,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--raw-seconds", type=float, default=2.0, help="seconds per raw batch size and round "
         "(default 2)")  # fmt: skip
     add("--targets", default=",".join(TARGETS), help="comma-separated (default "
-        "%(default)s); the PyTriton ones run only with --pytriton-python")  # fmt: skip
+        "%(default)s); i2i-v2 and the PyTriton ones run only with --pytriton-python")  # fmt: skip
     add("--pytriton-python", default=os.environ.get("I2I_PYTRITON_PYTHON"), help="python "
         "of a venv with nvidia-pytriton, onnxruntime, numpy (or $I2I_PYTRITON_PYTHON)")  # fmt: skip
     add("--quick", action="store_true", help="concurrency 1,8,64, 2 s per point")
     add("--json", type=Path, help="also write the results here")
     add("--keep", type=Path, help="write the exported model and the servers' logs here")
-    add("--target", choices=("i2i", "pytriton"), help=argparse.SUPPRESS)  # client mode
+    add("--target", choices=("i2i", "v2", "pytriton"), help=argparse.SUPPRESS)  # client mode
+    add("--metrics-url", help=argparse.SUPPRESS)
     add("--address", help=argparse.SUPPRESS)
     add("--server-pid", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -475,9 +538,9 @@ def main() -> None:
         print(json.dumps(asyncio.run(run_client(args))))
         return
     targets = args.targets.split(",")
-    if not args.pytriton_python and any(t.startswith("pytriton") for t in targets):
-        print("PyTriton targets skipped: pass --pytriton-python", file=sys.stderr)
-        targets = [t for t in targets if not t.startswith("pytriton")]
+    if not args.pytriton_python and any(t in TRITONCLIENT_TARGETS for t in targets):
+        print("i2i-v2 and PyTriton targets skipped: pass --pytriton-python", file=sys.stderr)
+        targets = [t for t in targets if t not in TRITONCLIENT_TARGETS]
     work = args.keep or Path(tempfile.mkdtemp(prefix="i2i-serve-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     if args.repository is None:
@@ -488,10 +551,10 @@ def main() -> None:
     onnx = onnx_file(args.repository, args.model, args.direction)
     ident = identity({"onnxruntime intra-op (raw session and servers)": args.threads})
     print(describe(ident), file=sys.stderr, flush=True)
-    if any(t.startswith("pytriton") for t in targets):  # the other venv's own versions
+    if any(t in TRITONCLIENT_TARGETS for t in targets):  # the other venv's own versions
         ident["pytriton_venv"] = pytriton_versions(args.pytriton_python)
     started, load_before = time.monotonic(), load_average()
-    servers: dict[str, tuple[subprocess.Popen, int]] = {}
+    servers: dict[str, tuple[subprocess.Popen, int, int]] = {}
     raw, load, failed = [], [], {}
     try:
         for target in targets:
@@ -501,19 +564,19 @@ def main() -> None:
             except RuntimeError as exc:  # a server that cannot start here: say why, go on
                 print(f"{target} failed: {exc}", file=sys.stderr)
                 failed[target] = str(exc)
-        pids = tuple(server.pid for server, _ in servers.values())
+        pids = tuple(server[0].pid for server in servers.values())
         for c in args.concurrency:  # one round: the raw ceiling, then every target
             print(f"round C={c} ...", file=sys.stderr, flush=True)
             before = cpu_snapshot(pids)
             points = raw_throughput(onnx, args)
             others = others_cores(before, cpu_snapshot(pids))["others_cores"]
             raw += [{"round": c, **r, "others_cores": others} for r in points]
-            for target, (server, port) in list(servers.items()):
-                idle = [s.pid for t, (s, _) in servers.items() if t != target]
+            for target, server in list(servers.items()):
+                idle = [s[0].pid for t, s in servers.items() if t != target]
                 point_load, before = load_average(), cpu_snapshot(pids)
                 idle_before, started_at = sum(map(process_tree_cpu, idle)), time.monotonic()
                 try:
-                    point = run_point(target, server, port, c, args, work)
+                    point = run_point(target, server, c, args, work)
                 except RuntimeError as exc:
                     print(f"{target} failed: {exc}", file=sys.stderr)
                     failed[target] = str(exc)
@@ -526,9 +589,9 @@ def main() -> None:
                 load.append(point | {"load_average": point_load, "idle_servers_cores": idle_cores}
                             | seen)  # fmt: skip
     finally:
-        for server, _ in servers.values():
-            stop_server(server)
-    hidden = ("target", "address", "server_pid", "json", "keep")
+        for server in servers.values():
+            stop_server(server[0])
+    hidden = ("target", "address", "server_pid", "metrics_url", "json", "keep")
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     results = {
         "machine": ident,
