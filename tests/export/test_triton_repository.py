@@ -491,7 +491,22 @@ def test_a_non_empty_out_needs_force_which_keeps_other_models(
     export_triton(tiny_repository, out, replace=True)
     assert triton_models(out) == {"other_model", f"{MODEL}_A2B", f"{MODEL}_B2A"}
     assert sorted(p.name for p in (out / f"{MODEL}_A2B").iterdir()) == ["1", "config.pbtxt"]
-    assert not [p for p in (*tmp_path.iterdir(), *out.iterdir()) if p.name.startswith(".")]
+    hidden = [p.name for p in (*tmp_path.iterdir(), *out.iterdir()) if p.name.startswith(".")]
+    assert hidden == [".triton.lock"]  # the writers' lock, beside OUT: OUT holds only models
+
+
+def test_an_interrupted_exports_leftovers_are_removed(
+    tiny_repository: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "triton"
+    # what an export killed mid-write leaves: its folder beside a new OUT, or inside OUT
+    beside = tmp_path / ".triton.i2i-triton-tmp-0badf00d" / f"{MODEL}_A2B"
+    inside = out / ".i2i-triton-tmp-0badf00d" / f"{MODEL}_A2B"
+    for folder in (beside, inside):
+        folder.mkdir(parents=True)
+    export_triton(tiny_repository, out, replace=True)
+    assert not beside.parent.exists() and not inside.parent.exists()
+    assert triton_models(out) == {f"{MODEL}_A2B", f"{MODEL}_B2A"}
 
 
 def test_a_changed_artifact_is_refused_and_nothing_is_written(
@@ -510,7 +525,7 @@ def test_a_changed_artifact_is_refused_and_nothing_is_written(
     with pytest.raises(TritonExportError, match="sha256 .* its manifest says"):
         export_triton(copied_repository, tmp_path / "triton")
     assert not (tmp_path / "triton").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [".triton.lock"]
 
 
 @pytest.mark.parametrize(
@@ -623,6 +638,10 @@ def test_i2i_export_formats_triton_writes_the_triton_repository_beside(
             parse_config(out / f"day2dusk_{direction}"),
             out / f"day2dusk_{direction}" / "1" / "model.onnx",
         )
+    # The next export writes its own version only (older ones may lack its engines/tensors).
+    args = [str(tiny_checkpoint_path), "--repository", str(repository), "--name", "day2dusk"]
+    assert export_main([*args, "--formats", "onnx,triton"]) == 0
+    assert sorted(p.name for p in (out / "day2dusk_A2B").iterdir()) == ["2", "config.pbtxt"]
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
         default="onnx,onnx-fp16",
         help="comma-separated: onnx, onnx-fp16, tensorrt, triton (default onnx,onnx-fp16; "
         "tensorrt needs the tensorrt package and an NVIDIA GPU and is built for that GPU; triton "
-        "also writes this model's versions as a Triton model repository, see "
+        "also writes the version just exported as a Triton model repository, see "
         "--triton-repository)",
     )
     p.add_argument(
@@ -122,21 +122,27 @@ def run_export(args: argparse.Namespace) -> int:
         from i2i.repository import RepositoryError
 
         try:
-            _write_triton(args.repository, args.name, args.triton_repository, platform)
-        except RepositoryError as exc:
+            _write_triton(
+                args.repository, args.name, manifest["version"], args.triton_repository, platform
+            )
+        except (RepositoryError, OSError) as exc:
             raise RepositoryError(
                 f"{folder} was written, but not the Triton repository: {exc}"
             ) from exc
     return 0
 
 
-def _write_triton(repository: Path, name: str, out: Path | None, platform: str) -> None:
-    """Write every version of `name` into the Triton repository (its models replaced)."""
+def _write_triton(
+    repository: Path, name: str, version: int, out: Path | None, platform: str
+) -> None:
+    """Write version `version` of `name` into the Triton repository (its models replaced):
+    older versions may lack the engines or the tensors of the new one."""
     from i2i.cli.models import format_triton_models
     from i2i.repository.triton import TritonOptions, export_triton
 
     out = out or triton_repository_for(repository)
-    written = export_triton(repository, out, [name], None, TritonOptions(platform=platform), True)
+    options = TritonOptions(platform=platform)
+    written = export_triton(repository, out, [name], version, options, True)
     print(f"wrote {len(written)} Triton models into {out}")
     print(format_triton_models(written))
 

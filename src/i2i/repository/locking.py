@@ -17,11 +17,12 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def _locked(model: Path) -> Iterator[None]:
-    """Hold the model's writer lock; released by the kernel if the process dies."""
+def _locked(model: Path, name: str = LOCK) -> Iterator[None]:
+    """Hold the model's writer lock (the file `name` in `model`); released by the kernel if
+    the process dies."""
     import fcntl  # here, not at the top: reading a repository needs no POSIX
 
-    with open(model / LOCK, "a+b") as lock:
+    with open(model / name, "a+b") as lock:
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

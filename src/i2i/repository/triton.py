@@ -36,6 +36,7 @@ Torch-free: imports the repository contract, Triton's config message and protobu
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import secrets
@@ -47,10 +48,11 @@ from typing import Any
 
 from google.protobuf import text_format
 
-from i2i._files import sha256_file
+from i2i._files import fsync_dir, sha256_file
 from i2i.oip import model_config_pb2 as mc
 from i2i.repository.engines import gpu_slug
 from i2i.repository.layout import RepositoryError, list_models, versions
+from i2i.repository.locking import _fsync_tree, _locked
 from i2i.repository.schema import conditional_artifacts, translator_artifacts
 from i2i.repository.storage import read_manifest
 
@@ -518,15 +520,29 @@ def write_triton_models(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise TritonExportError(f"{out} is a file; the Triton repository must be a folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Writers of one OUT take turns (a lock file beside it, so OUT holds only models): the
+    # leftovers removed below are then a killed export's, never a running one's.
+    with _locked(out.parent, f".{out.name}.lock"):
+        _write_locked(models, out, replace, hardlink)
+
+
+def _write_locked(models: Sequence[TritonModel], out: Path, replace: bool, hardlink: bool) -> None:
+    leftovers = list(out.parent.glob(f".{glob.escape(out.name)}{_STAGING}*"))
     present = []
     if out.is_dir():
         for entry in out.iterdir():
-            if entry.name.startswith(_STAGING) and entry.is_dir():  # left by a killed export
-                shutil.rmtree(entry)
-                log.warning("removed %s, left by an interrupted export", entry)
+            if entry.name.startswith(_STAGING):
+                leftovers.append(entry)
             else:
                 present.append(entry.name)
         present.sort()
+    for entry in leftovers:  # left by a killed export (the lock is held)
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+        log.warning("removed %s, left by an interrupted export", entry)
     if present and not replace:
         shown = ", ".join(present[:5]) + (", ..." if len(present) > 5 else "")
         raise TritonExportError(
@@ -539,14 +555,15 @@ def write_triton_models(
     if out.is_dir():
         staging = out / f"{_STAGING}{secrets.token_hex(4)}"
     else:
-        out.parent.mkdir(parents=True, exist_ok=True)
         staging = out.parent / f".{out.name}{_STAGING}{secrets.token_hex(4)}"
     staging.mkdir()
     try:
         for model in models:
             _write_model(model, staging / model.name, hardlink)
+        _fsync_tree(staging)  # what is renamed into place survives a power cut
         if not out.exists():
             os.rename(staging, out)
+            fsync_dir(out.parent)
             log.info("wrote the Triton repository %s", out)
             return
         moved: list[tuple[Path, Path | None]] = []  # (target, the folder it held before)
@@ -566,6 +583,7 @@ def write_triton_models(
                 if aside is not None:
                     os.rename(aside, target)
             raise
+        fsync_dir(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("wrote %d Triton models into %s", len(models), out)
