@@ -10,12 +10,15 @@ from i2i.models import create_networks, options_from_dict
 from i2i.training import load_config
 
 
-@pytest.mark.parametrize("family", ["unit", "munit"])
-def test_tiny_preset_sets_the_short_run_options(family: str) -> None:
+@pytest.mark.parametrize(
+    ("family", "ema_decay"), [("unit", 0.999), ("munit", 0.0)]
+)  # measured in BENCHMARKS.md: the average costs munit-tiny the target with seed 1
+def test_tiny_preset_sets_the_short_run_options(family: str, ema_decay: float) -> None:
     cfg = load_config(f"{family}-tiny")
     assert cfg.model["global_skip"] is True
     assert cfg.loss["recon_x_w"] == 0.0 and cfg.loss["recon_x_cyc_w"] == 2.0
-    assert (cfg.ema_decay, cfg.ema_start) == (0.999, 200)
+    assert cfg.ema_decay == ema_decay
+    assert cfg.ema_start == (200 if ema_decay else 0)
     torch.manual_seed(0)
     networks = create_networks(family, options_from_dict(family, cfg.model))
     for name in ("gen_a", "gen_b"):
