@@ -22,6 +22,11 @@ calls and exports as one graph with two inputs. AdaIN and layer norm compute per
 statistics without batch norm or branches on the batch size (see
 :mod:`i2i.models.unit_blocks`); the numbers equal the reference's.
 
+Global skip (``global_skip``, off by default; not in the reference): as UNIT's (see
+:mod:`i2i.models.unit`), every decoding returns the image that was encoded moved by the
+decoder's residual, ``decode(content, style, source)``; a sampled style changes the
+residual, not the picture's structure. The exported translators include the skip.
+
 Options map to the reference's YAML as for UNIT (see :mod:`i2i.models.unit`), plus
 ``gen.style_dim`` -> ``style_dim`` and ``gen.mlp_dim`` -> ``mlp_dim``.
 """
@@ -36,7 +41,7 @@ from torch import nn
 
 from i2i.models.registry import ModelFamily, register_family
 from i2i.models.translators import ImageStyleEncoder, StyleTranslator
-from i2i.models.unit import check_unit_options, unit_shape_rule
+from i2i.models.unit import check_unit_options, skip_or_plain, unit_shape_rule
 from i2i.models.unit_blocks import (
     MLP,
     ContentEncoder,
@@ -75,6 +80,7 @@ class MUNITOptions:
     num_scales: int = 3
     dis_pad_type: str = "reflect"
     init: str = "kaiming"
+    global_skip: bool = False  # decodings add a learned change to the encoded image
 
     def __post_init__(self) -> None:
         check_unit_options(self)
@@ -144,7 +150,8 @@ class StyleDecoder(nn.Module):
 class AdaINGen(nn.Module):
     """MUNIT's auto-encoder of one domain (the reference's ``AdaINGen``): ``enc_style``,
     ``enc_content``, ``dec`` (AdaIN residual blocks, layer-norm upsampling) and ``mlp``
-    (style code -> AdaIN parameters of ``dec``)."""
+    (style code -> AdaIN parameters of ``dec``). With ``global_skip`` the decoder's output
+    is a residual added to the encoded image (see the module docstring)."""
 
     def __init__(
         self,
@@ -156,10 +163,12 @@ class AdaINGen(nn.Module):
         activ: str = "relu",
         pad_type: str = "reflect",
         mlp_dim: int = 256,
+        global_skip: bool = False,
     ) -> None:
         super().__init__()
         self.input_dim = input_dim
         self.style_dim = style_dim
+        self.global_skip = global_skip
         self.enc_style = StyleEncoder(
             STYLE_DOWNSAMPLE, input_dim, dim, style_dim, "none", activ, pad_type
         )
@@ -167,7 +176,14 @@ class AdaINGen(nn.Module):
             n_downsample, n_res, input_dim, dim, "in", activ, pad_type
         )
         self.dec = Decoder(
-            n_downsample, n_res, self.enc_content.output_dim, input_dim, "adain", activ, pad_type
+            n_downsample,
+            n_res,
+            self.enc_content.output_dim,
+            input_dim,
+            "adain",
+            activ,
+            pad_type,
+            global_skip=global_skip,
         )
         self.mlp = MLP(style_dim, self.dec.num_adain_params, mlp_dim, 3, norm="none", activ=activ)
 
@@ -175,14 +191,18 @@ class AdaINGen(nn.Module):
         """``(content, style)``: content (N, C', H/2**n, W/2**n), style (N, style_dim, 1, 1)."""
         return self.enc_content(images), self.enc_style(images)
 
-    def decode(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-        """The image of ``content`` in ``style`` ((N, style_dim) or (N, style_dim, 1, 1))."""
-        return self.dec(content, self.mlp(style))
+    def decode(
+        self, content: torch.Tensor, style: torch.Tensor, source: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The image of ``content`` in ``style`` ((N, style_dim) or (N, style_dim, 1, 1));
+        with ``global_skip``, ``source`` (the image whose content this is) moved by the
+        decoder's residual, and ``source`` is required."""
+        return skip_or_plain(self.global_skip, source, self.dec(content, self.mlp(style)))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """The reconstruction of ``images`` from their own content and style."""
         content, style = self.encode(images)
-        return self.decode(content, style)
+        return self.decode(content, style, images)
 
 
 def build_munit(options: MUNITOptions) -> dict[str, nn.Module]:
@@ -203,6 +223,7 @@ def build_munit(options: MUNITOptions) -> dict[str, nn.Module]:
             o.gen_activ,
             o.gen_pad_type,
             o.mlp_dim,
+            o.global_skip,
         )
         for channels in (o.input_dim_a, o.input_dim_b)
     )
@@ -219,6 +240,9 @@ def build_munit(options: MUNITOptions) -> dict[str, nn.Module]:
         for channels in (o.input_dim_a, o.input_dim_b)
     )
     initialise([gen_a, gen_b], [dis_a, dis_b], o.init)
+    if o.global_skip:  # after the draws, so every other weight is the one without the skip
+        gen_a.dec.zero_output_layer()
+        gen_b.dec.zero_output_layer()
     return {"gen_a": gen_a, "gen_b": gen_b, "dis_a": dis_a, "dis_b": dis_b}
 
 
@@ -237,6 +261,7 @@ def _translator(source: AdaINGen, target: AdaINGen) -> StyleTranslator:
         in_channels=source.input_dim,
         out_channels=target.input_dim,
         style_dim=target.style_dim,
+        global_skip=target.global_skip,
     ).eval()
 
 

@@ -21,6 +21,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from i2i.models.networks import global_skip_output
+
 
 def _channels(generator: nn.Module, attribute: str, given: int | None) -> int:
     if given is not None:
@@ -131,6 +133,9 @@ class StyleTranslator(nn.Module):
         decoder: ``(content, style (N, S)) -> (N, C_out, H, W)`` in [-1, 1].
         in_channels, out_channels: 1 or 3.
         style_dim: S, the length of the style code.
+        global_skip: the decoder's output is a residual: return
+            :func:`~i2i.models.networks.global_skip_output` of the input image and it
+            (needs ``in_channels == out_channels``).
     """
 
     def __init__(
@@ -140,6 +145,7 @@ class StyleTranslator(nn.Module):
         in_channels: int,
         out_channels: int,
         style_dim: int,
+        global_skip: bool = False,
     ) -> None:
         super().__init__()
         if style_dim < 1:
@@ -149,6 +155,13 @@ class StyleTranslator(nn.Module):
         self.in_channels = _check_channels(in_channels, "in_channels")
         self.out_channels = _check_channels(out_channels, "out_channels")
         self.style_dim = style_dim
+        if global_skip and in_channels != out_channels:
+            raise ValueError(
+                f"global_skip adds the input image to the output, so it needs as many input "
+                f"as output channels; got in_channels={in_channels}, "
+                f"out_channels={out_channels}"
+            )
+        self.global_skip = global_skip
 
     def forward(self, image: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         if style.dtype != torch.float32 or style.dim() != 2:
@@ -164,7 +177,8 @@ class StyleTranslator(nn.Module):
                 f"{image.shape[0]}, got shape {tuple(style.shape)}"
             )
         x = _image_to_float(image, self.in_channels)
-        return _float_to_image(self.decoder(self.content_encoder(x), style))
+        y = self.decoder(self.content_encoder(x), style)
+        return _float_to_image(global_skip_output(x, y) if self.global_skip else y)
 
 
 class ImageStyleEncoder(nn.Module):

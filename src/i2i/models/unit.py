@@ -32,6 +32,15 @@ the KL terms (their weights must be 0). With the weight sharing this is the CoGA
 coupling of the ``cogan`` preset: two auto-encoders tied in their high-level layers, no
 sampling (see docs/variants.md). The exported translation is the same either way.
 
+Global skip (``global_skip``, off by default; not in the reference, an option for short
+runs). Every decoding returns ``tanh(atanh(x) + r)``
+(:func:`i2i.models.networks.global_skip_output`): ``x`` the image that was encoded (the
+source of a translation, the input of a reconstruction, the translation in a cycle) and
+``r`` the decoder's output, whose last convolution has no tanh and starts at zero. An
+untrained generator is then the identity in both directions, and training learns the
+change of the image. ``decode(h, source)`` needs the source image; the exported
+translators include the skip. Needs ``input_dim_a == input_dim_b``.
+
 Options map to the reference's YAML as: ``input_dim_a``/``input_dim_b`` (top level);
 ``gen.dim`` -> ``gen_dim``, ``gen.activ`` -> ``gen_activ``, ``gen.n_downsample`` ->
 ``n_downsample``, ``gen.n_res`` -> ``n_res``, ``gen.pad_type`` -> ``gen_pad_type``;
@@ -48,6 +57,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from i2i.models.networks import global_skip_output
 from i2i.models.registry import ModelFamily, register_family
 from i2i.models.translators import ImageTranslator
 from i2i.models.unit_blocks import (
@@ -88,6 +98,7 @@ class UNITOptions:
     num_scales: int = 3
     dis_pad_type: str = "reflect"
     init: str = "kaiming"  # generators' initialisation; discriminators are gaussian
+    global_skip: bool = False  # decodings add a learned change to the encoded image
 
     def __post_init__(self) -> None:
         check_unit_options(self)
@@ -128,6 +139,12 @@ def check_unit_options(options: object) -> None:
         ("init", INIT_TYPES),
     ):
         check_choice(key, getattr(options, key), choices)
+    dims = getattr(options, "input_dim_a"), getattr(options, "input_dim_b")  # noqa: B009
+    if getattr(options, "global_skip", False) and dims[0] != dims[1]:
+        raise ValueError(
+            f"global_skip adds the source image to each translation, so both domains need "
+            f"as many channels; got input_dim_a={dims[0]}, input_dim_b={dims[1]}"
+        )
 
 
 class VAEGen(nn.Module):
@@ -136,7 +153,8 @@ class VAEGen(nn.Module):
     ``enc`` is a :class:`~i2i.models.unit_blocks.ContentEncoder` with instance norm,
     ``dec`` a :class:`~i2i.models.unit_blocks.Decoder` with instance-norm residual blocks.
     The latent code is Gaussian with mean ``enc(x)`` and unit variance; with ``vae=False``
-    it is ``enc(x)`` itself.
+    it is ``enc(x)`` itself. With ``global_skip`` the decoder's output is a residual added
+    to the encoded image (see the module docstring).
     """
 
     def __init__(
@@ -148,13 +166,22 @@ class VAEGen(nn.Module):
         activ: str = "relu",
         pad_type: str = "reflect",
         vae: bool = True,
+        global_skip: bool = False,
     ) -> None:
         super().__init__()
         self.input_dim = input_dim
         self.vae = vae
+        self.global_skip = global_skip
         self.enc = ContentEncoder(n_downsample, n_res, input_dim, dim, "in", activ, pad_type)
         self.dec = Decoder(
-            n_downsample, n_res, self.enc.output_dim, input_dim, "in", activ, pad_type
+            n_downsample,
+            n_res,
+            self.enc.output_dim,
+            input_dim,
+            "in",
+            activ,
+            pad_type,
+            global_skip=global_skip,
         )
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,19 +196,42 @@ class VAEGen(nn.Module):
         noise = torch.randn_like(hiddens) if sample else torch.zeros_like(hiddens)
         return hiddens, noise
 
-    def decode(self, hiddens: torch.Tensor) -> torch.Tensor:
-        """The image (tanh, [-1, 1]) of a latent code."""
-        return self.dec(hiddens)
+    def decode(self, hiddens: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:
+        """The image ([-1, 1]) of a latent code; with ``global_skip``, ``source`` (the image
+        that was encoded) moved by the decoder's residual, and ``source`` is required."""
+        out = self.dec(hiddens)
+        return skip_or_plain(self.global_skip, source, out)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(reconstruction, hiddens)``; the reconstruction decodes a noisy code in
         training mode and the mean in eval mode, as the reference's ``forward``."""
         hiddens, noise = self.encode(images)
-        return self.decode(hiddens + noise), hiddens
+        return self.decode(hiddens + noise, images), hiddens
+
+
+def skip_or_plain(
+    global_skip: bool, source: torch.Tensor | None, out: torch.Tensor
+) -> torch.Tensor:
+    """``global_skip_output(source, out)`` with the skip, else ``out``; ValueError when the
+    skip has no source image, or one whose shape differs from the output's."""
+    if not global_skip:
+        return out
+    if source is None:
+        raise ValueError(
+            "this generator has global_skip: decode needs the source image (the image that "
+            "was encoded), decode(code, source)"
+        )
+    if source.shape != out.shape:
+        raise ValueError(
+            f"global_skip: the source image's shape {tuple(source.shape)} differs from the "
+            f"decoded output's {tuple(out.shape)}"
+        )
+    return global_skip_output(source, out)
 
 
 class UNITTranslation(nn.Module):
-    """One UNIT direction on float images: ``target.dec(source.enc(x))``, the encoder mean.
+    """One UNIT direction on float images: ``target.dec(source.enc(x))``, the encoder mean
+    (with the target's ``global_skip``, x moved by that residual).
 
     Holds the two generators' halves it uses (``enc``, ``dec``), so an export carries no
     unused weights.
@@ -191,11 +241,13 @@ class UNITTranslation(nn.Module):
         super().__init__()
         self.enc = source.enc
         self.dec = target.dec
+        self.global_skip = target.global_skip
         self.input_nc = source.input_dim
         self.output_nc = target.input_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dec(self.enc(x))
+        out = self.dec(self.enc(x))
+        return global_skip_output(x, out) if self.global_skip else out
 
 
 def shared_layer_names(options: UNITOptions) -> list[str]:
@@ -223,7 +275,16 @@ def build_unit(options: UNITOptions) -> dict[str, nn.Module]:
     """
     o = options
     gen_a, gen_b = (
-        VAEGen(channels, o.gen_dim, o.n_downsample, o.n_res, o.gen_activ, o.gen_pad_type, o.vae)
+        VAEGen(
+            channels,
+            o.gen_dim,
+            o.n_downsample,
+            o.n_res,
+            o.gen_activ,
+            o.gen_pad_type,
+            o.vae,
+            o.global_skip,
+        )
         for channels in (o.input_dim_a, o.input_dim_b)
     )
     if o.share:
@@ -246,6 +307,9 @@ def build_unit(options: UNITOptions) -> dict[str, nn.Module]:
         for channels in (o.input_dim_a, o.input_dim_b)
     )
     initialise([gen_a, gen_b], [dis_a, dis_b], o.init)
+    if o.global_skip:  # after the draws, so every other weight is the one without the skip
+        gen_a.dec.zero_output_layer()
+        gen_b.dec.zero_output_layer()
     return {"gen_a": gen_a, "gen_b": gen_b, "dis_a": dis_a, "dis_b": dis_b}
 
 

@@ -289,7 +289,10 @@ class Decoder(nn.Module):
     channels), then a 7x7 convolution to ``output_dim`` channels and tanh.
 
     With ``res_norm="adain"``, ``forward(x, adain_params)`` needs the (N,
-    ``num_adain_params``) AdaIN parameters (the style MLP's output).
+    ``num_adain_params``) AdaIN parameters (the style MLP's output). With ``global_skip``
+    the last convolution has no tanh: its output is the residual that the generator adds to
+    an image (:func:`i2i.models.networks.global_skip_output`); the state dict's keys are the
+    same either way.
     """
 
     def __init__(
@@ -301,8 +304,10 @@ class Decoder(nn.Module):
         res_norm: str = "adain",
         activ: str = "relu",
         pad_type: str = "zero",
+        global_skip: bool = False,
     ) -> None:
         super().__init__()
+        self.global_skip = global_skip
         layers: list[nn.Module] = [ResBlocks(n_res, dim, res_norm, activ, pad_type=pad_type)]
         for _ in range(n_upsample):
             layers += [
@@ -310,10 +315,23 @@ class Decoder(nn.Module):
                 Conv2dBlock(dim, dim // 2, 5, 1, 2, norm="ln", activation=activ, pad_type=pad_type),
             ]
             dim //= 2
+        out_activ = "none" if global_skip else "tanh"
         layers.append(
-            Conv2dBlock(dim, output_dim, 7, 1, 3, norm="none", activation="tanh", pad_type=pad_type)
+            Conv2dBlock(
+                dim, output_dim, 7, 1, 3, norm="none", activation=out_activ, pad_type=pad_type
+            )
         )
         self.model = nn.Sequential(*layers)
+
+    def zero_output_layer(self) -> None:
+        """Set the last convolution's weight and bias to zero: with ``global_skip`` the
+        decoder then returns a zero residual, so its generator starts as the identity."""
+        last = self.model[-1]
+        assert isinstance(last, Conv2dBlock)
+        with torch.no_grad():
+            last.conv.weight.zero_()
+            assert last.conv.bias is not None
+            last.conv.bias.zero_()
 
     @property
     def num_adain_params(self) -> int:

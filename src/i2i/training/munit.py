@@ -70,7 +70,8 @@ class MUNITGenerators(nn.Module):
 
     ``forward(x_a, x_b, s_a, s_b)`` returns the translations with the given styles; with
     ``full`` also the within-domain reconstructions and the re-encodings of the
-    translations and, with ``cycle``, the style-augmented cycle reconstructions.
+    translations and, with ``cycle``, the style-augmented cycle reconstructions. Every
+    decoding gets the image whose content it decodes (used by ``model.global_skip``).
     """
 
     def __init__(self, gen_a: nn.Module, gen_b: nn.Module) -> None:
@@ -93,20 +94,20 @@ class MUNITGenerators(nn.Module):
         out = {
             "c_a": c_a,
             "c_b": c_b,
-            "x_ba": self.gen_a.decode(c_b, s_a),
-            "x_ab": self.gen_b.decode(c_a, s_b),
+            "x_ba": self.gen_a.decode(c_b, s_a, x_b),
+            "x_ab": self.gen_b.decode(c_a, s_b, x_a),
         }
         if not full:
             return out
-        out["x_a_recon"] = self.gen_a.decode(c_a, s_a_prime)
-        out["x_b_recon"] = self.gen_b.decode(c_b, s_b_prime)
+        out["x_a_recon"] = self.gen_a.decode(c_a, s_a_prime, x_a)
+        out["x_b_recon"] = self.gen_b.decode(c_b, s_b_prime, x_b)
         c_b_recon, s_a_recon = self.gen_a.encode(out["x_ba"])
         c_a_recon, s_b_recon = self.gen_b.encode(out["x_ab"])
         out.update(c_a_recon=c_a_recon, c_b_recon=c_b_recon)
         out.update(s_a_recon=s_a_recon, s_b_recon=s_b_recon)
         if cycle:
-            out["x_aba"] = self.gen_a.decode(c_a_recon, s_a_prime)
-            out["x_bab"] = self.gen_b.decode(c_b_recon, s_b_prime)
+            out["x_aba"] = self.gen_a.decode(c_a_recon, s_a_prime, out["x_ab"])
+            out["x_bab"] = self.gen_b.decode(c_b_recon, s_b_prime, out["x_ba"])
         return out
 
 
@@ -202,15 +203,15 @@ class MUNITTrainer(TwoDomainTrainer):
         style3, style4 = (s.expand(n, -1, -1, -1) for s in self.display_styles[2:])
         return {
             "x_a": x_a,
-            "x_a_recon": gen_a.decode(c_a, s_a_prime),
-            "x_ab_1": gen_b.decode(c_a, style1),
-            "x_ab_2": gen_b.decode(c_a, style2),
-            "x_ab_ref": gen_b.decode(c_a, s_b_prime),
+            "x_a_recon": gen_a.decode(c_a, s_a_prime, x_a),
+            "x_ab_1": gen_b.decode(c_a, style1, x_a),
+            "x_ab_2": gen_b.decode(c_a, style2, x_a),
+            "x_ab_ref": gen_b.decode(c_a, s_b_prime, x_a),
             "x_b": x_b,
-            "x_b_recon": gen_b.decode(c_b, s_b_prime),
-            "x_ba_1": gen_a.decode(c_b, style3),
-            "x_ba_2": gen_a.decode(c_b, style4),
-            "x_ba_ref": gen_a.decode(c_b, s_a_prime),
+            "x_b_recon": gen_b.decode(c_b, s_b_prime, x_b),
+            "x_ba_1": gen_a.decode(c_b, style3, x_b),
+            "x_ba_2": gen_a.decode(c_b, style4, x_b),
+            "x_ba_ref": gen_a.decode(c_b, s_a_prime, x_b),
         }
 
     def visual_rows(self) -> Iterator[tuple[str, ...]]:

@@ -307,7 +307,8 @@ class UNITGenerators(nn.Module):
 
     ``forward(x_a, x_b)`` returns the noisy translations; with ``full`` also the
     within-domain reconstructions, the re-encodings of the translations and, with
-    ``cycle``, the cycle reconstructions. The encoders draw their noise (in the reference's
+    ``cycle``, the cycle reconstructions. Every decoding gets the image that was encoded
+    (used by ``model.global_skip``). The encoders draw their noise (in the reference's
     order: x_a, x_b, then x_ba, x_ab) from torch's global RNG; with more than one rank,
     for the global batch, each rank keeping its rows (see distributed.rank_slice).
     """
@@ -351,19 +352,19 @@ class UNITGenerators(nn.Module):
         out = {
             "h_a": h_a,
             "h_b": h_b,
-            "x_ba": self.gen_a.decode(h_b + n_b),
-            "x_ab": self.gen_b.decode(h_a + n_a),
+            "x_ba": self.gen_a.decode(h_b + n_b, x_b),
+            "x_ab": self.gen_b.decode(h_a + n_a, x_a),
         }
         if not full:
             return out
-        out["x_a_recon"] = self.gen_a.decode(h_a + n_a)
-        out["x_b_recon"] = self.gen_b.decode(h_b + n_b)
+        out["x_a_recon"] = self.gen_a.decode(h_a + n_a, x_a)
+        out["x_b_recon"] = self.gen_b.decode(h_b + n_b, x_b)
         h_b_recon, n_b_recon = self._encode(self.gen_a, out["x_ba"])
         h_a_recon, n_a_recon = self._encode(self.gen_b, out["x_ab"])
         out["h_a_recon"], out["h_b_recon"] = h_a_recon, h_b_recon
         if cycle:
-            out["x_aba"] = self.gen_a.decode(h_a_recon + n_a_recon)
-            out["x_bab"] = self.gen_b.decode(h_b_recon + n_b_recon)
+            out["x_aba"] = self.gen_a.decode(h_a_recon + n_a_recon, out["x_ab"])
+            out["x_bab"] = self.gen_b.decode(h_b_recon + n_b_recon, out["x_ba"])
         return out
 
 
@@ -446,16 +447,16 @@ class UNITTrainer(TwoDomainTrainer):
         gen_b: Any = self.networks["gen_b"]
         h_a, _ = gen_a.encode(x_a)
         h_b, _ = gen_b.encode(x_b)
-        x_ab, x_ba = gen_b.decode(h_a), gen_a.decode(h_b)
+        x_ab, x_ba = gen_b.decode(h_a, x_a), gen_a.decode(h_b, x_b)
         return {
             "x_a": x_a,
-            "x_a_recon": gen_a.decode(h_a),
+            "x_a_recon": gen_a.decode(h_a, x_a),
             "x_ab": x_ab,
-            "x_aba": gen_a.decode(gen_b.encode(x_ab)[0]),
+            "x_aba": gen_a.decode(gen_b.encode(x_ab)[0], x_ab),
             "x_b": x_b,
-            "x_b_recon": gen_b.decode(h_b),
+            "x_b_recon": gen_b.decode(h_b, x_b),
             "x_ba": x_ba,
-            "x_bab": gen_b.decode(gen_a.encode(x_ba)[0]),
+            "x_bab": gen_b.decode(gen_a.encode(x_ba)[0], x_ba),
         }
 
     def visual_rows(self) -> Iterator[tuple[str, ...]]:

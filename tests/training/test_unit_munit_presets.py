@@ -1,0 +1,39 @@
+"""unit-tiny and munit-tiny turn on the options for short runs; unit.yaml and munit.yaml (the
+reference recipes) do not."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from i2i.models import create_networks, options_from_dict
+from i2i.training import load_config
+
+
+@pytest.mark.parametrize(
+    ("family", "ema_decay"), [("unit", 0.999), ("munit", 0.0)]
+)  # measured in BENCHMARKS.md: the average costs munit-tiny the target with seed 1
+def test_tiny_preset_sets_the_short_run_options(family: str, ema_decay: float) -> None:
+    cfg = load_config(f"{family}-tiny")
+    assert cfg.model["global_skip"] is True
+    assert cfg.loss["recon_x_w"] == 0.0 and cfg.loss["recon_x_cyc_w"] == 2.0
+    assert cfg.ema_decay == ema_decay
+    assert cfg.ema_start == (200 if ema_decay else 0)
+    torch.manual_seed(0)
+    networks = create_networks(family, options_from_dict(family, cfg.model))
+    for name in ("gen_a", "gen_b"):
+        assert networks[name].global_skip
+        assert not networks[name].dec.model[-1].conv.weight.any()  # starts as the identity
+
+
+@pytest.mark.parametrize(
+    ("family", "cycle"), [("unit", 10.0), ("munit", 0.0)]
+)  # the references' recon_x_cyc_w
+def test_reference_recipe_keeps_the_reference_networks_and_weights(
+    family: str, cycle: float
+) -> None:
+    cfg = load_config(family)
+    assert options_from_dict(family, cfg.model).global_skip is False
+    assert "global_skip" not in cfg.model
+    assert cfg.loss["recon_x_w"] == 10.0 and cfg.loss["recon_x_cyc_w"] == cycle
+    assert cfg.ema_decay == 0.0
