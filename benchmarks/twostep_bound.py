@@ -7,12 +7,16 @@ passes through the z_dim values of ``e(x)``. Two numbers bound what that can rea
   domain s against x itself (PSNR/SSIM, uint8 as exported). A translation into t is the
   same code regenerated with another label, so it cannot be more faithful to the picture
   than this (the grade aside).
+- ``inverted``: the same with the best z for each image, found by gradient descent on
+  ``|g(z, s) - x|^2`` (z = tanh(w), Adam, ``--invert-steps``) instead of ``e(x)``: what
+  any encoder could reach with this generator, the bound the generator's range sets.
 - ``pca``: the best *linear* code of k values, the test images projected on the first k
   principal components of the training images (all domains) and back; an encoder and a
   generator trained for minutes do not reach an optimal linear code.
 
 Usage:
-    python benchmarks/twostep_bound.py --data DATA [--checkpoint RUN/latest.pt] [--k 32 100]
+    python benchmarks/twostep_bound.py --data DATA [--checkpoint RUN/latest.pt
+        [--invert-steps 300]] [--k 32 100]
 """
 
 from __future__ import annotations
@@ -56,25 +60,54 @@ def pca_bound(data: Path, domains: list[str], k: int) -> dict[str, float]:
     return {"psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims))}
 
 
-@torch.no_grad()
-def same_label(checkpoint: Path, data: Path, ema: bool) -> dict[str, dict[str, float]]:
-    """Per domain s: mean PSNR/SSIM of g(e(x), s) against x over test/<s>/."""
+def _scores(rec: torch.Tensor, ims: list[np.ndarray]) -> dict[str, float]:
+    """Mean PSNR/SSIM of float images rec [N, C, H, W] in [-1, 1] against uint8 ims."""
+    out = _float_to_image(rec.detach()).numpy()
+    return {
+        "psnr": float(np.mean([psnr(r, im) for r, im in zip(out, ims, strict=True)])),
+        "ssim": float(np.mean([ssim(r, im) for r, im in zip(out, ims, strict=True)])),
+    }
+
+
+def _inverted(g: torch.nn.Module, x: torch.Tensor, label: torch.Tensor, steps: int) -> torch.Tensor:
+    """g(z*, label) for the z* in (-1, 1) that fits x best (Adam on tanh-parametrised z,
+    started at 0); the bound of any encoder for this generator."""
+    for p in g.parameters():
+        p.requires_grad_(False)
+    w = torch.zeros(x.shape[0], g.z_dim, requires_grad=True)
+    opt = torch.optim.Adam([w], lr=0.05)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = ((g(torch.tanh(w), label) - x) ** 2).mean(dim=(1, 2, 3)).sum()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return g(torch.tanh(w), label)
+
+
+def same_label(
+    checkpoint: Path, data: Path, ema: bool, invert_steps: int
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Per domain s: mean PSNR/SSIM of g(e(x), s) (and of g(z*, s)) against x over
+    test/<s>/."""
     ckpt, networks = load_trained_networks(checkpoint, ema=ema)
     if ckpt["family"] != "twostep":
         raise SystemExit(f"{checkpoint}: family {ckpt['family']!r}, expected twostep")
     options = options_from_dict("twostep", ckpt["config"].get("model", {}))
     g, e = networks["g"].eval(), networks["e"].eval()
-    out: dict[str, dict[str, float]] = {}
+    kinds = ("encoder", "inverted") if invert_steps else ("encoder",)
+    out: dict[str, dict[str, dict[str, float]]] = {kind: {} for kind in kinds}
     for index, domain in enumerate(options.domains):
         ims = _images(data / "test" / domain)
         x = _image_to_float(torch.from_numpy(np.stack(ims)), 3)
         label = torch.full((len(ims),), index, dtype=torch.int64)
-        rec = _float_to_image(g(e(x), label)).numpy()
-        out[domain] = {
-            "psnr": float(np.mean([psnr(r, im) for r, im in zip(rec, ims, strict=True)])),
-            "ssim": float(np.mean([ssim(r, im) for r, im in zip(rec, ims, strict=True)])),
-        }
-    out["mean"] = {key: float(np.mean([v[key] for v in out.values()])) for key in ("psnr", "ssim")}
+        with torch.no_grad():
+            out["encoder"][domain] = _scores(g(e(x), label), ims)
+        if invert_steps:
+            out["inverted"][domain] = _scores(_inverted(g, x, label, invert_steps), ims)
+    for kind in kinds:
+        per = list(out[kind].values())
+        out[kind]["mean"] = {k: float(np.mean([v[k] for v in per])) for k in ("psnr", "ssim")}
     return out
 
 
@@ -84,12 +117,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True, help="a labelled sample dataset")
     parser.add_argument("--checkpoint", type=Path, help="a two-step checkpoint (same-label)")
     parser.add_argument("--k", type=int, nargs="*", default=[32, 100], help="PCA code sizes")
+    parser.add_argument(
+        "--invert-steps", type=int, default=0, help="also fit z per image (Adam steps)"
+    )
     parser.add_argument("--no-ema", action="store_true", help="the raw weights, not the EMA")
     args = parser.parse_args(argv)
     domains = json.loads((args.data / "dataset.json").read_text(encoding="utf-8"))["domains"]
     report: dict[str, object] = {"pca": {k: pca_bound(args.data, domains, k) for k in args.k}}
     if args.checkpoint is not None:
-        report["same_label"] = same_label(args.checkpoint, args.data, not args.no_ema)
+        report["same_label"] = same_label(
+            args.checkpoint, args.data, not args.no_ema, args.invert_steps
+        )
     print(json.dumps(report, indent=2))
     return 0
 

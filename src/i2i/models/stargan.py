@@ -49,6 +49,14 @@ domain, initialised to 1 and 0, conditional instance normalisation as in Dumouli
 ``(K, C)`` instead of ``(C,)``: checkpoints load only into a ``g`` built with the same
 setting.
 
+Critic per domain (``domain_critic``, off by default; not in the reference). The reference's
+critic has one real/fake map for all domains, so a ``g`` that leaves its input unchanged
+makes real-looking images, and only the classifier asks for the target; its input gradient
+is an adversarial pattern rather than a colour grade. With ``domain_critic: true`` the
+``src`` head has one map per domain (:func:`critic_map` picks the image's own): real images
+are scored by their domain's map and translations by their target's, so each map is a
+critic of one domain, as CycleGAN's discriminator of domain B is.
+
 Sizes. ``g`` is fully convolutional: any size that is a multiple of 4 (two stride-2
 downsamplings, undone exactly by the transposed convolutions), at least 8 (instance norm
 needs more than one cell at the 1/4 scale). ``d``'s classifier kernel
@@ -92,6 +100,9 @@ class StarGANOptions:
     # Not in the reference: g's instance norms take a scale and shift per target domain, so
     # the target conditions every layer (the first norm removes constant label maps).
     conditional_norm: bool = False
+    # Not in the reference: d's real/fake head has one map per domain; a real image is
+    # scored by its domain's map, a translation by its target's.
+    domain_critic: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.domains, str) or not isinstance(self.domains, (list, tuple)):
@@ -250,10 +261,17 @@ class StarGANGenerator(nn.Module):
 
 
 class StarGANDiscriminator(nn.Module):
-    """``d(x) -> (src (N, 1, H/2**r, W/2**r), cls (N, K))`` for x of ``image_size`` square."""
+    """``d(x) -> (src (N, 1, H/2**r, W/2**r), cls (N, K))`` for x of ``image_size`` square;
+    with ``domain_critic`` src has K maps, one per domain (see :func:`critic_map`)."""
 
     def __init__(
-        self, input_nc: int, num_domains: int, image_size: int, conv_dim: int, repeat_num: int
+        self,
+        input_nc: int,
+        num_domains: int,
+        image_size: int,
+        conv_dim: int,
+        repeat_num: int,
+        domain_critic: bool = False,
     ) -> None:
         super().__init__()
         self.image_size = image_size
@@ -269,13 +287,23 @@ class StarGANDiscriminator(nn.Module):
             ]
             dim *= 2
         self.main = nn.Sequential(*layers)
-        self.conv_src = nn.Conv2d(dim, 1, kernel_size=3, stride=1, padding=1, bias=False)
+        maps = num_domains if domain_critic else 1
+        self.conv_src = nn.Conv2d(dim, maps, kernel_size=3, stride=1, padding=1, bias=False)
         kernel = image_size // 2**repeat_num
         self.conv_cls = nn.Conv2d(dim, num_domains, kernel_size=kernel, bias=False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.main(x)
         return self.conv_src(h), self.conv_cls(h).flatten(1)
+
+
+def critic_map(src: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+    """d's real/fake map of each image's ``domain`` (int64 (N,)): src (N, K, h, w) ->
+    (N, 1, h, w); a single-map src (the reference's critic) is returned as it is."""
+    if src.shape[1] == 1:
+        return src
+    index = domain.to(torch.int64)[:, None, None, None].expand(-1, 1, *src.shape[2:])
+    return src.gather(1, index)
 
 
 def one_hot(domain: torch.Tensor, num_domains: int, dtype: torch.dtype) -> torch.Tensor:
@@ -306,7 +334,9 @@ def build_stargan(options: StarGANOptions) -> dict[str, nn.Module]:
     g = StarGANGenerator(
         o.input_nc, o.output_nc, k, o.conv_dim, o.repeat_num, o.global_skip, o.conditional_norm
     )
-    d = StarGANDiscriminator(o.input_nc, k, o.image_size, o.d_conv_dim, o.d_repeat_num)
+    d = StarGANDiscriminator(
+        o.input_nc, k, o.image_size, o.d_conv_dim, o.d_repeat_num, o.domain_critic
+    )
     return {"g": g, "d": d}
 
 
