@@ -38,6 +38,25 @@ last convolution, which starts at zero: an untrained ``g`` is the identity for e
 and learns the change, as the ResNet and U-Net generators' option does. The layers and state
 dict keys are the same as without it, so checkpoints of either kind load into either.
 
+Conditional instance norm (``conditional_norm``, off by default; not in the reference). The
+target reaches the reference's ``g`` only as constant label maps concatenated to the image,
+and the first instance norm subtracts each channel's spatial mean, which removes a constant:
+only the zero-padded border keeps the label (the reference's note on padding), so a short
+run can barely tell the targets apart. With ``conditional_norm: true`` every instance norm
+of ``g`` takes its scale and shift from the target (``c @ weight``, ``c @ bias``: one row per
+domain, initialised to 1 and 0, conditional instance normalisation as in Dumoulin et al.,
+2017), so the target conditions every layer. The norms' ``weight``/``bias`` are then
+``(K, C)`` instead of ``(C,)``: checkpoints load only into a ``g`` built with the same
+setting.
+
+Critic per domain (``domain_critic``, off by default; not in the reference). The reference's
+critic has one real/fake map for all domains, so a ``g`` that leaves its input unchanged
+makes real-looking images, and only the classifier asks for the target; its input gradient
+is an adversarial pattern rather than a colour grade. With ``domain_critic: true`` the
+``src`` head has one map per domain (:func:`critic_map` picks the image's own): real images
+are scored by their domain's map and translations by their target's, so each map is a
+critic of one domain, as CycleGAN's discriminator of domain B is.
+
 Sizes. ``g`` is fully convolutional: any size that is a multiple of 4 (two stride-2
 downsamplings, undone exactly by the transposed convolutions), at least 8 (instance norm
 needs more than one cell at the 1/4 scale). ``d``'s classifier kernel
@@ -78,6 +97,12 @@ class StarGANOptions:
     # Not in the reference: g returns tanh(atanh(x) + residual) and its last conv starts at
     # zero, so an untrained g is the identity and learns the change (short runs).
     global_skip: bool = False
+    # Not in the reference: g's instance norms take a scale and shift per target domain, so
+    # the target conditions every layer (the first norm removes constant label maps).
+    conditional_norm: bool = False
+    # Not in the reference: d's real/fake head has one map per domain; a real image is
+    # scored by its domain's map, a translation by its target's.
+    domain_critic: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.domains, str) or not isinstance(self.domains, (list, tuple)):
@@ -120,21 +145,56 @@ def _instance_norm(channels: int) -> nn.InstanceNorm2d:
     return nn.InstanceNorm2d(channels, affine=True, track_running_stats=False)
 
 
-class ResidualBlock(nn.Module):
-    """x + (conv 3x3, IN, ReLU, conv 3x3, IN)(x), without biases (the reference's)."""
+class ConditionalInstanceNorm(nn.Module):
+    """Instance norm whose scale and shift are the target's rows: ``IN(x) * (c @ weight) +
+    (c @ bias)`` for one-hot targets c (N, K); weight (K, C) starts at 1, bias at 0."""
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, channels: int, num_domains: int) -> None:
+        super().__init__()
+        self.norm = nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+        self.weight = nn.Parameter(torch.ones(num_domains, channels))
+        self.bias = nn.Parameter(torch.zeros(num_domains, channels))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        c = c.to(self.weight.dtype)
+        scale = (c @ self.weight).to(x.dtype)[:, :, None, None]
+        shift = (c @ self.bias).to(x.dtype)[:, :, None, None]
+        return self.norm(x) * scale + shift
+
+
+def _norm(channels: int, num_domains: int) -> nn.Module:
+    """The reference's affine instance norm, or the target's (``num_domains`` > 0)."""
+    if num_domains:
+        return ConditionalInstanceNorm(channels, num_domains)
+    return _instance_norm(channels)
+
+
+def _run(layers: nn.Sequential, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """Apply ``layers`` in order, giving the target ``c`` to the layers that take it."""
+    takes_target = (ConditionalInstanceNorm, ResidualBlock)
+    for layer in layers:
+        h = layer(h, c) if isinstance(layer, takes_target) else layer(h)
+    return h
+
+
+class ResidualBlock(nn.Module):
+    """x + (conv 3x3, IN, ReLU, conv 3x3, IN)(x), without biases (the reference's); with
+    ``num_domains`` > 0 the norms are the target's (:class:`ConditionalInstanceNorm`)."""
+
+    def __init__(self, dim: int, num_domains: int = 0) -> None:
         super().__init__()
         self.main = nn.Sequential(
             nn.Conv2d(dim, dim, kernel_size=3, stride=1, padding=1, bias=False),
-            _instance_norm(dim),
+            _norm(dim, num_domains),
             nn.ReLU(inplace=True),
             nn.Conv2d(dim, dim, kernel_size=3, stride=1, padding=1, bias=False),
-            _instance_norm(dim),
+            _norm(dim, num_domains),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.main(x)
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        if c is None:
+            return x + self.main(x)
+        return x + _run(self.main, x, c)
 
 
 class StarGANGenerator(nn.Module):
@@ -149,6 +209,7 @@ class StarGANGenerator(nn.Module):
         conv_dim: int,
         repeat_num: int,
         global_skip: bool = False,
+        conditional_norm: bool = False,
     ) -> None:
         super().__init__()
         if global_skip and input_nc != output_nc:
@@ -160,24 +221,26 @@ class StarGANGenerator(nn.Module):
         self.output_nc = output_nc
         self.num_domains = num_domains
         self.global_skip = global_skip
+        self.conditional_norm = conditional_norm
+        k = num_domains if conditional_norm else 0  # domains of the norms (0: the reference's)
         layers: list[nn.Module] = [
             nn.Conv2d(input_nc + num_domains, conv_dim, kernel_size=7, padding=3, bias=False),
-            _instance_norm(conv_dim),
+            _norm(conv_dim, k),
             nn.ReLU(inplace=True),
         ]
         dim = conv_dim
         for _ in range(2):  # down-sampling
             layers += [
                 nn.Conv2d(dim, dim * 2, kernel_size=4, stride=2, padding=1, bias=False),
-                _instance_norm(dim * 2),
+                _norm(dim * 2, k),
                 nn.ReLU(inplace=True),
             ]
             dim *= 2
-        layers += [ResidualBlock(dim) for _ in range(repeat_num)]
+        layers += [ResidualBlock(dim, k) for _ in range(repeat_num)]
         for _ in range(2):  # up-sampling
             layers += [
                 nn.ConvTranspose2d(dim, dim // 2, kernel_size=4, stride=2, padding=1, bias=False),
-                _instance_norm(dim // 2),
+                _norm(dim // 2, k),
                 nn.ReLU(inplace=True),
             ]
             dim //= 2
@@ -192,15 +255,23 @@ class StarGANGenerator(nn.Module):
         # Zero padding matters here: the label maps are constant, and reflection padding
         # would keep them constant, so instance norm would remove them (the reference's note).
         maps = c.to(x.dtype)[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
-        out = self.main(torch.cat([x, maps], dim=1))
+        h = torch.cat([x, maps], dim=1)
+        out = _run(self.main, h, c) if self.conditional_norm else self.main(h)
         return global_skip_output(x, out) if self.global_skip else out
 
 
 class StarGANDiscriminator(nn.Module):
-    """``d(x) -> (src (N, 1, H/2**r, W/2**r), cls (N, K))`` for x of ``image_size`` square."""
+    """``d(x) -> (src (N, 1, H/2**r, W/2**r), cls (N, K))`` for x of ``image_size`` square;
+    with ``domain_critic`` src has K maps, one per domain (see :func:`critic_map`)."""
 
     def __init__(
-        self, input_nc: int, num_domains: int, image_size: int, conv_dim: int, repeat_num: int
+        self,
+        input_nc: int,
+        num_domains: int,
+        image_size: int,
+        conv_dim: int,
+        repeat_num: int,
+        domain_critic: bool = False,
     ) -> None:
         super().__init__()
         self.image_size = image_size
@@ -216,13 +287,23 @@ class StarGANDiscriminator(nn.Module):
             ]
             dim *= 2
         self.main = nn.Sequential(*layers)
-        self.conv_src = nn.Conv2d(dim, 1, kernel_size=3, stride=1, padding=1, bias=False)
+        maps = num_domains if domain_critic else 1
+        self.conv_src = nn.Conv2d(dim, maps, kernel_size=3, stride=1, padding=1, bias=False)
         kernel = image_size // 2**repeat_num
         self.conv_cls = nn.Conv2d(dim, num_domains, kernel_size=kernel, bias=False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.main(x)
         return self.conv_src(h), self.conv_cls(h).flatten(1)
+
+
+def critic_map(src: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+    """d's real/fake map of each image's ``domain`` (int64 (N,)): src (N, K, h, w) ->
+    (N, 1, h, w); a single-map src (the reference's critic) is returned as it is."""
+    if src.shape[1] == 1:
+        return src
+    index = domain.to(torch.int64)[:, None, None, None].expand(-1, 1, *src.shape[2:])
+    return src.gather(1, index)
 
 
 def one_hot(domain: torch.Tensor, num_domains: int, dtype: torch.dtype) -> torch.Tensor:
@@ -250,8 +331,12 @@ def build_stargan(options: StarGANOptions) -> dict[str, nn.Module]:
     as the reference does."""
     o = options
     k = o.num_domains
-    g = StarGANGenerator(o.input_nc, o.output_nc, k, o.conv_dim, o.repeat_num, o.global_skip)
-    d = StarGANDiscriminator(o.input_nc, k, o.image_size, o.d_conv_dim, o.d_repeat_num)
+    g = StarGANGenerator(
+        o.input_nc, o.output_nc, k, o.conv_dim, o.repeat_num, o.global_skip, o.conditional_norm
+    )
+    d = StarGANDiscriminator(
+        o.input_nc, k, o.image_size, o.d_conv_dim, o.d_repeat_num, o.domain_critic
+    )
     return {"g": g, "d": d}
 
 

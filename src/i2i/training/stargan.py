@@ -9,7 +9,10 @@ the uninterrupted one, bit for bit.
 
 d step (minimised: ``d = d_real + d_fake + lambda_cls * d_cls + lambda_gp * d_gp``):
 
-- ``d_real = -mean(src(x))`` and ``d_fake = mean(src(g(x, c_trg)))``: the WGAN critic;
+- ``d_real = -mean(src(x))`` and ``d_fake = mean(src(g(x, c_trg)))``: the WGAN critic
+  (with ``model.domain_critic``, src of a real image is its domain's map and src of a
+  translation its target's, see :func:`i2i.models.stargan.critic_map`; so in g_fake and in
+  the penalty, which uses the target's map);
 - ``d_cls``: cross-entropy of d's domain logits of the real image against its domain;
 - ``d_gp = mean((||grad_x_hat src(x_hat)||_2 - 1) ** 2)`` on ``x_hat = a x + (1 - a) fake``,
   ``a ~ U(0, 1)`` per image; the input gradient is taken with ``create_graph=True`` so the
@@ -44,7 +47,7 @@ from torch import nn
 
 from i2i.data import LabelledDataset, TransformOptions
 from i2i.models import options_from_dict
-from i2i.models.stargan import StarGANOptions, one_hot
+from i2i.models.stargan import StarGANOptions, critic_map, one_hot
 
 from . import distributed
 from .config import ConfigError, TrainConfig, loss_options
@@ -203,12 +206,12 @@ class StarGANTrainer(StepHelpers):
         self.optimizers["d"].zero_grad(set_to_none=True)
         with self.autocast():
             out_src, out_cls = self.d(x_real)
-            losses["d_real"] = -out_src.float().mean()
+            losses["d_real"] = -critic_map(out_src, label_org).float().mean()
             losses["d_cls"] = F.cross_entropy(out_cls.float(), label_org)
             with torch.no_grad():
                 x_fake = self.g(x_real, c_trg)
             out_src, _ = self.d(x_fake)
-            losses["d_fake"] = out_src.float().mean()
+            losses["d_fake"] = critic_map(out_src, label_trg).float().mean()
         x_hat = (alpha * x_real + (1 - alpha) * x_fake.float()).requires_grad_(True)
         # The penalty goes through the plain d: torch.compile cannot differentiate twice, and
         # under DDP the penalty's gradient still reaches the reducer, summed with the other
@@ -216,7 +219,7 @@ class StarGANTrainer(StepHelpers):
         d_plain = self.networks["d"]
         with self.autocast():
             losses["d_gp"] = input_gradient_penalty(
-                lambda x: d_plain(x)[0], x_hat, scaler=self.scalers["d"]
+                lambda x: critic_map(d_plain(x)[0], label_trg), x_hat, scaler=self.scalers["d"]
             )
         loss_d = (
             losses["d_real"]
@@ -238,7 +241,7 @@ class StarGANTrainer(StepHelpers):
                 x_fake = self.g(x_real, c_trg)
                 out_src, out_cls = d_plain(x_fake)
                 g_terms = {
-                    "g_fake": -out_src.float().mean(),
+                    "g_fake": -critic_map(out_src, label_trg).float().mean(),
                     "g_cls": F.cross_entropy(out_cls.float(), label_trg),
                 }
                 x_rec = self.g(x_fake, c_org)

@@ -1,0 +1,31 @@
+"""The multi-domain tiny presets turn on StarGAN's options for short runs; the reference
+recipes do not."""
+
+from __future__ import annotations
+
+from i2i.models import create_networks, options_from_dict
+from i2i.models.stargan import ConditionalInstanceNorm
+from i2i.training import load_config
+
+
+def test_stargan_tiny_sets_the_short_run_options_and_the_reference_does_not() -> None:
+    tiny = load_config("stargan-tiny")
+    nets = create_networks("stargan", dict(tiny.model, domains=["a", "b", "c"]))
+    g, d = nets["g"], nets["d"]
+    assert g.global_skip and not g.main[-2].weight.any()  # starts as the identity
+    assert any(isinstance(m, ConditionalInstanceNorm) for m in g.modules())
+    assert d.conv_src.out_channels == 3  # a critic map per domain
+    assert (tiny.loss["lambda_rec"], tiny.loss["n_critic"]) == (10.0, 5)
+    reference = options_from_dict("stargan", load_config("stargan").model)
+    assert (reference.global_skip, reference.conditional_norm, reference.domain_critic) == (
+        False,
+        False,
+        False,
+    )
+
+
+def test_twostep_presets_keep_the_papers_model() -> None:
+    tiny, paper = load_config("twostep-tiny"), load_config("twostep")
+    assert options_from_dict("twostep", paper.model).z_dim == 100
+    assert options_from_dict("twostep", tiny.model).z_dim == 32
+    assert paper.ema_decay == 0.0
