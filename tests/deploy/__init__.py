@@ -14,6 +14,7 @@ import shlex
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -205,3 +206,21 @@ def build_context() -> list[str]:
         ]
         files += [prefix + n for n in names if not ignored(prefix + n, patterns)]
     return sorted(files)
+
+
+def strict(schema: Any) -> Any:
+    """The schema with unknown fields refused, as `kubectl apply` (field validation Strict)
+    refuses them: objects that list properties and keep no unknown fields get
+    additionalProperties false."""
+    if isinstance(schema, list):
+        return [strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict(v) if k != "properties" else v for k, v in schema.items()}
+    if "properties" in schema:
+        out["properties"] = {name: strict(sub) for name, sub in schema["properties"].items()}
+        if "additionalProperties" not in schema and not schema.get(
+            "x-kubernetes-preserve-unknown-fields"
+        ):
+            out["additionalProperties"] = False
+    return out

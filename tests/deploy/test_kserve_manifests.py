@@ -46,6 +46,7 @@ from i2i.repository import FORMAT_VERSION
 from i2i.serving.config import ServerConfig, add_arguments, config_from_args
 from tests.conftest import without_training_packages
 from tests.deploy import load as load_dockerfile
+from tests.deploy import strict
 from tests.deploy.conftest import DEPLOY, load_documents, promql_metric_names, render, tool
 
 KSERVE = DEPLOY / "kserve"
@@ -82,24 +83,6 @@ MERGE_KEYS = {"ports": "containerPort", "env": "name", "volumeMounts": "mountPat
 
 
 # ---- the schemas -------------------------------------------------------------------------
-
-
-def strict(schema: Any) -> Any:
-    """The schema with unknown fields refused, as `kubectl apply` (field validation Strict)
-    refuses them: objects that list properties and keep no unknown fields get
-    additionalProperties false (the rule of test_training_manifests.strict)."""
-    if isinstance(schema, list):
-        return [strict(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: strict(v) if k != "properties" else v for k, v in schema.items()}
-    if "properties" in schema:
-        out["properties"] = {name: strict(sub) for name, sub in schema["properties"].items()}
-        if "additionalProperties" not in schema and not schema.get(
-            "x-kubernetes-preserve-unknown-fields"
-        ):
-            out["additionalProperties"] = False
-    return out
 
 
 SCHEMA_FILES = {

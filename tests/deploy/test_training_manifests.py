@@ -29,7 +29,7 @@ from torch.distributed.run import config_from_args, get_args_parser
 from i2i.cli.train import add_train_arguments
 from i2i.training import distributed
 from i2i.training.config import list_presets
-from tests.deploy import ROOT, parse_dockerfile
+from tests.deploy import ROOT, parse_dockerfile, strict
 from tests.deploy.conftest import DEPLOY, load_documents
 from tests.deploy.test_dockerfile import hadolint
 
@@ -40,24 +40,6 @@ GPU = "nvidia.com/gpu"
 KUBERNETES_VERSION = "1.34"
 # The operator's names (training-operator v1.9 pkg/apis/kubeflow.org/v1 pytorch types).
 CONTAINER, PORT_NAME = "pytorch", "pytorchjob-port"
-
-
-def strict(schema: Any) -> Any:
-    """The schema with unknown fields refused, as `kubectl apply` (field validation Strict)
-    refuses them: objects that list properties and keep no unknown fields get
-    additionalProperties false."""
-    if isinstance(schema, list):
-        return [strict(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: strict(v) if k != "properties" else v for k, v in schema.items()}
-    if "properties" in schema:
-        out["properties"] = {name: strict(sub) for name, sub in schema["properties"].items()}
-        if "additionalProperties" not in schema and not schema.get(
-            "x-kubernetes-preserve-unknown-fields"
-        ):
-            out["additionalProperties"] = False
-    return out
 
 
 @pytest.fixture(scope="module")
