@@ -406,12 +406,13 @@ import sys
 import torch
 import torch.distributed as dist
 from i2i.models import get_family, options_from_dict
+from i2i.training import distributed
 from i2i.training.config import config_from_dict
 from i2i.training.loop import trainer_class
 from tests.conftest import TINY_MODEL_OPTIONS
 
-dist.init_process_group("gloo")
-rank = dist.get_rank()
+info = distributed.setup()  # gloo on the CPU
+rank = info.rank
 family = sys.argv[1]
 cfg = config_from_dict({"family": family, "model": TINY_MODEL_OPTIONS[family]})
 torch.manual_seed(0)
@@ -428,7 +429,10 @@ for name, net in sorted(nets.items()):
     dist.all_gather(gathered, flat)
     if rank == 0:
         print(name, "same" if torch.equal(gathered[0], gathered[1]) else "differs")
-dist.destroy_process_group()
+# The loop's own way out: the process group torn down while gloo's threads still free
+# finished collectives aborted this script under load ("terminate called without an
+# active exception"); cleanup() waits for them first.
+distributed.cleanup(info)
 """
 
 
