@@ -55,7 +55,8 @@ class CycleGANOptions:
     dropout: bool = False  # the reference's CycleGAN sets --no_dropout by default
     init_type: str = "normal"
     init_gain: float = 0.02
-    # Not the reference's: generator options for short runs (resnet_* and unet_* only).
+    # Not the reference's: generator options for short runs (upsample: resnet_* and unet_*;
+    # global_skip: those and discogan).
     upsample: str = "transpose"  # "resize": nearest resize + 3x3 conv, no checkerboard
     global_skip: bool = False  # the generators learn a change of their input image
 

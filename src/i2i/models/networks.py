@@ -442,6 +442,8 @@ class DiscoGANGenerator(nn.Module):
     have no bias (batch norm follows); with instance or no norm the normalised layers get
     one by the CycleGAN rule. ``use_dropout`` (not in DiscoGAN) adds dropout 0.5 after the
     first two upsamplings, where the pix2pix U-Net has it. Sides must be multiples of 16.
+    ``global_skip`` (not in DiscoGAN) as for :class:`ResnetGenerator`: no tanh, the output is
+    :func:`global_skip_output` of the input and the last transposed convolution's output.
     """
 
     def __init__(
@@ -451,10 +453,13 @@ class DiscoGANGenerator(nn.Module):
         ngf: int = 64,
         norm: str = "batch",
         use_dropout: bool = False,
+        global_skip: bool = False,
     ) -> None:
         super().__init__()
+        _check_global_skip(global_skip, input_nc, output_nc)
         self.input_nc = input_nc
         self.output_nc = output_nc
+        self.global_skip = global_skip
         make_norm = norm_layer(norm)
         bias = _conv_bias(norm)
         layers: list[nn.Module] = [
@@ -482,12 +487,14 @@ class DiscoGANGenerator(nn.Module):
             channels //= 2
         layers += [
             nn.ConvTranspose2d(ngf, output_nc, kernel_size=4, stride=2, padding=1, bias=False),
-            nn.Tanh(),
+            nn.Identity() if global_skip else nn.Tanh(),  # no parameters: same keys either way
         ]
         self.model = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)  # (N, input_nc, H, W) -> (N, output_nc, H, W) in [-1, 1]
+        # (N, input_nc, H, W) -> (N, output_nc, H, W) in [-1, 1]; the encoder's first
+        # LeakyReLU is in place but acts on the first convolution's output, never on x.
+        return global_skip_output(x, self.model(x)) if self.global_skip else self.model(x)
 
 
 class DiscoGANDiscriminator(nn.Module):
@@ -573,17 +580,20 @@ def build_generator(
 ) -> nn.Module:
     """Build and initialise a generator by the reference's architecture name (``netG``).
 
-    ``upsample`` ("transpose" or "resize") and ``global_skip`` apply to the ResNet and U-Net
-    generators (see :class:`ResnetGenerator`); with ``global_skip`` the last layer starts at
-    zero, so the generator starts as the identity. The defaults are the reference's networks.
+    ``upsample`` ("transpose" or "resize") applies to the ResNet and U-Net generators,
+    ``global_skip`` to those and DiscoGAN's (see :class:`ResnetGenerator`); with
+    ``global_skip`` the last layer starts at zero, so the generator starts as the identity.
+    The defaults are the reference's networks.
     """
     _check_choice("generator architecture", arch, GENERATOR_ARCHS)
     _check_choice("init type", init_type, INIT_TYPES)
     _check_choice("upsample mode", upsample, UPSAMPLE_MODES)
-    if arch == "discogan" and (upsample != "transpose" or global_skip):
+    if arch == "discogan" and upsample != "transpose":
+        # DiscoGAN's 4x4 stride-2 transposed convolutions overlap evenly (kernel a multiple
+        # of the stride), so they print no checkerboard for a resize to remove.
         raise ValueError(
-            "upsample='resize' and global_skip apply to the resnet_* and unet_* generators, "
-            "not to netG='discogan'"
+            "upsample='resize' applies to the resnet_* and unet_* generators, not to "
+            "netG='discogan' (its 4x4 stride-2 transposed convolutions overlap evenly)"
         )
     net: nn.Module
     if arch in ("resnet_9blocks", "resnet_6blocks"):
@@ -598,7 +608,7 @@ def build_generator(
             upsample=upsample, global_skip=global_skip,
         )  # fmt: skip
     else:
-        net = DiscoGANGenerator(input_nc, output_nc, ngf, norm, dropout)
+        net = DiscoGANGenerator(input_nc, output_nc, ngf, norm, dropout, global_skip)
     init_weights(net, init_type, init_gain)
     if global_skip:  # after the usual draws, so the other networks' seeded weights are kept
         last = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))][-1]
