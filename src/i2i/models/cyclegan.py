@@ -55,8 +55,7 @@ class CycleGANOptions:
     dropout: bool = False  # the reference's CycleGAN sets --no_dropout by default
     init_type: str = "normal"
     init_gain: float = 0.02
-    # Not the reference's: generator options for short runs (upsample: resnet_* and unet_*;
-    # global_skip: those and discogan).
+    # Not the reference's: generator options for short runs (resnet_*, unet_* and discogan).
     upsample: str = "transpose"  # "resize": nearest resize + 3x3 conv, no checkerboard
     global_skip: bool = False  # the generators learn a change of their input image
 

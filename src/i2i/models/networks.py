@@ -442,8 +442,10 @@ class DiscoGANGenerator(nn.Module):
     have no bias (batch norm follows); with instance or no norm the normalised layers get
     one by the CycleGAN rule. ``use_dropout`` (not in DiscoGAN) adds dropout 0.5 after the
     first two upsamplings, where the pix2pix U-Net has it. Sides must be multiples of 16.
-    ``global_skip`` (not in DiscoGAN) as for :class:`ResnetGenerator`: no tanh, the output is
-    :func:`global_skip_output` of the input and the last transposed convolution's output.
+    ``upsample="resize"`` and ``global_skip`` (not in DiscoGAN) as for
+    :class:`ResnetGenerator`: each transposed convolution becomes a :class:`ResizeConv`
+    (3x3); with the skip there is no tanh, the output is :func:`global_skip_output` of the
+    input and the last upsampling's output.
     """
 
     def __init__(
@@ -454,8 +456,10 @@ class DiscoGANGenerator(nn.Module):
         norm: str = "batch",
         use_dropout: bool = False,
         global_skip: bool = False,
+        upsample: str = "transpose",
     ) -> None:
         super().__init__()
+        _check_choice("upsample mode", upsample, UPSAMPLE_MODES)
         _check_global_skip(global_skip, input_nc, output_nc)
         self.input_nc = input_nc
         self.output_nc = output_nc
@@ -475,18 +479,22 @@ class DiscoGANGenerator(nn.Module):
             ]
             channels *= 2
         for i in range(DISCOGAN_DOWNSAMPLINGS - 1):  # (N, C, H, W) -> (N, C/2, 2H, 2W)
+            transpose = functools.partial(
+                nn.ConvTranspose2d, channels, channels // 2, 4, stride=2, padding=1, bias=bias
+            )
             layers += [
-                nn.ConvTranspose2d(
-                    channels, channels // 2, kernel_size=4, stride=2, padding=1, bias=bias
-                ),
+                _upsampler(upsample, channels, channels // 2, bias, transpose),
                 make_norm(channels // 2),
                 nn.ReLU(True),
             ]
             if use_dropout and i < 2:
                 layers.append(nn.Dropout(0.5))
             channels //= 2
+        last = functools.partial(
+            nn.ConvTranspose2d, ngf, output_nc, 4, stride=2, padding=1, bias=False
+        )
         layers += [
-            nn.ConvTranspose2d(ngf, output_nc, kernel_size=4, stride=2, padding=1, bias=False),
+            _upsampler(upsample, ngf, output_nc, False, last),
             nn.Identity() if global_skip else nn.Tanh(),  # no parameters: same keys either way
         ]
         self.model = nn.Sequential(*layers)
@@ -580,21 +588,14 @@ def build_generator(
 ) -> nn.Module:
     """Build and initialise a generator by the reference's architecture name (``netG``).
 
-    ``upsample`` ("transpose" or "resize") applies to the ResNet and U-Net generators,
-    ``global_skip`` to those and DiscoGAN's (see :class:`ResnetGenerator`); with
-    ``global_skip`` the last layer starts at zero, so the generator starts as the identity.
-    The defaults are the reference's networks.
+    ``upsample`` ("transpose" or "resize") and ``global_skip`` apply to the ResNet, U-Net
+    and DiscoGAN generators (see :class:`ResnetGenerator`); with ``global_skip`` the last
+    layer starts at zero, so the generator starts as the identity. The defaults are the
+    reference's networks.
     """
     _check_choice("generator architecture", arch, GENERATOR_ARCHS)
     _check_choice("init type", init_type, INIT_TYPES)
     _check_choice("upsample mode", upsample, UPSAMPLE_MODES)
-    if arch == "discogan" and upsample != "transpose":
-        # DiscoGAN's 4x4 stride-2 transposed convolutions overlap evenly (kernel a multiple
-        # of the stride), so they print no checkerboard for a resize to remove.
-        raise ValueError(
-            "upsample='resize' applies to the resnet_* and unet_* generators, not to "
-            "netG='discogan' (its 4x4 stride-2 transposed convolutions overlap evenly)"
-        )
     net: nn.Module
     if arch in ("resnet_9blocks", "resnet_6blocks"):
         blocks = 9 if arch == "resnet_9blocks" else 6
@@ -608,7 +609,7 @@ def build_generator(
             upsample=upsample, global_skip=global_skip,
         )  # fmt: skip
     else:
-        net = DiscoGANGenerator(input_nc, output_nc, ngf, norm, dropout, global_skip)
+        net = DiscoGANGenerator(input_nc, output_nc, ngf, norm, dropout, global_skip, upsample)
     init_weights(net, init_type, init_gain)
     if global_skip:  # after the usual draws, so the other networks' seeded weights are kept
         last = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))][-1]
