@@ -52,6 +52,9 @@ TINY: dict[str, list[str]] = {
     ],
 }
 SIZES = {"discogan": 64, "dualgan": 32, "cogan": 32}
+# Loss weights that the options for short runs change (cogan-tiny: tests/training/
+# test_cogan_preset.py); the other loss weights of a tiny preset are its variant's.
+SHORT_RUN_LOSS_KEYS = {"recon_x_w", "recon_x_cyc_w"}
 VARIANTS = sorted(TINY)
 
 
@@ -174,7 +177,12 @@ def test_the_presets_make_the_changes_that_define_each_variant() -> None:
         # The tiny preset keeps the variant's defining settings.
         for key in ("family", "gan_mode", "cycle_loss", "lambda_identity", "pool_size"):
             assert getattr(tiny, key) == getattr(full, key), (name, key)
-        assert all(full.loss.get(key, value) == value for key, value in tiny.loss.items())
+        # Loss weights too, but for the options for short runs (README) a tiny preset sets.
+        assert all(
+            full.loss.get(key, value) == value
+            for key, value in tiny.loss.items()
+            if key not in SHORT_RUN_LOSS_KEYS
+        )
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -213,7 +221,7 @@ def test_shapes(name: str, data: Callable[[int], Path]) -> None:
             assert score.shape[:2] == (2, 1)
         else:
             hiddens, noise = nets["gen_a"].encode(x)
-            assert nets["gen_b"].decode(hiddens).shape == x.shape
+            assert nets["gen_b"].decode(hiddens, x).shape == x.shape  # x: the skip's source
             assert torch.equal(noise, torch.zeros_like(noise))  # no VAE: no noise
 
 
