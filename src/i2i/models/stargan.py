@@ -75,7 +75,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -164,7 +164,7 @@ class StarGANOptions:
 
 
 # StarGANOptions.padding -> nn.Conv2d's padding_mode.
-_PADDING_MODES = {"zero": "zeros", "reflect": "reflect"}
+_PADDING_MODES: dict[str, Literal["zeros", "reflect"]] = {"zero": "zeros", "reflect": "reflect"}
 
 
 def _instance_norm(channels: int) -> nn.InstanceNorm2d:
