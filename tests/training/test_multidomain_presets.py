@@ -3,6 +3,8 @@ recipes do not."""
 
 from __future__ import annotations
 
+import torch
+
 from i2i.models import create_networks, options_from_dict
 from i2i.models.stargan import ConditionalInstanceNorm
 from i2i.training import load_config
@@ -16,12 +18,17 @@ def test_stargan_tiny_sets_the_short_run_options_and_the_reference_does_not() ->
     assert any(isinstance(m, ConditionalInstanceNorm) for m in g.modules())
     assert d.conv_src.out_channels == 3  # a critic map per domain
     assert (tiny.loss["lambda_rec"], tiny.loss["n_critic"]) == (10.0, 5)
-    reference = options_from_dict("stargan", load_config("stargan").model)
+    convs = [m for m in g.modules() if type(m) is torch.nn.Conv2d]
+    assert {c.padding_mode for c in convs} == {"reflect"}
+    assert (tiny.lr, tiny.ema_decay, tiny.ema_start) == (1e-3, 0.995, 800)
+    paper = load_config("stargan")
+    reference = options_from_dict("stargan", paper.model)
     assert (reference.global_skip, reference.conditional_norm, reference.domain_critic) == (
         False,
         False,
         False,
     )
+    assert reference.padding == "zero" and paper.ema_decay == 0.0
 
 
 def test_twostep_presets_keep_the_papers_model() -> None:

@@ -11,7 +11,7 @@ reference  i2i     role
 =========  ======  ==================================================================
 ``G``      ``g``   7x7 conv, 2 strided 4x4 convs down, ``repeat_num`` residual blocks,
                    2 transposed 4x4 convs up, 7x7 conv, tanh; instance norm, ReLU,
-                   zero padding, no biases (``global_skip``: see below)
+                   zero padding, no biases (``global_skip``, ``padding``: see below)
 ``D``      ``d``   ``d_repeat_num`` strided 4x4 convs (LeakyReLU 0.01), then a 3x3 conv
                    to one real/fake map (``src``) and a conv with kernel
                    ``image_size / 2 ** d_repeat_num`` to the domain logits (``cls``)
@@ -57,6 +57,14 @@ is an adversarial pattern rather than a colour grade. With ``domain_critic: true
 are scored by their domain's map and translations by their target's, so each map is a
 critic of one domain, as CycleGAN's discriminator of domain B is.
 
+Reflection padding (``padding: reflect``, off by default; not in the reference). ``g``'s
+convolutions pad by reflection, as CycleGAN's ResNet generator does, instead of with zeros.
+There is then no zero border for ``g`` to find the image's edge by, which in short runs
+drew a frame along it, and the constant label maps stay constant, so the first instance norm
+removes them: the target reaches ``g`` only through ``conditional_norm``, which it is meant
+to go with. The transposed convolutions crop rather than pad and are unchanged; the weights
+and state dict keys are the same either way.
+
 Sizes. ``g`` is fully convolutional: any size that is a multiple of 4 (two stride-2
 downsamplings, undone exactly by the transposed convolutions), at least 8 (instance norm
 needs more than one cell at the 1/4 scale). ``d``'s classifier kernel
@@ -67,7 +75,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -76,6 +84,8 @@ from i2i.models.networks import global_skip_output
 from i2i.models.registry import ModelFamily, checked_domains, register_family
 from i2i.models.translators import domain_translators
 from i2i.shapes import ShapeRule
+
+PADDINGS = ("zero", "reflect")
 
 
 @dataclass
@@ -103,8 +113,21 @@ class StarGANOptions:
     # Not in the reference: d's real/fake head has one map per domain; a real image is
     # scored by its domain's map, a translation by its target's.
     domain_critic: bool = False
+    # Not in the reference: "reflect" pads g's convolutions by reflection, as CycleGAN's
+    # ResNet does, instead of with zeros: no border for g to draw a frame on, and the
+    # constant label maps vanish in the first norm (use it with conditional_norm).
+    padding: str = "zero"
 
     def __post_init__(self) -> None:
+        if self.padding not in PADDINGS:
+            raise ValueError(
+                f"unknown padding {self.padding!r}; expected one of: {', '.join(PADDINGS)}"
+            )
+        if self.padding == "reflect" and not self.conditional_norm:
+            raise ValueError(
+                "padding: reflect needs conditional_norm: true; the first instance norm "
+                "removes the constant label maps, so the norms must carry the target"
+            )
         if isinstance(self.domains, str) or not isinstance(self.domains, (list, tuple)):
             raise ValueError(f"domains must be a list of names, got {self.domains!r}")
         self.domains = tuple(self.domains)
@@ -138,6 +161,10 @@ class StarGANOptions:
     def num_domains(self) -> int:
         """How many domains (one-hot channels, classifier logits) the networks have."""
         return len(checked_domains(self.domains))
+
+
+# StarGANOptions.padding -> nn.Conv2d's padding_mode.
+_PADDING_MODES: dict[str, Literal["zeros", "reflect"]] = {"zero": "zeros", "reflect": "reflect"}
 
 
 def _instance_norm(channels: int) -> nn.InstanceNorm2d:
@@ -181,13 +208,14 @@ class ResidualBlock(nn.Module):
     """x + (conv 3x3, IN, ReLU, conv 3x3, IN)(x), without biases (the reference's); with
     ``num_domains`` > 0 the norms are the target's (:class:`ConditionalInstanceNorm`)."""
 
-    def __init__(self, dim: int, num_domains: int = 0) -> None:
+    def __init__(self, dim: int, num_domains: int = 0, padding: str = "zero") -> None:
         super().__init__()
+        mode = _PADDING_MODES[padding]
         self.main = nn.Sequential(
-            nn.Conv2d(dim, dim, kernel_size=3, stride=1, padding=1, bias=False),
+            nn.Conv2d(dim, dim, kernel_size=3, padding=1, bias=False, padding_mode=mode),
             _norm(dim, num_domains),
             nn.ReLU(inplace=True),
-            nn.Conv2d(dim, dim, kernel_size=3, stride=1, padding=1, bias=False),
+            nn.Conv2d(dim, dim, kernel_size=3, padding=1, bias=False, padding_mode=mode),
             _norm(dim, num_domains),
         )
 
@@ -210,8 +238,10 @@ class StarGANGenerator(nn.Module):
         repeat_num: int,
         global_skip: bool = False,
         conditional_norm: bool = False,
+        padding: str = "zero",
     ) -> None:
         super().__init__()
+        mode = _PADDING_MODES[padding]
         if global_skip and input_nc != output_nc:
             raise ValueError(
                 f"global_skip adds the input image to the output, so it needs as many input "
@@ -224,19 +254,21 @@ class StarGANGenerator(nn.Module):
         self.conditional_norm = conditional_norm
         k = num_domains if conditional_norm else 0  # domains of the norms (0: the reference's)
         layers: list[nn.Module] = [
-            nn.Conv2d(input_nc + num_domains, conv_dim, kernel_size=7, padding=3, bias=False),
+            nn.Conv2d(
+                input_nc + num_domains, conv_dim, 7, padding=3, bias=False, padding_mode=mode
+            ),
             _norm(conv_dim, k),
             nn.ReLU(inplace=True),
         ]
         dim = conv_dim
         for _ in range(2):  # down-sampling
             layers += [
-                nn.Conv2d(dim, dim * 2, kernel_size=4, stride=2, padding=1, bias=False),
+                nn.Conv2d(dim, dim * 2, 4, stride=2, padding=1, bias=False, padding_mode=mode),
                 _norm(dim * 2, k),
                 nn.ReLU(inplace=True),
             ]
             dim *= 2
-        layers += [ResidualBlock(dim, k) for _ in range(repeat_num)]
+        layers += [ResidualBlock(dim, k, padding) for _ in range(repeat_num)]
         for _ in range(2):  # up-sampling
             layers += [
                 nn.ConvTranspose2d(dim, dim // 2, kernel_size=4, stride=2, padding=1, bias=False),
@@ -244,7 +276,7 @@ class StarGANGenerator(nn.Module):
                 nn.ReLU(inplace=True),
             ]
             dim //= 2
-        last = nn.Conv2d(dim, output_nc, kernel_size=7, padding=3, bias=False)
+        last = nn.Conv2d(dim, output_nc, kernel_size=7, padding=3, bias=False, padding_mode=mode)
         if global_skip:  # after the other draws, so their seeded weights are kept
             nn.init.zeros_(last.weight)
         # Identity has no parameters: the state dict's keys are the same either way.
@@ -253,7 +285,8 @@ class StarGANGenerator(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         # Zero padding matters here: the label maps are constant, and reflection padding
-        # would keep them constant, so instance norm would remove them (the reference's note).
+        # keeps them constant, so instance norm removes them (the reference's note); with
+        # padding "reflect" the target comes through the conditional norms alone.
         maps = c.to(x.dtype)[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
         h = torch.cat([x, maps], dim=1)
         out = _run(self.main, h, c) if self.conditional_norm else self.main(h)
@@ -332,8 +365,9 @@ def build_stargan(options: StarGANOptions) -> dict[str, nn.Module]:
     o = options
     k = o.num_domains
     g = StarGANGenerator(
-        o.input_nc, o.output_nc, k, o.conv_dim, o.repeat_num, o.global_skip, o.conditional_norm
-    )
+        o.input_nc, o.output_nc, k, o.conv_dim, o.repeat_num, o.global_skip, o.conditional_norm,
+        o.padding,
+    )  # fmt: skip
     d = StarGANDiscriminator(
         o.input_nc, k, o.image_size, o.d_conv_dim, o.d_repeat_num, o.domain_critic
     )
