@@ -212,7 +212,7 @@ def test_tiny_variant_preset_trains_off_the_identity(preset: str, tmp_path: Path
 
 
 G = ("g_ab", "g_ba")
-# What each tiny preset claims in its header (measured in /BENCHMARKS.md, "Demo quality").
+# The values each tiny preset sets (its YAML; measured in BENCHMARKS.md, "Demo quality").
 PRESETS: dict[str, dict[str, tuple[float, int] | float]] = {
     "discogan-tiny": {"ema": (0.999, 200), "cycle": 10.0},
     "dualgan-tiny": {"ema": (0.995, 1200), "cycle": 0.2},

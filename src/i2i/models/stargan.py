@@ -88,6 +88,17 @@ from i2i.shapes import ShapeRule
 PADDINGS = ("zero", "reflect")
 
 
+def _check_padding(padding: str, conditional_norm: bool) -> None:
+    """ValueError unless ``padding`` is one of PADDINGS, and reflect goes with the norms."""
+    if padding not in PADDINGS:
+        raise ValueError(f"unknown padding {padding!r}; expected one of: {', '.join(PADDINGS)}")
+    if padding == "reflect" and not conditional_norm:
+        raise ValueError(
+            "padding: reflect needs conditional_norm: true; the first instance norm "
+            "removes the constant label maps, so the norms must carry the target"
+        )
+
+
 @dataclass
 class StarGANOptions:
     """Architecture options, with the reference's defaults (``main.py``) and names.
@@ -119,15 +130,7 @@ class StarGANOptions:
     padding: str = "zero"
 
     def __post_init__(self) -> None:
-        if self.padding not in PADDINGS:
-            raise ValueError(
-                f"unknown padding {self.padding!r}; expected one of: {', '.join(PADDINGS)}"
-            )
-        if self.padding == "reflect" and not self.conditional_norm:
-            raise ValueError(
-                "padding: reflect needs conditional_norm: true; the first instance norm "
-                "removes the constant label maps, so the norms must carry the target"
-            )
+        _check_padding(self.padding, self.conditional_norm)
         if isinstance(self.domains, str) or not isinstance(self.domains, (list, tuple)):
             raise ValueError(f"domains must be a list of names, got {self.domains!r}")
         self.domains = tuple(self.domains)
@@ -241,6 +244,7 @@ class StarGANGenerator(nn.Module):
         padding: str = "zero",
     ) -> None:
         super().__init__()
+        _check_padding(padding, conditional_norm)
         mode = _PADDING_MODES[padding]
         if global_skip and input_nc != output_nc:
             raise ValueError(
