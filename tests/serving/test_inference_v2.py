@@ -39,6 +39,7 @@ from tests.conftest import MultimodalModel
 from tests.multidomain_family import DOMAINS, multidomain_checkpoint, registered
 from tests.serving.conftest import MODEL, RunningServer, sample_image, server_config
 from tests.serving.test_server import Gate, decode
+from tests.serving.test_server import request as translate_request
 
 NAME = v2_model_name(MODEL, "A2B")  # "tiny_A2B"
 Tensor = v2.ModelInferRequest.InferInputTensor
@@ -744,3 +745,37 @@ def test_full_queue_is_resource_exhausted(start_server):
         assert dict(error.trailing_metadata()).get("i2i-retryable") == "true"
         gate.release.set()
         assert all(translated(f.result(30)).size for f in (running, queued, queued2))
+
+
+def test_a_bug_is_internal_with_the_request_id_on_both_services(start_server):
+    """An exception that is not a ServingError (a bug) ends either RPC as INTERNAL naming
+    the request and the exception, is counted, and leaves the server serving."""
+    server = start_server()
+    pipeline = server.server.pipeline
+    real = pipeline.translate
+
+    async def broken(*args, **kwargs):
+        raise RuntimeError("injected bug")
+
+    pipeline.translate = broken
+    with pytest.raises(grpc.RpcError) as caught:
+        server.stub().Translate(translate_request(sample_image(), request_id="bug-1"), timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert (
+        "the server failed on request bug-1: RuntimeError: injected bug" in caught.value.details()
+    )
+    stub = v2_stub(server)
+    error = rpc_error(lambda: stub.ModelInfer(infer_request(batch_of(1), id="bug-2"), timeout=30))
+    assert error.code() == grpc.StatusCode.INTERNAL
+    assert "the server failed on request bug-2: RuntimeError: injected bug" in error.details()
+    counted = server.metrics()[
+        'i2i_inference_requests_total{code="INTERNAL",direction="A2B",model="tiny"}'
+    ]
+    assert counted == 2
+    pipeline.translate = real
+    assert translated(stub.ModelInfer(infer_request(batch_of(1)), timeout=30)).shape == (
+        1,
+        32,
+        48,
+        3,
+    )

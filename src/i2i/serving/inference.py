@@ -33,7 +33,6 @@ from i2i.oip import grpc_service_pb2_grpc as v2_grpc
 from i2i.oip import model_config_pb2 as mc
 from i2i.serving.errors import (
     DeadlineExceeded,
-    Internal,
     InvalidArgument,
     NotFound,
     QueueFull,
@@ -51,6 +50,7 @@ from i2i.serving.servicer import (
     abort,
     clean_request_id,
     register_service,
+    request_failed,
 )
 from i2i.serving.store import LoadedDirection, LoadedModel
 
@@ -597,31 +597,11 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
                     self.executor, infer_response, target, given_id, results
                 )
             return infer_response(target, given_id, results)
-        except ServingError as exc:
-            code = exc.code
-            internal = code == grpc.StatusCode.INTERNAL
-            log.log(
-                logging.ERROR if internal else logging.INFO,
-                "v2 request %s failed: %s %s",
-                request_id,
-                code.name,
-                exc.message,
-                exc_info=exc if internal else None,
-                extra=where,
-            )
-            raise
-        except asyncio.CancelledError:  # gRPC cancels the handler: deadline or caller gone
-            remaining = context.time_remaining()
-            expired = remaining is not None and remaining <= 0
-            code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
-            log.info("v2 request %s ended by the caller: %s", request_id, code.name, extra=where)
-            raise
-        except Exception as exc:  # a bug, not the caller's fault: INTERNAL, logged with the id
-            code = grpc.StatusCode.INTERNAL
-            log.exception("v2 request %s failed: %s", request_id, exc, extra=where)
-            raise Internal(
-                f"the server failed on request {request_id}: {type(exc).__name__}: {exc}"
-            ) from exc
+        except (asyncio.CancelledError, Exception) as exc:
+            code, error = request_failed(exc, "v2 request", request_id, context, where)
+            if error is exc:
+                raise
+            raise error from exc
         finally:
             self.translator.in_flight -= 1
             elapsed = time.monotonic() - start

@@ -263,6 +263,41 @@ def model_info(model: LoadedModel) -> pb.ModelInfo:
     )
 
 
+def request_failed(
+    exc: BaseException,
+    what: str,
+    request_id: str,
+    context: grpc.aio.ServicerContext,
+    where: dict[str, Any],
+) -> tuple[grpc.StatusCode, BaseException]:
+    """The status a request that raised ``exc`` ends with, logged under ``what`` and its id,
+    and what the handler raises: a ServingError or gRPC's cancellation as they are (the
+    caller's doing: INFO, ERROR for an INTERNAL), any other exception (a bug) as Internal,
+    logged with its traceback."""
+    if isinstance(exc, ServingError):
+        internal = exc.code == grpc.StatusCode.INTERNAL
+        log.log(
+            logging.ERROR if internal else logging.INFO,
+            "%s %s failed: %s %s",
+            what,
+            request_id,
+            exc.code.name,
+            exc.message,
+            exc_info=exc if internal else None,
+            extra=where,
+        )
+        return exc.code, exc
+    if isinstance(exc, asyncio.CancelledError):  # gRPC cancels the handler: deadline or caller
+        remaining = context.time_remaining()
+        expired = remaining is not None and remaining <= 0
+        code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+        log.info("%s %s ended by the caller: %s", what, request_id, code.name, extra=where)
+        return code, exc
+    log.error("%s %s failed: %s", what, request_id, exc, exc_info=exc, extra=where)
+    message = f"the server failed on request {request_id}: {type(exc).__name__}: {exc}"
+    return grpc.StatusCode.INTERNAL, Internal(message)
+
+
 class TranslatorServicer(pb_grpc.TranslatorServicer):
     """Thin: parse, call the pipeline, reply; every error becomes its status code.
 
@@ -339,31 +374,11 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
                 reply = response_from_result(result)
             images = len(result.images)
             return reply
-        except ServingError as exc:
-            code = exc.code
-            internal = code == grpc.StatusCode.INTERNAL
-            log.log(
-                logging.ERROR if internal else logging.INFO,
-                "request %s failed: %s %s",
-                request_id,
-                code.name,
-                exc.message,
-                exc_info=exc if internal else None,
-                extra=where,
-            )
-            raise
-        except asyncio.CancelledError:  # gRPC cancels the handler: deadline or caller gone
-            remaining = context.time_remaining()
-            expired = remaining is not None and remaining <= 0
-            code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
-            log.info("request %s ended by the caller: %s", request_id, code.name, extra=where)
-            raise
-        except Exception as exc:  # a bug, not the caller's fault: INTERNAL, logged with the id
-            code = grpc.StatusCode.INTERNAL
-            log.exception("request %s failed: %s", request_id, exc, extra=where)
-            raise Internal(
-                f"the server failed on request {request_id}: {type(exc).__name__}: {exc}"
-            ) from exc
+        except (asyncio.CancelledError, Exception) as exc:
+            code, error = request_failed(exc, "request", request_id, context, where)
+            if error is exc:
+                raise
+            raise error from exc
         finally:
             self.in_flight -= 1
             elapsed = time.monotonic() - start
