@@ -147,11 +147,16 @@ def test_export_per_target_matches_pytorch(tmp_path: Path) -> None:
     assert not np.array_equal(outputs["to_day"], outputs["to_night"])
 
 
-@pytest.mark.parametrize("padding", ["zero", "reflect"])  # reflect: model.padding
-def test_the_conditional_graph_exports(tmp_path: Path, padding: str) -> None:
-    nets = tiny_networks(seed=4, conditional_norm=True, global_skip=True, padding=padding)
+# reflect: model.padding; resize: model.upsample (test_stargan_padding)
+@pytest.mark.parametrize(
+    "changes",
+    [{}, {"padding": "reflect"}, {"padding": "reflect", "upsample": "resize"}],
+    ids=["zero", "reflect", "resize"],
+)
+def test_the_conditional_graph_exports(tmp_path: Path, changes: dict[str, str]) -> None:
+    nets = tiny_networks(seed=4, conditional_norm=True, global_skip=True, **changes)
     _trained_like(nets["g"], seed=6)
-    options = options_from_dict("stargan", {**COND, "padding": padding})
+    options = options_from_dict("stargan", {**COND, **changes})
     whole = DomainTranslator(get_family("stargan").conditional(nets, options), 3, 3, 3).eval()
     session = export_conditional_graph(whole, tmp_path / "whole.onnx")
     image = np.random.default_rng(1).integers(0, 256, (3, 20, 28, 3), dtype=np.uint8)

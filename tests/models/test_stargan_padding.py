@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from i2i.models import create_networks, options_from_dict
+from i2i.models.networks import ResizeConv
 from i2i.models.stargan import StarGANGenerator, StarGANOptions
 from tests.conftest import TINY_MODEL_OPTIONS
 from tests.models.test_stargan_conditional_norm import _images, _trained_like
@@ -74,3 +75,43 @@ def test_the_targets_reach_g_only_through_the_norms() -> None:
     with torch.no_grad():
         out = g(x, c)
     assert (out[0, :, 12:20, 12:20] - out[2, :, 12:20, 12:20]).abs().mean() > 1e-2
+
+
+def test_resize_upsampling_replaces_the_transposed_convolutions() -> None:
+    """``model.upsample: resize``: nearest resize and a 3x3 convolution where the reference
+    has stride-2 transposed 4x4 convolutions; the other layers and the identity at the start
+    are unchanged, and an unknown mode is refused."""
+    assert StarGANOptions().upsample == "transpose"
+    with pytest.raises(ValueError, match="unknown upsample 'bilinear'"):
+        options_from_dict("stargan", {**REFLECT, "upsample": "bilinear"})
+    with pytest.raises(ValueError, match="unknown upsample 'bilinear'"):
+        StarGANGenerator(3, 3, 2, 8, 1, upsample="bilinear")
+    torch.manual_seed(0)
+    transpose = create_networks("stargan", REFLECT)["g"]
+    torch.manual_seed(0)
+    resize = create_networks("stargan", {**REFLECT, "upsample": "resize"})["g"]
+    assert sum(isinstance(m, torch.nn.ConvTranspose2d) for m in transpose.modules()) == 2
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in resize.modules())
+    ups = [m for m in resize.modules() if isinstance(m, ResizeConv)]
+    assert [(u.conv.in_channels, u.conv.out_channels, u.conv.kernel_size) for u in ups] == [
+        (16, 8, (3, 3)),
+        (8, 4, (3, 3)),
+    ]
+    # Only the up-sampling layers' keys differ.
+    changed = set(transpose.state_dict()) ^ set(resize.state_dict())
+    assert changed == {f"main.{i}{s}.weight" for i in (10, 13) for s in ("", ".conv")}
+    x, c = _images(2, 32), torch.eye(3)[[0, 2]]
+    with torch.no_grad():
+        assert torch.allclose(resize(x, c), x.clamp(-0.999, 0.999), atol=1e-5)  # the identity
+        _trained_like(resize, seed=3)
+        out = resize(x, c)
+    assert out.shape == x.shape and (out - x).abs().max() > 1e-2
+    # No checkerboard: a constant input through one resize layer is constant inside the
+    # border, where a stride-2 transposed 4x4 convolution alternates between two sums.
+    flat = torch.ones(1, 8, 8, 8)
+    with torch.no_grad():
+        inner = ups[1](flat)[0, :, 1:-1, 1:-1]
+        assert torch.allclose(inner, inner[:, :1, :1].expand_as(inner))
+        tconv = [m for m in transpose.modules() if isinstance(m, torch.nn.ConvTranspose2d)][1]
+        tinner = tconv(flat)[0, :, 1:-1, 1:-1]
+        assert not torch.allclose(tinner, tinner[:, :1, :1].expand_as(tinner))

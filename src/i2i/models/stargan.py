@@ -11,7 +11,8 @@ reference  i2i     role
 =========  ======  ==================================================================
 ``G``      ``g``   7x7 conv, 2 strided 4x4 convs down, ``repeat_num`` residual blocks,
                    2 transposed 4x4 convs up, 7x7 conv, tanh; instance norm, ReLU,
-                   zero padding, no biases (``global_skip``, ``padding``: see below)
+                   zero padding, no biases (``global_skip``, ``padding``, ``upsample``:
+                   see below)
 ``D``      ``d``   ``d_repeat_num`` strided 4x4 convs (LeakyReLU 0.01), then a 3x3 conv
                    to one real/fake map (``src``) and a conv with kernel
                    ``image_size / 2 ** d_repeat_num`` to the domain logits (``cls``)
@@ -65,8 +66,16 @@ removes them: the target reaches ``g`` only through ``conditional_norm``, which 
 to go with. The transposed convolutions crop rather than pad and are unchanged; the weights
 and state dict keys are the same either way.
 
+Resize up-sampling (``upsample: resize``, off by default; not in the reference). ``g``
+doubles the resolution twice by nearest-neighbour resize and a 3x3 convolution
+(:class:`i2i.models.networks.ResizeConv`, Odena et al., 2016) instead of stride-2 transposed
+4x4 convolutions, whose uneven overlap prints a checkerboard, as the ResNet, U-Net and
+DiscoGAN generators' option does. Only those two layers' state dict keys differ
+(``main.N.conv.weight`` for ``main.N.weight``): checkpoints load only into a ``g`` built with
+the same setting.
+
 Sizes. ``g`` is fully convolutional: any size that is a multiple of 4 (two stride-2
-downsamplings, undone exactly by the transposed convolutions), at least 8 (instance norm
+downsamplings, undone exactly by the up-sampling layers), at least 8 (instance norm
 needs more than one cell at the 1/4 scale). ``d``'s classifier kernel
 ties it to ``image_size``, so training crops must be ``image_size`` square.
 """
@@ -80,7 +89,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from i2i.models.networks import global_skip_output
+from i2i.models.networks import UPSAMPLE_MODES, ResizeConv, global_skip_output
 from i2i.models.registry import ModelFamily, checked_domains, register_family
 from i2i.models.translators import domain_translators
 from i2i.shapes import ShapeRule
@@ -96,6 +105,14 @@ def _check_padding(padding: str, conditional_norm: bool) -> None:
         raise ValueError(
             "padding: reflect needs conditional_norm: true; the first instance norm "
             "removes the constant label maps, so the norms must carry the target"
+        )
+
+
+def _check_upsample(upsample: str) -> None:
+    """ValueError unless ``upsample`` is one of UPSAMPLE_MODES."""
+    if upsample not in UPSAMPLE_MODES:
+        raise ValueError(
+            f"unknown upsample {upsample!r}; expected one of: {', '.join(UPSAMPLE_MODES)}"
         )
 
 
@@ -128,9 +145,13 @@ class StarGANOptions:
     # ResNet does, instead of with zeros: no border for g to draw a frame on, and the
     # constant label maps vanish in the first norm (use it with conditional_norm).
     padding: str = "zero"
+    # Not in the reference: "resize" doubles the resolution by nearest-neighbour resize and
+    # a 3x3 convolution instead of a transposed 4x4 one (no checkerboard).
+    upsample: str = "transpose"
 
     def __post_init__(self) -> None:
         _check_padding(self.padding, self.conditional_norm)
+        _check_upsample(self.upsample)
         if isinstance(self.domains, str) or not isinstance(self.domains, (list, tuple)):
             raise ValueError(f"domains must be a list of names, got {self.domains!r}")
         self.domains = tuple(self.domains)
@@ -242,9 +263,11 @@ class StarGANGenerator(nn.Module):
         global_skip: bool = False,
         conditional_norm: bool = False,
         padding: str = "zero",
+        upsample: str = "transpose",
     ) -> None:
         super().__init__()
         _check_padding(padding, conditional_norm)
+        _check_upsample(upsample)
         mode = _PADDING_MODES[padding]
         if global_skip and input_nc != output_nc:
             raise ValueError(
@@ -274,8 +297,15 @@ class StarGANGenerator(nn.Module):
             dim *= 2
         layers += [ResidualBlock(dim, k, padding) for _ in range(repeat_num)]
         for _ in range(2):  # up-sampling
+            up: nn.Module = (
+                ResizeConv(dim, dim // 2, bias=False)
+                if upsample == "resize"
+                else nn.ConvTranspose2d(
+                    dim, dim // 2, kernel_size=4, stride=2, padding=1, bias=False
+                )
+            )
             layers += [
-                nn.ConvTranspose2d(dim, dim // 2, kernel_size=4, stride=2, padding=1, bias=False),
+                up,
                 _norm(dim // 2, k),
                 nn.ReLU(inplace=True),
             ]
@@ -370,7 +400,7 @@ def build_stargan(options: StarGANOptions) -> dict[str, nn.Module]:
     k = o.num_domains
     g = StarGANGenerator(
         o.input_nc, o.output_nc, k, o.conv_dim, o.repeat_num, o.global_skip, o.conditional_norm,
-        o.padding,
+        o.padding, o.upsample,
     )  # fmt: skip
     d = StarGANDiscriminator(
         o.input_nc, k, o.image_size, o.d_conv_dim, o.d_repeat_num, o.domain_critic
