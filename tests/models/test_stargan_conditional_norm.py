@@ -43,6 +43,9 @@ def _trained_like(g: torch.nn.Module, seed: int) -> None:
             norm.bias.copy_(0.5 * torch.randn(norm.bias.shape, generator=gen))
         last = g.main[-2].weight
         last.copy_(0.5 * torch.randn(last.shape, generator=gen))
+        if getattr(g, "colour_transform", False):  # model.colour_transform
+            g.colour_weight.copy_(0.3 * torch.randn(g.colour_weight.shape, generator=gen))
+            g.colour_bias.copy_(0.2 * torch.randn(g.colour_bias.shape, generator=gen))
 
 
 def test_default_is_off_and_the_reference_norms() -> None:
@@ -147,11 +150,17 @@ def test_export_per_target_matches_pytorch(tmp_path: Path) -> None:
     assert not np.array_equal(outputs["to_day"], outputs["to_night"])
 
 
-# reflect: model.padding; resize: model.upsample (test_stargan_padding)
+# reflect: model.padding; resize: model.upsample (test_stargan_padding); colour:
+# model.colour_transform (test_stargan_colour)
 @pytest.mark.parametrize(
     "changes",
-    [{}, {"padding": "reflect"}, {"padding": "reflect", "upsample": "resize"}],
-    ids=["zero", "reflect", "resize"],
+    [
+        {},
+        {"padding": "reflect"},
+        {"padding": "reflect", "upsample": "resize"},
+        {"padding": "reflect", "colour_transform": True},
+    ],
+    ids=["zero", "reflect", "resize", "colour"],
 )
 def test_the_conditional_graph_exports(tmp_path: Path, changes: dict[str, str]) -> None:
     nets = tiny_networks(seed=4, conditional_norm=True, global_skip=True, **changes)

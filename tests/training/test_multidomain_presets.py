@@ -21,6 +21,7 @@ def test_stargan_tiny_sets_the_short_run_options_and_the_reference_does_not() ->
     convs = [m for m in g.modules() if type(m) is torch.nn.Conv2d]
     assert {c.padding_mode for c in convs} == {"reflect"}
     assert (tiny.lr, tiny.ema_decay, tiny.ema_start) == (1e-3, 0.995, 800)
+    assert g.colour_transform and not g.colour_weight.any() and not g.colour_bias.any()
     paper = load_config("stargan")
     reference = options_from_dict("stargan", paper.model)
     assert (reference.global_skip, reference.conditional_norm, reference.domain_critic) == (
@@ -29,6 +30,7 @@ def test_stargan_tiny_sets_the_short_run_options_and_the_reference_does_not() ->
         False,
     )
     assert reference.padding == "zero" and paper.ema_decay == 0.0
+    assert reference.upsample == "transpose" and not reference.colour_transform
 
 
 def test_twostep_presets_keep_the_papers_model() -> None:

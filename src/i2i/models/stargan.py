@@ -74,6 +74,16 @@ DiscoGAN generators' option does. Only those two layers' state dict keys differ
 (``main.N.conv.weight`` for ``main.N.weight``): checkpoints load only into a ``g`` built with
 the same setting.
 
+Colour transform (``colour_transform``, off by default; not in the reference; needs
+``global_skip``). ``g`` returns ``tanh(atanh(x') + r)`` with ``x' = (I + W[c]) x + b[c]``
+per pixel, a C x C matrix and a shift per target domain (``colour_weight`` (K, C*C) and
+``colour_bias`` (K, C), started at zero, so an untrained ``g`` is still the identity),
+instead of ``tanh(atanh(x) + r)``. The instance norms take away each image's own colour
+statistics, so the convolutions hardly express a change that depends on a pixel's absolute
+colour, such as a grade that desaturates; the transform does it per pixel, and the network
+learns the rest. The two parameters add state dict keys: checkpoints load only into a ``g``
+built with the same setting.
+
 Sizes. ``g`` is fully convolutional: any size that is a multiple of 4 (two stride-2
 downsamplings, undone exactly by the up-sampling layers), at least 8 (instance norm
 needs more than one cell at the 1/4 scale). ``d``'s classifier kernel
@@ -116,6 +126,15 @@ def _check_upsample(upsample: str) -> None:
         )
 
 
+def _check_colour_transform(colour_transform: bool, global_skip: bool) -> None:
+    """ValueError when the colour transform is asked for without the skip it feeds."""
+    if colour_transform and not global_skip:
+        raise ValueError(
+            "colour_transform needs global_skip: true; the transformed image is what the "
+            "skip adds g's residual to"
+        )
+
+
 @dataclass
 class StarGANOptions:
     """Architecture options, with the reference's defaults (``main.py``) and names.
@@ -148,10 +167,14 @@ class StarGANOptions:
     # Not in the reference: "resize" doubles the resolution by nearest-neighbour resize and
     # a 3x3 convolution instead of a transposed 4x4 one (no checkerboard).
     upsample: str = "transpose"
+    # Not in the reference: the skip adds r to a per-target affine colour transform of the
+    # image, (I + W[c]) x + b[c], instead of to x itself (needs global_skip).
+    colour_transform: bool = False
 
     def __post_init__(self) -> None:
         _check_padding(self.padding, self.conditional_norm)
         _check_upsample(self.upsample)
+        _check_colour_transform(self.colour_transform, self.global_skip)
         if isinstance(self.domains, str) or not isinstance(self.domains, (list, tuple)):
             raise ValueError(f"domains must be a list of names, got {self.domains!r}")
         self.domains = tuple(self.domains)
@@ -264,10 +287,12 @@ class StarGANGenerator(nn.Module):
         conditional_norm: bool = False,
         padding: str = "zero",
         upsample: str = "transpose",
+        colour_transform: bool = False,
     ) -> None:
         super().__init__()
         _check_padding(padding, conditional_norm)
         _check_upsample(upsample)
+        _check_colour_transform(colour_transform, global_skip)
         mode = _PADDING_MODES[padding]
         if global_skip and input_nc != output_nc:
             raise ValueError(
@@ -316,6 +341,21 @@ class StarGANGenerator(nn.Module):
         # Identity has no parameters: the state dict's keys are the same either way.
         layers += [last, nn.Identity() if global_skip else nn.Tanh()]
         self.main = nn.Sequential(*layers)
+        self.colour_transform = colour_transform
+        if colour_transform:  # zeros draw nothing: the seeded weights above are kept
+            self.colour_weight = nn.Parameter(torch.zeros(num_domains, input_nc * input_nc))
+            self.colour_bias = nn.Parameter(torch.zeros(num_domains, input_nc))
+
+    def colour(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """``(I + c @ colour_weight) x + c @ colour_bias`` per pixel: the target's affine
+        colour transform of x (N, C, H, W), the identity until trained."""
+        n = x.shape[1]
+        c = c.to(x.dtype)
+        matrix = torch.eye(n, dtype=x.dtype, device=x.device) + (
+            c @ self.colour_weight.to(x.dtype)
+        ).view(-1, n, n)
+        shift = (c @ self.colour_bias.to(x.dtype))[:, :, None, None]
+        return torch.einsum("nij,njhw->nihw", matrix, x) + shift
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         # Zero padding matters here: the label maps are constant, and reflection padding
@@ -324,7 +364,9 @@ class StarGANGenerator(nn.Module):
         maps = c.to(x.dtype)[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
         h = torch.cat([x, maps], dim=1)
         out = _run(self.main, h, c) if self.conditional_norm else self.main(h)
-        return global_skip_output(x, out) if self.global_skip else out
+        if not self.global_skip:
+            return out
+        return global_skip_output(self.colour(x, c) if self.colour_transform else x, out)
 
 
 class StarGANDiscriminator(nn.Module):
@@ -400,7 +442,7 @@ def build_stargan(options: StarGANOptions) -> dict[str, nn.Module]:
     k = o.num_domains
     g = StarGANGenerator(
         o.input_nc, o.output_nc, k, o.conv_dim, o.repeat_num, o.global_skip, o.conditional_norm,
-        o.padding, o.upsample,
+        o.padding, o.upsample, o.colour_transform,
     )  # fmt: skip
     d = StarGANDiscriminator(
         o.input_nc, k, o.image_size, o.d_conv_dim, o.d_repeat_num, o.domain_critic
