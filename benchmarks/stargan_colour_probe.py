@@ -127,8 +127,9 @@ def main() -> None:
             raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
         changes[key] = _value(value)
     train, test = _load(args.data / "train" / "day"), _load(args.data / "test" / "day")
+    # day -> day: the identity is exact (null in the report).
     identity = {
-        name: _psnr(_float(test), _float(grade(test))) if name != "day" else float("inf")
+        name: _psnr(_float(test), _float(grade(test))) if name != "day" else None
         for name, grade in GRADES.items()
     }
     report = {
