@@ -31,6 +31,7 @@ from i2i.oip import grpc_service_pb2 as v2
 from i2i.oip import grpc_service_pb2_grpc as v2_grpc
 from i2i.oip import model_config_pb2 as mc
 from i2i.serving.config import ModelSelection
+from i2i.serving.errors import NotFound
 from i2i.serving.inference import v2_model_name
 from i2i.serving.server import Server
 from i2i.serving.store import ModelStore
@@ -618,6 +619,9 @@ def test_not_ready_while_loading(tiny_repository, monkeypatch):
     started = asyncio.run_coroutine_threadsafe(server.start(), loop)
     try:
         assert loading.wait(30)
+        # No model yet: the v2 names are those of the empty store ...
+        with pytest.raises(NotFound, match="serves no model"):
+            server.inference.resolve(NAME, "")
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = v2_grpc.GRPCInferenceServiceStub(channel)
             assert stub.ServerLive(v2.ServerLiveRequest(), timeout=10).live is True
@@ -632,6 +636,8 @@ def test_not_ready_while_loading(tiny_repository, monkeypatch):
                 assert "Server not ready" in error.details()
             release.set()
             started.result(60)
+            # ... and those of the loaded models once they appear.
+            assert server.inference.resolve(NAME, "").name == NAME
             assert stub.ServerReady(v2.ServerReadyRequest(), timeout=10).ready is True
             assert translated(stub.ModelInfer(infer_request(GOOD), timeout=30)).shape[0] == 2
     finally:

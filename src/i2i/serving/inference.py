@@ -434,6 +434,9 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         self.metrics = metrics
         self.translator = translator
         self.executor = executor
+        # _names() of the store's model dict it was built from: the store replaces that dict
+        # when it loads (never changes it in place), so a new dict means new names.
+        self._names_of: tuple[object, dict[str, list[tuple[str, str]]]] | None = None
 
     # ---- names and admission
 
@@ -454,14 +457,19 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             )
 
     def _names(self) -> dict[str, list[tuple[str, str]]]:
-        """Every v2 model name served, with the (model, direction) pairs it stands for."""
+        """Every v2 model name served, with the (model, direction) pairs it stands for;
+        built once per set of loaded models (callers must not change it)."""
+        models = self.pipeline.store.models
+        if self._names_of is not None and self._names_of[0] is models:
+            return self._names_of[1]
         names: dict[str, list[tuple[str, str]]] = {}
-        for (model, _), loaded in sorted(self.pipeline.store.models.items()):
+        for (model, _), loaded in sorted(models.items()):
             for direction in loaded.directions:
                 pair = (model, direction)
                 found = names.setdefault(v2_model_name(model, direction), [])
                 if pair not in found:
                     found.append(pair)
+        self._names_of = (models, names)
         return names
 
     def resolve(self, name: str, version_text: str) -> Target:
