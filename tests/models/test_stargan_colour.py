@@ -112,3 +112,28 @@ def test_a_step_trains_the_transforms_of_the_targets_it_saw() -> None:
     for p in (g.colour_weight, g.colour_bias):
         assert p.grad is not None
         assert p.grad[[0, 2]].abs().sum() > 0 and not p.grad[1].any()
+
+
+def test_bf16_autocast_keeps_the_transform_and_the_skip_in_float32() -> None:
+    """Under bf16 autocast the matrix products would round the transformed image to bf16,
+    where the skip's clamp (1 - 1e-3) is exactly 1: atanh(1) is infinite and saturated
+    pixels give NaN gradients. The transform runs in float32, as the image does."""
+    g = _g(COLOUR, seed=9)
+    _trained_like(g, seed=10)
+    x = _images(2, 16, seed=11)
+    x[:, :, :4] = 1.0  # saturated pixels, as 0 and 255 are in any photo
+    x[:, :, 4:8] = -1.0
+    c = torch.eye(3)[[0, 2]]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = g(x, c)
+        assert g.colour(x, c).dtype == torch.float32
+    assert out.dtype == torch.float32
+    (out - x.flip(0)).abs().mean().backward()
+    for name, p in g.named_parameters():
+        assert p.grad is None or torch.isfinite(p.grad).all(), name
+    assert g.colour_weight.grad is not None and g.colour_weight.grad[[0, 2]].abs().sum() > 0
+    # The transform is the float32 one, to the bit.
+    with torch.no_grad():
+        plain = g.colour(x, c)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(g.colour(x, c), plain)

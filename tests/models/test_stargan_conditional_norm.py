@@ -162,7 +162,7 @@ def test_export_per_target_matches_pytorch(tmp_path: Path) -> None:
     ],
     ids=["zero", "reflect", "resize", "colour"],
 )
-def test_the_conditional_graph_exports(tmp_path: Path, changes: dict[str, str]) -> None:
+def test_the_conditional_graph_exports(tmp_path: Path, changes: dict[str, object]) -> None:
     nets = tiny_networks(seed=4, conditional_norm=True, global_skip=True, **changes)
     _trained_like(nets["g"], seed=6)
     options = options_from_dict("stargan", {**COND, **changes})

@@ -15,7 +15,7 @@ import torch
 
 from i2i.checkpoint import load_checkpoint
 from i2i.models import get_family, list_families, options_from_dict
-from i2i.training import train
+from i2i.training import load_config, train
 from i2i.training.config import ConfigError
 from i2i.training.losses import gan_loss, gradient_penalty, reconstruction_loss
 from i2i.training.monitor import read_loss_log
@@ -73,6 +73,22 @@ def test_bf16_step_changes_every_network_with_finite_losses(
             if tensor.is_floating_point() and not torch.equal(tensor, trained[name][key])
         ]
         assert changed, f"{family}: a bf16 step left every weight of {name} unchanged"
+
+
+def test_bf16_trains_stargan_tiny_s_options(paired_data: Path, tmp_path: Path) -> None:
+    """stargan-tiny's options for short runs, the colour transform included, under bf16 on
+    images with saturated pixels: finite losses and weights, and g's steps move the
+    transform (in bf16 its skip would meet atanh(1) and write NaN into the weights)."""
+    cfg = family_config("stargan", paired_data, max_steps=3, amp="bf16", device="cpu")
+    tiny = options_from_dict("stargan", load_config("stargan-tiny").model)
+    for key in ("global_skip", "conditional_norm", "domain_critic", "padding", "colour_transform"):
+        cfg.model[key] = getattr(tiny, key)
+    assert cfg.model["colour_transform"] is True
+    train(cfg, tmp_path / "run")
+    _finite_losses(tmp_path / "run")
+    g = load_checkpoint(tmp_path / "run" / "latest.pt")["networks"]["g"]
+    assert all(torch.isfinite(t).all() for t in g.values() if t.is_floating_point())
+    assert g["colour_weight"].abs().sum() > 0 and g["colour_bias"].abs().sum() > 0
 
 
 @pytest.mark.parametrize("family", FAMILIES)

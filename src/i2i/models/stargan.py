@@ -78,7 +78,9 @@ Colour transform (``colour_transform``, off by default; not in the reference; ne
 ``global_skip``). ``g`` returns ``tanh(atanh(x') + r)`` with ``x' = (I + W[c]) x + b[c]``
 per pixel, a C x C matrix and a shift per target domain (``colour_weight`` (K, C*C) and
 ``colour_bias`` (K, C), started at zero, so an untrained ``g`` is still the identity),
-instead of ``tanh(atanh(x) + r)``. The instance norms take away each image's own colour
+instead of ``tanh(atanh(x) + r)``. The skip clamps ``x'`` into +-(1 - 1e-3) as it does x, so
+a transformed pixel beyond that range gives the transform no gradient. Under autocast the
+transform is computed in the image's float32 (in bf16 the clamp would round to 1). The instance norms take away each image's own colour
 statistics, so the convolutions hardly express a change that depends on a pixel's absolute
 colour, such as a grade that desaturates; the transform does it per pixel, and the network
 learns the rest. The two parameters add state dict keys: checkpoints load only into a ``g``
@@ -348,7 +350,17 @@ class StarGANGenerator(nn.Module):
 
     def colour(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """``(I + c @ colour_weight) x + c @ colour_bias`` per pixel: the target's affine
-        colour transform of x (N, C, H, W), the identity until trained."""
+        colour transform of x (N, C, H, W), the identity until trained; in x's dtype, also
+        under autocast (see :meth:`_colour`)."""
+        if torch.is_autocast_enabled(x.device.type):
+            # Autocast would run the products in bf16/fp16, where the skip's clamp to
+            # 1 - 1e-3 rounds to 1 (atanh(1) = inf): keep the image's float32, as the plain
+            # skip does.
+            with torch.autocast(x.device.type, enabled=False):
+                return self._colour(x, c)
+        return self._colour(x, c)
+
+    def _colour(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         n = x.shape[1]
         c = c.to(x.dtype)
         matrix = torch.eye(n, dtype=x.dtype, device=x.device) + (
