@@ -725,11 +725,15 @@ def test_overload_is_resource_exhausted_with_retry_advice(start_server):
         assert reply.infer_response.parameters["i2i_retryable"].bool_param is True
         gate.release.set()
         assert translated(held.result(30)).shape[0] == 1
+    # Every call, refused or answered, of either service left the in-flight count: the
+    # slot is free again.
+    assert translated(stub.ModelInfer(infer_request(one), timeout=30)).shape[0] == 1
     samples = server.metrics()
+    assert samples["i2i_inference_in_flight_requests{}"] == 0
     # Refused before the request is read, so under "unknown" (as Translate counts them).
     unknown = 'direction="unknown",model="unknown"'
     assert samples[f'i2i_inference_requests_total{{code="RESOURCE_EXHAUSTED",{unknown}}}'] == 3
-    assert samples['i2i_inference_requests_total{code="OK",direction="A2B",model="tiny"}'] == 1
+    assert samples['i2i_inference_requests_total{code="OK",direction="A2B",model="tiny"}'] == 2
 
 
 def test_full_queue_is_resource_exhausted(start_server):

@@ -584,16 +584,15 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         start = time.monotonic()
         given_id = "" if isinstance(message, Malformed) else message.id
         request_id = clean_request_id(given_id) or new_request_id()
-        model, direction, images = "unknown", "unknown", 0
+        images = 0
         code = grpc.StatusCode.OK
-        where = {"request_id": request_id, "model": model, "direction": direction}
+        where = {"request_id": request_id, "model": "unknown", "direction": "unknown"}
         self.translator.in_flight += 1
         try:
             self._admit()
             parsed = _parsed(message)
             target = self.resolve(parsed.model_name, parsed.model_version)
-            model, direction = target.direction.model, target.direction.name
-            where.update(model=model, direction=direction)
+            where.update(model=target.direction.model, direction=target.direction.name)
             results = await self._run(parsed, target, request_id, start, context)
             images = len(results)
             size = sum(
@@ -611,19 +610,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
                 raise
             raise error from exc
         finally:
-            self.translator.in_flight -= 1
-            elapsed = time.monotonic() - start
-            self.metrics.request_done(model, direction, code.name, elapsed, images)
-            log.debug(
-                "v2 request %s: %s %s %s, %d images in %.1f ms",
-                request_id,
-                model,
-                direction,
-                code.name,
-                images,
-                elapsed * 1e3,
-                extra=where,
-            )
+            self.translator.request_done("v2 request", request_id, code, start, images, where)
 
     async def _run(
         self,

@@ -305,8 +305,8 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
         pipeline: runs requests.
         metrics: counts them.
         executor: builds replies off the event loop (a raw reply can be tens of MB).
-        max_calls: Translate requests (stream frames included) handled at once; more are
-            refused with a retryable RESOURCE_EXHAUSTED. Health and reflection are never
+        max_calls: Translate and ModelInfer requests (stream frames included) handled at
+            once; more are refused with a retryable RESOURCE_EXHAUSTED. Health and reflection are never
             limited, so probes keep working under load.
     """
 
@@ -322,7 +322,35 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
         self.executor = executor
         self.max_calls = max_calls
         self.accepting = False  # False while loading and while draining
-        self.in_flight = 0  # accepted Translate requests not yet answered
+        self.in_flight = 0  # accepted Translate and ModelInfer requests not yet answered
+
+    def request_done(
+        self,
+        what: str,
+        request_id: str,
+        code: grpc.StatusCode,
+        start: float,
+        images: int,
+        where: dict[str, Any],
+    ) -> None:
+        """The end of an admitted request of either service (Translate, a stream frame, or
+        ModelInfer): out of the in-flight count, counted under ``where``'s model and
+        direction, and logged at DEBUG under ``what`` and its id."""
+        self.in_flight -= 1
+        elapsed = time.monotonic() - start
+        model, direction = where["model"], where["direction"]
+        self.metrics.request_done(model, direction, code.name, elapsed, images)
+        log.debug(
+            "%s %s: %s %s %s, %d images in %.1f ms",
+            what,
+            request_id,
+            model,
+            direction,
+            code.name,
+            images,
+            elapsed * 1e3,
+            extra=where,
+        )
 
     def _check_accepting(self) -> None:
         if not self.accepting:
@@ -347,9 +375,9 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
         given_id = "" if isinstance(message, Malformed) else message.request_id
         request_id = clean_request_id(given_id) or new_request_id()
         # Metric labels name only loaded models, so made-up names cannot grow the series.
-        model, direction, images = "unknown", "unknown", 0
+        images = 0
         code = grpc.StatusCode.OK
-        where = {"request_id": request_id, "model": model, "direction": direction}
+        where = {"request_id": request_id, "model": "unknown", "direction": "unknown"}
         self.in_flight += 1
         try:
             self._admit()
@@ -380,18 +408,7 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
                 raise
             raise error from exc
         finally:
-            self.in_flight -= 1
-            elapsed = time.monotonic() - start
-            self.metrics.request_done(model, direction, code.name, elapsed, images)
-            log.debug(
-                "request %s: %s %s %s in %.1f ms",
-                request_id,
-                model,
-                direction,
-                code.name,
-                elapsed * 1e3,
-                extra=where,
-            )
+            self.request_done("request", request_id, code, start, images, where)
 
     async def Translate(  # noqa: N802 - the protocol's name
         self, request: pb.TranslateRequest | Malformed, context: grpc.aio.ServicerContext
