@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -17,6 +20,7 @@ import numpy as np
 import pytest
 
 from i2i.export import export_checkpoint
+from i2i.serving import pipeline
 from i2i.v1 import translator_pb2 as pb
 from tests.multidomain_family import DOMAINS, multidomain_checkpoint, pytorch_translate, registered
 from tests.serving.conftest import RunningServer, png_bytes, sample_image, server_config
@@ -250,3 +254,69 @@ def test_translate_command_unknown_domain_lists_the_domains(
     assert main(args) == 2
     assert "--to DOMAIN" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_requests_being_decoded_for_any_target_share_the_queue(md_repository, monkeypatch):
+    """The targets of a multi-domain model share one batcher, so --max-queue counts the
+    requests being decoded for every target together, as it counts those queued."""
+    entered, release = threading.Semaphore(0), threading.Event()
+    real_prepare = pipeline.prepare
+
+    def held_prepare(*args, **kwargs):
+        entered.release()
+        assert release.wait(30), "the test never released the decoding"
+        return real_prepare(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "prepare", held_prepare)
+    server = RunningServer(server_config(md_repository, max_queue=2))
+    try:
+        stub = server.stub()
+        with ThreadPoolExecutor(2) as pool:
+            held = [
+                pool.submit(
+                    stub.Translate, request(sample_image(), direction=f"to_{d}"), timeout=30
+                )
+                for d in DOMAINS[:2]
+            ]
+            for _ in held:  # one decoding for day and one for dusk: the queue is full
+                assert entered.acquire(timeout=30), "a request never reached decoding"
+            with pytest.raises(grpc.RpcError) as caught:  # refused, not decoded
+                stub.Translate(request(sample_image(), direction="to_night"), timeout=10)
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "queue" in caught.value.details()
+            release.set()
+            assert all(f.result(30).images for f in held)
+        # Decoded and answered: the count is back to zero, and night is served.
+        release.set()
+        assert stub.Translate(request(sample_image(), direction="to_night"), timeout=30).images
+    finally:
+        release.set()
+        server.close()
+
+
+def test_the_shared_queue_is_one_pending_series(md_repository):
+    """Requests for different targets wait in one queue, reported once (under the shared
+    batcher's label), so summing the gauge over directions counts each request once."""
+    server = RunningServer(server_config(md_repository, max_batch=3, max_delay_ms=60_000.0))
+    try:
+        stub = server.stub()
+        pending = 'i2i_inference_pending_requests{direction="conditional",model="domains"}'
+        with ThreadPoolExecutor(3) as pool:
+            waiting = [
+                pool.submit(
+                    stub.Translate, request(sample_image(), direction=f"to_{d}"), timeout=60
+                )
+                for d in DOMAINS[:2]
+            ]
+            deadline = time.monotonic() + 30
+            while server.metrics()[pending] < 2:  # the batch waits for a third request
+                assert time.monotonic() < deadline, "the requests never queued"
+                time.sleep(0.02)
+            metrics = server.metrics()
+            series = {k: v for k, v in metrics.items() if k.startswith("i2i_inference_pending")}
+            assert series == {pending: 2}
+            last = stub.Translate(request(sample_image(), direction="to_night"), timeout=60)
+            assert last.batch_size == 3 and all(f.result(30).batch_size == 3 for f in waiting)
+        assert server.metrics()[pending] == 0
+    finally:
+        server.close()

@@ -149,6 +149,9 @@ class DynamicBatcher:
         self._waiting = 0  # requests waiting
         self._in_flight = 0  # requests in running batches
         self._running = 0  # batches running
+        # Requests admitted for this queue and still being decoded: the caller's count
+        # (Pipeline), kept here because every direction that shares the batcher adds to it.
+        self.preparing = 0
         self._closed = False
         self._wake = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None

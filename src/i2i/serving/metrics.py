@@ -307,7 +307,8 @@ class ServerMetrics:
         self._expired.labels(model, direction).inc(count)
 
     def watch_queue_depth(self, model: str, direction: str, read: Callable[[], int]) -> None:
-        """Read this direction's queue depth from `read` at every scrape (always current)."""
+        """Read a batcher's queue depth from `read` at every scrape (always current), under
+        the direction it batches (``conditional`` for a multi-domain model's shared one)."""
         self._pending.labels(model, direction).set_function(read)
 
     def watch_in_flight(self, read: Callable[[], int]) -> None:
@@ -342,8 +343,9 @@ class ServerMetrics:
         self._load_seconds.labels(*key, backend).set(seconds)
         self._model_info.labels(*key, backend, artifact).set(1)
         self._requests.labels(model, direction, "OK")
-        for metric in (self._images, self._exec, self._exec_failures, self._expired, self._pending):
+        for metric in (self._images, self._exec, self._exec_failures, self._expired):
             metric.labels(model, direction)  # a new child starts at 0; an existing one is kept
+        # The queue depth's series is the batcher's: see watch_queue_depth.
 
     def model_unloaded(self, model: str, version: int, direction: str) -> None:
         """Remove a model direction's load-time and info series (nothing if not loaded)."""

@@ -299,17 +299,18 @@ class Pipeline:
         assert batcher is not None  # every direction of a server's store has one
         check_parameters(request, direction, self.max_samples)
         # Admission: requests being decoded count against --max-queue with those queued,
-        # so an overload is refused before it costs a decode or holds its pixels.
-        if batcher.queue_depth + direction.preparing >= batcher.max_queue:
+        # so an overload is refused before it costs a decode or holds its pixels; both are
+        # the batcher's, which a multi-domain model's directions share.
+        if batcher.queue_depth + batcher.preparing >= batcher.max_queue:
             raise self._queue_full(direction, batcher.max_queue)
         loop = asyncio.get_running_loop()
-        direction.preparing += 1
+        batcher.preparing += 1
         try:
             prepared = await loop.run_in_executor(
                 self.executor, prepare, request, direction, self.max_pixels
             )
         finally:
-            direction.preparing -= 1
+            batcher.preparing -= 1
         self._check_reply_size(prepared, direction, request.num_samples)
         height, width = prepared.pixels.shape[:2]
         refusal = direction.backend.accepts_size(height, width)

@@ -35,7 +35,7 @@ from i2i.serving.config import ServerConfig, ServerConfigError
 from i2i.serving.metrics import MetricsServer, ServerMetrics
 from i2i.serving.pipeline import Pipeline
 from i2i.serving.servicer import TranslatorServicer, add_to_server
-from i2i.serving.store import LoadedDirection, LoadError, ModelStore
+from i2i.serving.store import CONDITIONAL_LABEL, LoadedDirection, LoadError, ModelStore
 from i2i.v1 import translator_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,10 @@ class Server:
         )
         batcher = direction.batcher
         assert batcher is not None
-        self.metrics.watch_queue_depth(direction.model, direction.name, lambda: batcher.queue_depth)
+        # One series per queue: the targets that share the conditional graph's batcher
+        # report it once, under the label of its batch metrics.
+        label = direction.name if direction.domain_index is None else CONDITIONAL_LABEL
+        self.metrics.watch_queue_depth(direction.model, label, lambda: batcher.queue_depth)
 
     async def _set_health(self, status: int) -> None:
         for service in ("", SERVICE):

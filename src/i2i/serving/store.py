@@ -153,7 +153,6 @@ class LoadedDirection:
     backend: Backend
     max_batch: int
     batcher: DynamicBatcher | None = field(default=None, repr=False)
-    preparing: int = 0  # requests admitted and being decoded, not yet in the batcher's queue
     warmup: Warmup | None = None  # what warmed it (None: not warmed, e.g. LocalTranslator)
     warmup_s: float = 0.0  # how long that took
     style_encoder: StyleEncoder | None = field(default=None, repr=False)
