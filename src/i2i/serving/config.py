@@ -239,7 +239,11 @@ def add_arguments(
         "--max-queue",
         type=int,
         default=d.max_queue,
-        help="requests waiting per model direction before RESOURCE_EXHAUSTED (default %(default)s)",
+        help=(
+            "requests waiting or being decoded per batcher (a model direction, or all "
+            "targets of a multi-domain model's shared graph) before RESOURCE_EXHAUSTED "
+            "(default %(default)s)"
+        ),
     )
     batch.add_argument(
         "--instances",
