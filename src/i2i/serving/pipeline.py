@@ -258,9 +258,10 @@ class Pipeline:
 
     @staticmethod
     def _queue_full(direction: LoadedDirection, max_queue: int) -> QueueFullError:
+        shared = " (shared by the model's targets)" if direction.domain_index is not None else ""
         return QueueFullError(
-            f"the queue of {direction.label} is full ({max_queue} requests waiting): retry "
-            f"with backoff, or add replicas"
+            f"the queue of {direction.label}{shared} is full ({max_queue} requests waiting or "
+            f"being decoded): retry with backoff, or add replicas"
         )
 
     def _check_reply_size(self, prepared: Prepared, direction: LoadedDirection, k: int) -> None:

@@ -306,8 +306,8 @@ class TranslatorServicer(pb_grpc.TranslatorServicer):
         metrics: counts them.
         executor: builds replies off the event loop (a raw reply can be tens of MB).
         max_calls: Translate and ModelInfer requests (stream frames included) handled at
-            once; more are refused with a retryable RESOURCE_EXHAUSTED. Health and reflection are never
-            limited, so probes keep working under load.
+            once; more are refused with a retryable RESOURCE_EXHAUSTED. Health and
+            reflection are never limited, so probes keep working under load.
     """
 
     def __init__(

@@ -253,10 +253,12 @@ class ModelStore:
         if self.stop_loading.is_set():
             _close_all(models)
             return
-        self.models = models
-        self.latest = {}
+        latest: dict[str, int] = {}
         for name, version in models:
-            self.latest[name] = max(version, self.latest.get(name, 0))
+            latest[name] = max(version, latest.get(name, 0))
+        # latest first: a lookup that finds a model in `models` finds its latest version.
+        self.latest = latest
+        self.models = models
 
     def _load_model(
         self,
