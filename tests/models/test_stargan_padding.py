@@ -82,9 +82,9 @@ def test_resize_upsampling_replaces_the_transposed_convolutions() -> None:
     has stride-2 transposed 4x4 convolutions; the other layers and the identity at the start
     are unchanged, and an unknown mode is refused."""
     assert StarGANOptions().upsample == "transpose"
-    with pytest.raises(ValueError, match="unknown upsample 'bilinear'"):
+    with pytest.raises(ValueError, match="unknown upsample mode 'bilinear'"):
         options_from_dict("stargan", {**REFLECT, "upsample": "bilinear"})
-    with pytest.raises(ValueError, match="unknown upsample 'bilinear'"):
+    with pytest.raises(ValueError, match="unknown upsample mode 'bilinear'"):
         StarGANGenerator(3, 3, 2, 8, 1, upsample="bilinear")
     torch.manual_seed(0)
     transpose = create_networks("stargan", REFLECT)["g"]

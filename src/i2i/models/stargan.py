@@ -78,12 +78,12 @@ Colour transform (``colour_transform``, off by default; not in the reference; ne
 ``global_skip``). ``g`` returns ``tanh(atanh(x') + r)`` with ``x' = (I + W[c]) x + b[c]``
 per pixel, a C x C matrix and a shift per target domain (``colour_weight`` (K, C*C) and
 ``colour_bias`` (K, C), started at zero, so an untrained ``g`` is still the identity),
-instead of ``tanh(atanh(x) + r)``. The skip clamps ``x'`` into +-(1 - 1e-3) as it does x, so
-a transformed pixel beyond that range gives the transform no gradient. Under autocast the
-transform is computed in the image's float32 (in bf16 the clamp would round to 1). The instance norms take away each image's own colour
+instead of ``tanh(atanh(x) + r)``. The instance norms take away each image's own colour
 statistics, so the convolutions hardly express a change that depends on a pixel's absolute
 colour, such as a grade that desaturates; the transform does it per pixel, and the network
-learns the rest. The two parameters add state dict keys: checkpoints load only into a ``g``
+learns the rest. The skip clamps ``x'`` into +-(1 - 1e-3) as it does x, so a transformed
+pixel beyond that range gives the transform no gradient. Under autocast the transform is
+computed in the image's float32 (in bf16 the clamp would round to 1). The two parameters add state dict keys: checkpoints load only into a ``g``
 built with the same setting.
 
 Sizes. ``g`` is fully convolutional: any size that is a multiple of 4 (two stride-2
@@ -94,6 +94,7 @@ ties it to ``image_size``, so training crops must be ``image_size`` square.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -101,7 +102,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from i2i.models.networks import UPSAMPLE_MODES, ResizeConv, global_skip_output
+from i2i.models.networks import UPSAMPLE_MODES, _check_choice, _upsampler, global_skip_output
 from i2i.models.registry import ModelFamily, checked_domains, register_family
 from i2i.models.translators import domain_translators
 from i2i.shapes import ShapeRule
@@ -117,14 +118,6 @@ def _check_padding(padding: str, conditional_norm: bool) -> None:
         raise ValueError(
             "padding: reflect needs conditional_norm: true; the first instance norm "
             "removes the constant label maps, so the norms must carry the target"
-        )
-
-
-def _check_upsample(upsample: str) -> None:
-    """ValueError unless ``upsample`` is one of UPSAMPLE_MODES."""
-    if upsample not in UPSAMPLE_MODES:
-        raise ValueError(
-            f"unknown upsample {upsample!r}; expected one of: {', '.join(UPSAMPLE_MODES)}"
         )
 
 
@@ -175,7 +168,7 @@ class StarGANOptions:
 
     def __post_init__(self) -> None:
         _check_padding(self.padding, self.conditional_norm)
-        _check_upsample(self.upsample)
+        _check_choice("upsample mode", self.upsample, UPSAMPLE_MODES)
         _check_colour_transform(self.colour_transform, self.global_skip)
         if isinstance(self.domains, str) or not isinstance(self.domains, (list, tuple)):
             raise ValueError(f"domains must be a list of names, got {self.domains!r}")
@@ -293,7 +286,6 @@ class StarGANGenerator(nn.Module):
     ) -> None:
         super().__init__()
         _check_padding(padding, conditional_norm)
-        _check_upsample(upsample)
         _check_colour_transform(colour_transform, global_skip)
         mode = _PADDING_MODES[padding]
         if global_skip and input_nc != output_nc:
@@ -324,15 +316,11 @@ class StarGANGenerator(nn.Module):
             dim *= 2
         layers += [ResidualBlock(dim, k, padding) for _ in range(repeat_num)]
         for _ in range(2):  # up-sampling
-            up: nn.Module = (
-                ResizeConv(dim, dim // 2, bias=False)
-                if upsample == "resize"
-                else nn.ConvTranspose2d(
-                    dim, dim // 2, kernel_size=4, stride=2, padding=1, bias=False
-                )
+            transpose = functools.partial(
+                nn.ConvTranspose2d, dim, dim // 2, 4, stride=2, padding=1, bias=False
             )
             layers += [
-                up,
+                _upsampler(upsample, dim, dim // 2, False, transpose),
                 _norm(dim // 2, k),
                 nn.ReLU(inplace=True),
             ]
@@ -351,7 +339,7 @@ class StarGANGenerator(nn.Module):
     def colour(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """``(I + c @ colour_weight) x + c @ colour_bias`` per pixel: the target's affine
         colour transform of x (N, C, H, W), the identity until trained; in x's dtype, also
-        under autocast (see :meth:`_colour`)."""
+        under autocast."""
         if torch.is_autocast_enabled(x.device.type):
             # Autocast would run the products in bf16/fp16, where the skip's clamp to
             # 1 - 1e-3 rounds to 1 (atanh(1) = inf): keep the image's float32, as the plain
