@@ -6,9 +6,10 @@ made from the day images with the sample's own functions (i2i.data.sample):
 - ``affine``: the best per-pixel affine colour map ``y = A x + b`` (3 x 4, least squares
   over all test pixels) from a day image to each grade: what a colour transform alone can
   reach.
-- ``supervised``: stargan-tiny's ``g`` (its ``model:`` options, ``--set KEY=VALUE`` to
-  change one) trained *with the true grade as target*, L1, Adam (the preset's rate and
-  betas), batch 8 of random day images and random targets, for ``--steps`` steps: what the
+- ``supervised``: stargan-tiny's ``g`` (the preset's ``model:`` options; ``--set
+  KEY=VALUE`` changes any key of the preset, as ``i2i-train --set`` does) trained *with the
+  true grade as target*, L1, Adam (the preset's rate and betas), batches of the preset's
+  size of random day images and random targets, for ``--steps`` steps: what the
   architecture learns when the GAN's signal is perfect. A GAN run of 1,600 steps at
   ``n_critic`` 5 updates ``g`` 320 times.
 
@@ -16,7 +17,7 @@ PSNR is in dB, per image on the [-1, 1] floats (range 2), mean over the 24 test 
 
 Usage:
     python benchmarks/stargan_colour_probe.py --data G [--steps 320] [--seed 0]
-        [--set colour_transform=true]
+        [--set model.colour_transform=false]
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from PIL import Image
 from i2i.data.sample import dusk_grade, night_grade, sepia_grade
 from i2i.models import create_networks
 from i2i.training import load_config
+from i2i.training.config import ConfigError, TrainConfig, apply_overrides
+from i2i.training.metrics import psnr_of_mse
 
 GRADES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "day": lambda rgb: rgb,
@@ -55,16 +58,19 @@ def _float(rgb: np.ndarray) -> torch.Tensor:
 
 
 def _psnr(out: torch.Tensor, truth: torch.Tensor) -> float:
-    mse = ((out - truth) / 2.0).pow(2).mean(dim=(1, 2, 3)).clamp_min(1e-12)
-    return float((-10.0 * mse.log10()).mean())
+    """Mean over the images of each one's PSNR, on floats in [-1, 1] (range 2)."""
+    mse = ((out - truth) ** 2).mean(dim=(1, 2, 3))
+    return float(np.mean([psnr_of_mse(float(m), max_value=2.0) for m in mse]))
 
 
 def affine(test: np.ndarray) -> dict[str, float]:
-    """The best per-pixel affine map from day to each grade, PSNR on the test images."""
+    """The best per-pixel affine map from day to each other grade, PSNR on the test images."""
     x = _float(test)
     pixels = torch.cat([x.permute(0, 2, 3, 1).reshape(-1, 3), torch.ones(x[:, 0].numel(), 1)], 1)
     out = {}
     for name, grade in GRADES.items():
+        if name == "day":
+            continue
         y = _float(grade(test))
         solution = torch.linalg.lstsq(
             pixels.double(), y.permute(0, 2, 3, 1).reshape(-1, 3).double()
@@ -75,12 +81,11 @@ def affine(test: np.ndarray) -> dict[str, float]:
 
 
 def supervised(
-    train: np.ndarray, test: np.ndarray, steps: int, seed: int, changes: dict[str, object]
+    train: np.ndarray, test: np.ndarray, steps: int, seed: int, cfg: TrainConfig
 ) -> dict[str, float]:
-    """stargan-tiny's g trained on the true grades for ``steps`` steps, PSNR per target."""
-    cfg = load_config("stargan-tiny")
+    """The preset's g trained on the true grades for ``steps`` steps, PSNR per target."""
     torch.manual_seed(seed)
-    g = create_networks("stargan", {**cfg.model, **changes, "domains": list(GRADES)})["g"]
+    g = create_networks("stargan", {**cfg.model, "domains": list(GRADES)})["g"]
     optimiser = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     x_train = _float(train)
     y_train = torch.stack([_float(grade(train)) for grade in GRADES.values()])  # (K, N, ...)
@@ -101,46 +106,32 @@ def supervised(
     return out
 
 
-def _value(text: str) -> object:
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="the gradings sample")
     parser.add_argument("--steps", type=int, default=320, help="supervised steps of g")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a model option of g to change (repeatable)")  # fmt: skip
+                        help="change a key of stargan-tiny, as i2i-train --set does "
+                        "(model.colour_transform=false; repeatable)")  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(1)
-    changes = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
-        changes[key] = _value(value)
+    try:
+        cfg = apply_overrides(load_config("stargan-tiny"), args.set)
+    except ConfigError as error:
+        raise SystemExit(f"--set: {error}") from None
     train, test = _load(args.data / "train" / "day"), _load(args.data / "test" / "day")
-    # day -> day: the identity is exact (null in the report).
     identity = {
-        name: _psnr(_float(test), _float(grade(test))) if name != "day" else None
-        for name, grade in GRADES.items()
-    }
+        name: _psnr(_float(test), _float(grade(test))) for name, grade in GRADES.items()
+        if name != "day"
+    }  # fmt: skip
     report = {
         "identity": identity,
         "affine": affine(test),
-        "supervised": supervised(train, test, args.steps, args.seed, changes),
+        "supervised": supervised(train, test, args.steps, args.seed, cfg),
         "steps": args.steps,
         "seed": args.seed,
-        "changes": changes,
+        "set": args.set,
     }
     print(json.dumps(report, indent=1))
 
