@@ -46,7 +46,14 @@ CHANGES: dict[str, dict[str, Any]] = {
     "cyclegan": {"gan_mode": "wgangp", "model": {"dropout": True}},
     "pix2pix": {"gan_mode": "vanilla", "model": {"norm": "batch", "dropout": True}},
     "unit": {"gan_mode": "lsgan", "lr_policy": "step", "lr_step_size": 2},
-    "munit": {"gan_mode": "lsgan", "lr_policy": "step", "lr_step_size": 2},
+    # MUNIT with one translation pass for both updates and no within-domain decodings
+    # (munit-tiny's passes); UNIT keeps the reference's two passes.
+    "munit": {
+        "gan_mode": "lsgan",
+        "lr_policy": "step",
+        "lr_step_size": 2,
+        "loss": {"reuse_translations": True, "recon_x_w": 0.0},
+    },
     "stargan": {"loss": {"n_critic": 1}},  # g trains every step
     "twostep": {"n_epochs": 1, "n_epochs_decay": 0, "loss": {"encoder_steps": 2}},
 }

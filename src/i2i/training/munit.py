@@ -51,6 +51,11 @@ class MUNITLossOptions:
     its summer2winter and synthia2cityscape configs set ``recon_x_cyc_w: 10`` (and the
     latter ``vgg_w: 1``). ``vgg_weights``: a local VGG16 state dict, needed when ``vgg_w``
     > 0 (never downloaded; see :mod:`i2i.training.vgg`).
+
+    ``reuse_translations``: the discriminators' update takes the generators' update's
+    translations (detached, the same random styles) instead of translating the batch once
+    more with styles of its own, as the reference does: one translation pass fewer per
+    step, and one pair of styles drawn instead of two.
     """
 
     gan_w: float = 1.0
@@ -60,6 +65,7 @@ class MUNITLossOptions:
     recon_x_cyc_w: float = 0.0
     vgg_w: float = 0.0
     vgg_weights: str = ""
+    reuse_translations: bool = False
 
     def __post_init__(self) -> None:
         check_nonnegative(self)
@@ -69,9 +75,10 @@ class MUNITGenerators(nn.Module):
     """gen_a and gen_b as one module, so DDP and torch.compile see the whole computation.
 
     ``forward(x_a, x_b, s_a, s_b)`` returns the translations with the given styles; with
-    ``full`` also the within-domain reconstructions and the re-encodings of the
-    translations and, with ``cycle``, the style-augmented cycle reconstructions. Every
-    decoding gets the image whose content it decodes (used by ``model.global_skip``).
+    ``full`` also the within-domain reconstructions (unless ``recon`` is false) and the
+    re-encodings of the translations and, with ``cycle``, the style-augmented cycle
+    reconstructions. Every decoding gets the image whose content it decodes (used by
+    ``model.global_skip``).
     """
 
     def __init__(self, gen_a: nn.Module, gen_b: nn.Module) -> None:
@@ -88,6 +95,7 @@ class MUNITGenerators(nn.Module):
         s_b: torch.Tensor,
         full: bool = False,
         cycle: bool = False,
+        recon: bool = True,
     ) -> dict[str, torch.Tensor]:
         c_a, s_a_prime = self.gen_a.encode(x_a)
         c_b, s_b_prime = self.gen_b.encode(x_b)
@@ -99,8 +107,9 @@ class MUNITGenerators(nn.Module):
         }
         if not full:
             return out
-        out["x_a_recon"] = self.gen_a.decode(c_a, s_a_prime, x_a)
-        out["x_b_recon"] = self.gen_b.decode(c_b, s_b_prime, x_b)
+        if recon:
+            out["x_a_recon"] = self.gen_a.decode(c_a, s_a_prime, x_a)
+            out["x_b_recon"] = self.gen_b.decode(c_b, s_b_prime, x_b)
         c_b_recon, s_a_recon = self.gen_a.encode(out["x_ba"])
         c_a_recon, s_b_recon = self.gen_b.encode(out["x_ab"])
         out.update(c_a_recon=c_a_recon, c_b_recon=c_b_recon)
@@ -125,6 +134,7 @@ class MUNITTrainer(TwoDomainTrainer):
     ) -> None:
         super().__init__(cfg, networks, device, wrap)
         self.style_dim = int(_model_options(cfg).style_dim)
+        self.reuse = self.loss.reuse_translations
         self.gens = self.wrap(MUNITGenerators(networks["gen_a"], networks["gen_b"]))
         # Fixed styles for the sample grid (the reference fixes its display styles too),
         # from their own generator so that drawing them leaves the training RNG alone.
@@ -140,25 +150,44 @@ class MUNITTrainer(TwoDomainTrainer):
         return distributed.rank_slice(s_a, self.dist), distributed.rank_slice(s_b, self.dist)
 
     def step(self, batch: dict[str, Any]) -> dict[str, float]:
-        """One step (dis_update, then gen_update) on {"A": (N,C,H,W), "B": ...}; losses."""
+        """One step (dis_update, then gen_update) on {"A": (N,C,H,W), "B": ...}; losses.
+
+        Terms of weight 0 are not computed (the within-domain reconstructions are decodings
+        of their own); with ``reuse_translations`` the generators' forward pass runs first
+        and the discriminators learn from its translations.
+        """
         w = self.loss
         x_a, x_b = self._to_device(batch["A"]), self._to_device(batch["B"])
+        cycle, recon = w.recon_x_cyc_w > 0, w.recon_x_w > 0
 
-        s_a, s_b = self._random_styles(x_a.shape[0])
-        with torch.no_grad(), self.autocast():
-            fakes = self.gens(x_a, x_b, s_a, s_b)
+        def translate(s_a: torch.Tensor, s_b: torch.Tensor) -> dict[str, torch.Tensor]:
+            out = self.gens(x_a, x_b, s_a, s_b, full=True, cycle=cycle, recon=recon)
+            return out | {"s_a": s_a, "s_b": s_b}  # type: ignore[no-any-return]
+
+        shared: dict[str, torch.Tensor] | None = None
+        if self.reuse:
+            with self.autocast():
+                shared = translate(*self._random_styles(x_a.shape[0]))
+            fakes = shared
+        else:
+            s_a, s_b = self._random_styles(x_a.shape[0])
+            with torch.no_grad(), self.autocast():
+                fakes = self.gens(x_a, x_b, s_a, s_b)
         losses = self._dis_update(x_a, fakes["x_ba"], x_b, fakes["x_ab"])
 
-        cycle = w.recon_x_cyc_w > 0
         dis_a, dis_b = self.networks["dis_a"], self.networks["dis_b"]
         mode = self.cfg.gan_mode
-        s_a, s_b = self._random_styles(x_a.shape[0])
+        styles = self._random_styles(x_a.shape[0]) if shared is None else None
 
         def compute() -> dict[str, torch.Tensor]:
-            out = self.gens(x_a, x_b, s_a, s_b, full=True, cycle=cycle)
-            terms = {
-                "gen_recon_x_a": recon_criterion(out["x_a_recon"], x_a),
-                "gen_recon_x_b": recon_criterion(out["x_b_recon"], x_b),
+            out = translate(*styles) if styles is not None else shared
+            assert out is not None
+            s_a, s_b = out["s_a"], out["s_b"]
+            terms = {}
+            if recon:
+                terms["gen_recon_x_a"] = recon_criterion(out["x_a_recon"], x_a)
+                terms["gen_recon_x_b"] = recon_criterion(out["x_b_recon"], x_b)
+            terms |= {
                 "gen_recon_s_a": recon_criterion(out["s_a_recon"], s_a),
                 "gen_recon_s_b": recon_criterion(out["s_b_recon"], s_b),
                 "gen_recon_c_a": recon_criterion(out["c_a_recon"], out["c_a"]),

@@ -61,6 +61,12 @@ class UNITLossOptions:
 
     ``vgg_weights``: a local VGG16 state dict, needed when ``vgg_w`` > 0 (never
     downloaded; see :mod:`i2i.training.vgg` for the layouts it reads).
+
+    ``reuse_translations``: the discriminators' update takes the generators' update's
+    translations (detached) instead of translating the batch once more with noise of its
+    own, as the reference does: one translation pass fewer per step. Without the VAE
+    (``model.vae: false``) the two passes compute the same images, so the translations are
+    always reused there and the option changes nothing.
     """
 
     gan_w: float = 1.0
@@ -70,6 +76,7 @@ class UNITLossOptions:
     recon_kl_cyc_w: float = 0.01
     vgg_w: float = 0.0
     vgg_weights: str = ""
+    reuse_translations: bool = False
 
     def __post_init__(self) -> None:
         check_nonnegative(self)
@@ -306,8 +313,8 @@ class UNITGenerators(nn.Module):
     """gen_a and gen_b as one module, so DDP and torch.compile see the whole computation.
 
     ``forward(x_a, x_b)`` returns the noisy translations; with ``full`` also the
-    within-domain reconstructions, the re-encodings of the translations and, with
-    ``cycle``, the cycle reconstructions. Every decoding gets the image that was encoded
+    within-domain reconstructions (unless ``recon`` is false), the re-encodings of the
+    translations and, with ``cycle``, the cycle reconstructions. Every decoding gets the image that was encoded
     (used by ``model.global_skip``). The encoders draw their noise (in the reference's
     order: x_a, x_b, then x_ba, x_ab) from torch's global RNG; with more than one rank,
     for the global batch, each rank keeping its rows (see distributed.rank_slice).
@@ -345,7 +352,12 @@ class UNITGenerators(nn.Module):
         return hiddens, distributed.rank_slice(noise, self.info)
 
     def forward(
-        self, x_a: torch.Tensor, x_b: torch.Tensor, full: bool = False, cycle: bool = False
+        self,
+        x_a: torch.Tensor,
+        x_b: torch.Tensor,
+        full: bool = False,
+        cycle: bool = False,
+        recon: bool = True,
     ) -> dict[str, torch.Tensor]:
         h_a, n_a = self._encode(self.gen_a, x_a)
         h_b, n_b = self._encode(self.gen_b, x_b)
@@ -357,8 +369,9 @@ class UNITGenerators(nn.Module):
         }
         if not full:
             return out
-        out["x_a_recon"] = self.gen_a.decode(h_a + n_a, x_a)
-        out["x_b_recon"] = self.gen_b.decode(h_b + n_b, x_b)
+        if recon:
+            out["x_a_recon"] = self.gen_a.decode(h_a + n_a, x_a)
+            out["x_b_recon"] = self.gen_b.decode(h_b + n_b, x_b)
         h_b_recon, n_b_recon = self._encode(self.gen_a, out["x_ba"])
         h_a_recon, n_a_recon = self._encode(self.gen_b, out["x_ab"])
         out["h_a_recon"], out["h_b_recon"] = h_a_recon, h_b_recon
@@ -388,27 +401,43 @@ class UNITTrainer(TwoDomainTrainer):
                 f"loss.recon_kl_cyc_w to 0 (got {self.loss.recon_kl_w} and "
                 f"{self.loss.recon_kl_cyc_w})"
             )
+        # Deterministic encoders: the discriminators' own pass would compute the same images.
+        self.reuse = self.loss.reuse_translations or not self.vae
         self.gens = self.wrap(UNITGenerators(networks["gen_a"], networks["gen_b"], self.dist))
 
     def step(self, batch: dict[str, Any]) -> dict[str, float]:
-        """One step (dis_update, then gen_update) on {"A": (N,C,H,W), "B": ...}; losses."""
+        """One step (dis_update, then gen_update) on {"A": (N,C,H,W), "B": ...}; losses.
+
+        Terms of weight 0 are not computed (the within-domain reconstructions are decodings
+        of their own); with ``reuse_translations`` (always without the VAE) the generators'
+        forward pass runs first and the discriminators learn from its translations.
+        """
         w = self.loss
         x_a, x_b = self._to_device(batch["A"]), self._to_device(batch["B"])
+        cycle, recon = w.recon_x_cyc_w > 0, w.recon_x_w > 0
 
-        with torch.no_grad(), self.autocast():
-            fakes = self.gens(x_a, x_b)
+        def translate() -> dict[str, torch.Tensor]:
+            return self.gens(x_a, x_b, full=True, cycle=cycle, recon=recon)  # type: ignore[no-any-return]
+
+        shared: dict[str, torch.Tensor] | None = None
+        if self.reuse:
+            with self.autocast():
+                shared = translate()
+            fakes = shared
+        else:
+            with torch.no_grad(), self.autocast():
+                fakes = self.gens(x_a, x_b)
         losses = self._dis_update(x_a, fakes["x_ba"], x_b, fakes["x_ab"])
 
-        cycle = w.recon_x_cyc_w > 0
         dis_a, dis_b = self.networks["dis_a"], self.networks["dis_b"]
         mode = self.cfg.gan_mode
 
         def compute() -> dict[str, torch.Tensor]:
-            out = self.gens(x_a, x_b, full=True, cycle=cycle)
-            terms = {
-                "gen_recon_x_a": recon_criterion(out["x_a_recon"], x_a),
-                "gen_recon_x_b": recon_criterion(out["x_b_recon"], x_b),
-            }
+            out = shared if shared is not None else translate()
+            terms = {}
+            if recon:
+                terms["gen_recon_x_a"] = recon_criterion(out["x_a_recon"], x_a)
+                terms["gen_recon_x_b"] = recon_criterion(out["x_b_recon"], x_b)
             if self.vae:
                 terms["gen_recon_kl_a"] = kl_loss(out["h_a"])
                 terms["gen_recon_kl_b"] = kl_loss(out["h_b"])
