@@ -68,9 +68,12 @@ class StarGANLossOptions:
     lambda_rec: float = 10.0  # reconstruction L1, g(g(x, c_trg), c_org) against x
     lambda_gp: float = 10.0  # gradient penalty of the critic
     n_critic: int = 5  # d steps per g step
+    # Not in the reference: the learning rate of g's colour transform (model.colour_transform)
+    # is lr times this; its few entries start at zero and must move far (up to ~1).
+    colour_lr_mult: float = 1.0
 
     def __post_init__(self) -> None:
-        for key in ("lambda_cls", "lambda_rec", "lambda_gp"):
+        for key in ("lambda_cls", "lambda_rec", "lambda_gp", "colour_lr_mult"):
             if getattr(self, key) < 0:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.n_critic < 1:
@@ -148,7 +151,10 @@ class StarGANTrainer(StepHelpers):
         betas = (cfg.beta1, cfg.beta2)
         self.optimizers = {
             name: torch.optim.Adam(
-                networks[name].parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay
+                self._param_groups(networks[name], cfg.lr),
+                lr=cfg.lr,
+                betas=betas,
+                weight_decay=cfg.weight_decay,
             )
             for name in ("g", "d")
         }
@@ -183,6 +189,17 @@ class StarGANTrainer(StepHelpers):
         target = distributed.rank_slice(target, self.dist)
         alpha = distributed.rank_slice(alpha, self.dist)
         return target.to(self.device), alpha.to(self.device)
+
+    def _param_groups(self, net: nn.Module, lr: float) -> list[dict[str, Any]]:
+        """The optimiser's parameter groups: one, or with ``loss.colour_lr_mult`` other than
+        1 two, g's colour transform (``colour_weight``, ``colour_bias``) second at ``lr``
+        times the multiplier (the schedule scales both groups alike)."""
+        colour_names = ("colour_weight", "colour_bias")
+        colour = [p for name, p in net.named_parameters() if name in colour_names]
+        if not colour or self.loss.colour_lr_mult == 1.0:
+            return [{"params": list(net.parameters())}]
+        rest = [p for name, p in net.named_parameters() if name not in colour_names]
+        return [{"params": rest}, {"params": colour, "lr": lr * self.loss.colour_lr_mult}]
 
     def step(self, batch: dict[str, Any]) -> dict[str, float]:
         """One d step, and a g step every n_critic-th call, on ``{"image", "domain"}``."""
