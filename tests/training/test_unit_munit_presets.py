@@ -19,6 +19,12 @@ def test_tiny_preset_sets_the_short_run_options(family: str, ema_decay: float) -
     assert cfg.loss["recon_x_w"] == 0.0 and cfg.loss["recon_x_cyc_w"] == 2.0
     assert cfg.ema_decay == ema_decay
     assert cfg.ema_start == (200 if ema_decay else 0)
+    # Sizes and passes that fit the demo's time (BENCHMARKS.md, "Fitting the demo's time"):
+    # 8 generator filters; munit-tiny also one residual block in each content encoder and
+    # decoder and one translation pass for both updates.
+    assert (cfg.model["gen_dim"], cfg.model["dis_dim"]) == (8, 16)
+    assert cfg.model["n_res"] == (1 if family == "munit" else 2)
+    assert cfg.loss.get("reuse_translations", False) == (family == "munit")
     torch.manual_seed(0)
     networks = create_networks(family, options_from_dict(family, cfg.model))
     for name in ("gen_a", "gen_b"):
@@ -37,3 +43,4 @@ def test_reference_recipe_keeps_the_reference_networks_and_weights(
     assert "global_skip" not in cfg.model
     assert cfg.loss["recon_x_w"] == 10.0 and cfg.loss["recon_x_cyc_w"] == cycle
     assert cfg.ema_decay == 0.0
+    assert "reuse_translations" not in cfg.loss
