@@ -1,7 +1,7 @@
 """DDP is one process with the global batch: 2 ranks x batch 1 == 1 process x batch 2.
 
-For every family in the registry (gloo, real processes under torchrun): the same seed, the
-same data, a few steps; the networks (generators, discriminators, encoders, batch-norm
+For every family in the registry, and MUNIT with its translations reused (gloo, real
+processes under torchrun): the same seed, the same data, a few steps; the networks (generators, discriminators, encoders, batch-norm
 statistics) must match within float tolerance. The runs are shared with the resume tests:
 a 2-rank checkpoint resumed in one process at batch 2, and a one-process checkpoint resumed
 on 2 ranks at batch 1, both reach the one-process run's weights.
@@ -32,6 +32,9 @@ from i2i.training.distributed import DistInfo, rank_slice
 
 ROOT = Path(__file__).resolve().parents[2]
 FAMILIES = list_families()
+# Runs beyond one per family: a family with other settings (its CHANGES entry), by run name.
+VARIANT_RUNS = {"munit-reuse": "munit"}
+RUNS = [*FAMILIES, *VARIANT_RUNS]
 SIZE = 32
 # (step where the 2-rank run stops and the resumes start, last step). 4 items and a global
 # batch of 2: 2 steps an epoch, so the runs cross an epoch boundary.
@@ -46,9 +49,10 @@ CHANGES: dict[str, dict[str, Any]] = {
     "cyclegan": {"gan_mode": "wgangp", "model": {"dropout": True}},
     "pix2pix": {"gan_mode": "vanilla", "model": {"norm": "batch", "dropout": True}},
     "unit": {"gan_mode": "lsgan", "lr_policy": "step", "lr_step_size": 2},
+    "munit": {"gan_mode": "lsgan", "lr_policy": "step", "lr_step_size": 2},
     # MUNIT with one translation pass for both updates and no within-domain decodings
-    # (munit-tiny's passes); UNIT keeps the reference's two passes.
-    "munit": {
+    # (munit-tiny's passes).
+    "munit-reuse": {
         "gan_mode": "lsgan",
         "lr_policy": "step",
         "lr_step_size": 2,
@@ -77,11 +81,12 @@ def run_jobs(spec: Path) -> None:
         torch.distributed.destroy_process_group()
 
 
-def family_config(family: str, data: Path, batch_size: int, max_steps: int) -> dict[str, Any]:
-    """The raw config of ``family``'s equivalence run."""
+def family_config(run: str, data: Path, batch_size: int, max_steps: int) -> dict[str, Any]:
+    """The raw config of the equivalence run ``run`` (a family, or a VARIANT_RUNS name)."""
     from tests.conftest import TINY_MODEL_OPTIONS, tiny_config
 
-    changes = {k: v for k, v in CHANGES.get(family, {}).items()}
+    family = VARIANT_RUNS.get(run, run)
+    changes = {k: v for k, v in CHANGES.get(run, {}).items()}
     model = {**TINY_MODEL_OPTIONS[family], **changes.pop("model", {})}
     cfg = tiny_config(
         data,
@@ -122,7 +127,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]]
     write_images(data / "trainB", 4, seed=2, tint=(1.0, 0.8, 0.6), size=SIZE)
     folders: dict[str, dict[str, Path]] = {}
     jobs: list[dict[str, Any]] = []
-    for family in FAMILIES:
+    for family in RUNS:
         split, last = STEPS_OF.get(family, STEPS)
         out = {k: root / f"{family}-{k}" for k in ("one", "ddp", "one_then_ddp")}
         train(config_from_dict(family_config(family, data, 2, split)), out["one"])
@@ -145,7 +150,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]]
         folders[family] = out
     done = _torchrun(jobs, root / "jobs.json")
     assert done.returncode == 0, done.stderr[-6000:]
-    for family in FAMILIES:
+    for family in RUNS:
         _, last = STEPS_OF.get(family, STEPS)
         shutil.copytree(folders[family]["ddp"], root / f"{family}-ddp-at-split")
         folders[family]["ddp_at_split"] = root / f"{family}-ddp-at-split"
@@ -197,7 +202,7 @@ def _assert_trained(before: dict[str, Any], after: dict[str, Any], family: str) 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", RUNS)
 def test_two_ranks_at_batch_1_train_as_one_process_at_batch_2(
     family: str, runs: dict[str, dict[str, Path]]
 ) -> None:
@@ -215,7 +220,7 @@ def test_two_ranks_at_batch_1_train_as_one_process_at_batch_2(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", RUNS)
 def test_a_two_rank_checkpoint_resumes_in_one_process(
     family: str, runs: dict[str, dict[str, Path]]
 ) -> None:
@@ -229,7 +234,7 @@ def test_a_two_rank_checkpoint_resumes_in_one_process(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", RUNS)
 def test_a_one_process_checkpoint_resumes_on_two_ranks(
     family: str, runs: dict[str, dict[str, Path]]
 ) -> None:

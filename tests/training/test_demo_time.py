@@ -26,12 +26,13 @@ def samples(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("samples")
     make_sample_dataset("day2dusk", root / "D", n_train=6, n_test=2)
     make_sample_dataset("gradings", root / "G", n_train=5, n_test=1)
-    # Enough images that both presets of the paired run train 60 steps (discogan-tiny: 3
-    # epochs, the demo 6).
+    # Enough images that both presets of the paired run reach 60 steps (discogan-tiny: 10
+    # batches of 4 an epoch, 120 steps in all; the demo: 40 an epoch, 240 steps).
     make_sample_dataset("day2dusk", root / "D40", n_train=40, n_test=2)
     return {"D": root / "D", "G": root / "G", "D40": root / "D40"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("preset", "data", "overrides"),
     [
@@ -59,6 +60,7 @@ def test_rate_is_read_inside_the_shared_window() -> None:
         demo_time.rate_in(times, 104.0, 105.0)
 
 
+@pytest.mark.slow
 def test_the_benchmark_pairs_a_preset_with_the_demo(samples, tmp_path) -> None:
     out = tmp_path / "rows.json"
     done = subprocess.run(

@@ -3,6 +3,7 @@ as the rest of the run."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -32,9 +33,18 @@ def test_the_colour_transform_gets_a_group_at_its_rate(labelled: Path) -> None: 
     assert len(groups[0]["params"]) + 2 == len(list(g.parameters()))
     assert len(trainer.optimizers["d"].param_groups) == 1  # d has no colour transform
     # At the default (1) and without the transform: one group, the reference's layout.
-    for cfg in (colour_config(labelled, 1.0), config(labelled, loss={"colour_lr_mult": 10.0})):
-        trainer, _ = make_trainer(cfg)
-        assert len(trainer.optimizers["g"].param_groups) == 1
+    trainer, _ = make_trainer(colour_config(labelled, 1.0))
+    assert len(trainer.optimizers["g"].param_groups) == 1
+
+
+def test_the_multiplier_without_the_transform_is_one_group_and_a_warning(
+    labelled: Path,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="i2i.training.stargan"):
+        trainer, _ = make_trainer(config(labelled, loss={"colour_lr_mult": 10.0}))
+    assert len(trainer.optimizers["g"].param_groups) == 1
+    assert "model.colour_transform is off" in caplog.text
 
 
 def test_one_adam_step_moves_the_colour_transform_mult_times_as_far(

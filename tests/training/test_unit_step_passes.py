@@ -102,3 +102,24 @@ def test_deterministic_encoders_reuse_and_train_as_the_reference_order(tiny_data
     assert_same_weights(networks, ref_networks)
     with pytest.raises(AssertionError):  # the steps did change the networks
         assert_same_weights(networks, before)
+
+
+@pytest.mark.parametrize("family", ["unit", "munit"])
+def test_leaving_out_a_weight_0_reconstruction_trains_the_same_networks(tiny_dataset, family):
+    """recon_x_w 0 (the decodings left out) against a weight so small that its gradient
+    underflows to exactly 0 in float32 (the decodings computed, as before the change):
+    after three steps every weight and the optimisers' moments are the same, bit for bit."""
+    runs = {}
+    for weight in (0.0, 1e-45):
+        loss = {"recon_x_w": weight, "recon_x_cyc_w": 1.0}
+        trainer, networks, batch = trainer_and_batch(family_config(family, tiny_dataset, loss=loss))
+        torch.manual_seed(7)
+        for _ in range(3):
+            losses = trainer.step(batch)
+        assert ("gen_recon_x_a" in losses) == (weight > 0)
+        runs[weight] = (networks, trainer.optimizers["gen"].state_dict()["state"])
+    (nets, moments), (computed, computed_moments) = runs[0.0], runs[1e-45]
+    assert_same_weights(nets, computed, exact=True)
+    for index, state in moments.items():
+        for key, value in state.items():
+            assert torch.equal(value, computed_moments[index][key]), (index, key)

@@ -37,6 +37,7 @@ as for any other overflow. Under ``bf16`` there is no scaler.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,8 @@ from .config import ConfigError, TrainConfig, loss_options
 from .cyclegan import set_requires_grad
 from .loop import labelled_dataset
 from .steps import StepHelpers
+
+log = logging.getLogger(__name__)
 
 # The default of TrainConfig.lambda_gp: the top-level key is CycleGAN/pix2pix's, StarGAN's
 # weight is loss.lambda_gp.
@@ -148,6 +151,12 @@ class StarGANTrainer(StepHelpers):
         self.dist = distributed.current()
         wrap = wrap or (lambda m: m)
         self.g, self.d = wrap(networks["g"]), wrap(networks["d"])
+        if self.loss.colour_lr_mult != 1.0 and not self.options.colour_transform:
+            log.warning(
+                "loss.colour_lr_mult is %s but model.colour_transform is off: g has no "
+                "colour transform, so the multiplier changes nothing",
+                self.loss.colour_lr_mult,
+            )
         betas = (cfg.beta1, cfg.beta2)
         self.optimizers = {
             name: torch.optim.Adam(

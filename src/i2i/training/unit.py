@@ -408,9 +408,10 @@ class UNITTrainer(TwoDomainTrainer):
     def step(self, batch: dict[str, Any]) -> dict[str, float]:
         """One step (dis_update, then gen_update) on {"A": (N,C,H,W), "B": ...}; losses.
 
-        Terms of weight 0 are not computed (the within-domain reconstructions are decodings
-        of their own); with ``reuse_translations`` (always without the VAE) the generators'
-        forward pass runs first and the discriminators learn from its translations.
+        With ``recon_x_w`` 0 the within-domain reconstructions (decodings of their own) are
+        not computed nor logged, as the cycle at ``recon_x_cyc_w`` 0; with
+        ``reuse_translations`` (always without the VAE) the generators' forward pass runs
+        first and the discriminators learn from its translations.
         """
         w = self.loss
         x_a, x_b = self._to_device(batch["A"]), self._to_device(batch["B"])
