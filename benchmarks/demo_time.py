@@ -67,8 +67,9 @@ def start(preset: str, data: Path, out: Path, steps: int, overrides: list[str]) 
 
 def log_times(run: Path) -> list[tuple[int, float]]:
     """(step, wall time) of every line of a run's losses.jsonl."""
-    rows = [json.loads(line) for line in (run / "losses.jsonl").read_text().splitlines() if line]
-    return [(int(r["step"]), float(r["time"])) for r in rows]
+    from i2i.training.monitor import read_loss_log
+
+    return [(int(r["step"]), float(r["time"])) for r in read_loss_log(run / "losses.jsonl")]
 
 
 def rate_in(times: list[tuple[int, float]], lo: float, hi: float) -> float:

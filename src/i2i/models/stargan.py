@@ -83,8 +83,8 @@ statistics, so the convolutions hardly express a change that depends on a pixel'
 colour, such as a grade that desaturates; the transform does it per pixel, and the network
 learns the rest. The skip clamps ``x'`` into +-(1 - 1e-3) as it does x, so a transformed
 pixel beyond that range gives the transform no gradient. Under autocast the transform is
-computed in the image's float32 (in bf16 the clamp would round to 1). The two parameters add state dict keys: checkpoints load only into a ``g``
-built with the same setting.
+computed in the image's float32 (in bf16 the clamp would round to 1). The two parameters
+add state dict keys: checkpoints load only into a ``g`` built with the same setting.
 
 Sizes. ``g`` is fully convolutional: any size that is a multiple of 4 (two stride-2
 downsamplings, undone exactly by the up-sampling layers), at least 8 (instance norm

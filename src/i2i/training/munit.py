@@ -134,7 +134,6 @@ class MUNITTrainer(TwoDomainTrainer):
     ) -> None:
         super().__init__(cfg, networks, device, wrap)
         self.style_dim = int(_model_options(cfg).style_dim)
-        self.reuse = self.loss.reuse_translations
         self.gens = self.wrap(MUNITGenerators(networks["gen_a"], networks["gen_b"]))
         # Fixed styles for the sample grid (the reference fixes its display styles too),
         # from their own generator so that drawing them leaves the training RNG alone.
@@ -165,23 +164,21 @@ class MUNITTrainer(TwoDomainTrainer):
             out = self.gens(x_a, x_b, s_a, s_b, full=True, cycle=cycle, recon=recon)
             return out | {"s_a": s_a, "s_b": s_b}  # type: ignore[no-any-return]
 
-        shared: dict[str, torch.Tensor] | None = None
-        if self.reuse:
-            with self.autocast():
-                shared = translate(*self._random_styles(x_a.shape[0]))
-            fakes = shared
-        else:
-            s_a, s_b = self._random_styles(x_a.shape[0])
-            with torch.no_grad(), self.autocast():
-                fakes = self.gens(x_a, x_b, s_a, s_b)
-        losses = self._dis_update(x_a, fakes["x_ba"], x_b, fakes["x_ab"])
+        n = x_a.shape[0]
+        # Each pass draws its styles when it runs: the reference's order without reuse.
+        losses, shared = self._translate_and_update_dis(
+            x_a,
+            x_b,
+            lambda: translate(*self._random_styles(n)),
+            lambda: self.gens(x_a, x_b, *self._random_styles(n)),
+        )
 
         dis_a, dis_b = self.networks["dis_a"], self.networks["dis_b"]
         mode = self.cfg.gan_mode
-        styles = self._random_styles(x_a.shape[0]) if shared is None else None
+        styles = self._random_styles(n) if shared is None else None
 
         def compute() -> dict[str, torch.Tensor]:
-            out = translate(*styles) if styles is not None else shared
+            out = shared if styles is None else translate(*styles)
             assert out is not None
             s_a, s_b = out["s_a"], out["s_b"]
             terms = {}

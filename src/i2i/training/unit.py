@@ -191,8 +191,34 @@ class TwoDomainTrainer(StepHelpers):
             self.vgg = load_perceptual_network(self.loss.vgg_weights).to(device)
         elif self.loss.vgg_weights:
             log.warning("loss.vgg_weights is set but loss.vgg_w is 0: no perceptual term")
+        # loss.reuse_translations: the discriminators learn from the generators' pass.
+        self.reuse: bool = self.loss.reuse_translations
         self._batch: tuple[torch.Tensor, torch.Tensor] | None = None
         self._visuals: dict[str, torch.Tensor] | None = None
+
+    def _translate_and_update_dis(
+        self,
+        x_a: torch.Tensor,
+        x_b: torch.Tensor,
+        full: Callable[[], dict[str, torch.Tensor]],
+        fakes: Callable[[], dict[str, torch.Tensor]],
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+        """The discriminators' update, and the generators' pass it learnt from when reused.
+
+        With ``self.reuse`` the generators' whole pass (``full``, with gradients) runs first,
+        the discriminators learn from its (detached) translations, and it is returned for the
+        generators' update; otherwise they learn from a no-grad pass of their own
+        (``fakes``: the translations only, the references' order) and None is returned.
+        Either callable returns a dict with ``x_ba`` and ``x_ab``.
+        """
+        shared: dict[str, torch.Tensor] | None = None
+        if self.reuse:
+            with self.autocast():
+                shared = translated = full()
+        else:
+            with torch.no_grad(), self.autocast():
+                translated = fakes()
+        return self._dis_update(x_a, translated["x_ba"], x_b, translated["x_ab"]), shared
 
     def _dis_update(
         self, x_a: torch.Tensor, x_ba: torch.Tensor, x_b: torch.Tensor, x_ab: torch.Tensor
@@ -314,8 +340,8 @@ class UNITGenerators(nn.Module):
 
     ``forward(x_a, x_b)`` returns the noisy translations; with ``full`` also the
     within-domain reconstructions (unless ``recon`` is false), the re-encodings of the
-    translations and, with ``cycle``, the cycle reconstructions. Every decoding gets the image that was encoded
-    (used by ``model.global_skip``). The encoders draw their noise (in the reference's
+    translations and, with ``cycle``, the cycle reconstructions. Every decoding gets the
+    image that was encoded (used by ``model.global_skip``). The encoders draw their noise (in the reference's
     order: x_a, x_b, then x_ba, x_ab) from torch's global RNG; with more than one rank,
     for the global batch, each rank keeping its rows (see distributed.rank_slice).
     """
@@ -402,7 +428,7 @@ class UNITTrainer(TwoDomainTrainer):
                 f"{self.loss.recon_kl_cyc_w})"
             )
         # Deterministic encoders: the discriminators' own pass would compute the same images.
-        self.reuse = self.loss.reuse_translations or not self.vae
+        self.reuse = self.reuse or not self.vae
         self.gens = self.wrap(UNITGenerators(networks["gen_a"], networks["gen_b"], self.dist))
 
     def step(self, batch: dict[str, Any]) -> dict[str, float]:
@@ -420,15 +446,9 @@ class UNITTrainer(TwoDomainTrainer):
         def translate() -> dict[str, torch.Tensor]:
             return self.gens(x_a, x_b, full=True, cycle=cycle, recon=recon)  # type: ignore[no-any-return]
 
-        shared: dict[str, torch.Tensor] | None = None
-        if self.reuse:
-            with self.autocast():
-                shared = translate()
-            fakes = shared
-        else:
-            with torch.no_grad(), self.autocast():
-                fakes = self.gens(x_a, x_b)
-        losses = self._dis_update(x_a, fakes["x_ba"], x_b, fakes["x_ab"])
+        losses, shared = self._translate_and_update_dis(
+            x_a, x_b, translate, lambda: self.gens(x_a, x_b)
+        )
 
         dis_a, dis_b = self.networks["dis_a"], self.networks["dis_b"]
         mode = self.cfg.gan_mode
