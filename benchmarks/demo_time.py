@@ -13,10 +13,11 @@ preset's whole run is its total steps at that rate; "x demo" is that over the de
     python benchmarks/demo_time.py --data D --gradings G \\
         --presets discogan-tiny,dualgan-tiny,unit-tiny,cogan-tiny,munit-tiny,stargan-tiny
 
-Multi-domain presets (stargan-tiny) train on --gradings, the others on --data. A
+Multi-domain presets (stargan-tiny, twostep-tiny) train on --gradings, the others on --data. A
 preset's total steps come from its schedule and the size of its training set, as
-i2i-train counts them (or from its max_steps). The two-step model's plan (two phases of
-different cost) is not a constant rate and is not measured here.
+i2i-train counts them (or from its max_steps). A two-step plan with encoder steps (two
+phases of different cost) is not one rate and is refused; without them (twostep-tiny, whose
+encoder learns in step 1) it is measured like the others.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ def total_steps(preset: str, data: Path, overrides: list[str]) -> int:
     from i2i.training.config import apply_overrides, load_config
 
     cfg = apply_overrides(load_config(preset), overrides)
+    if cfg.family == "twostep" and cfg.loss.get("encoder_steps", 20_000):
+        raise SystemExit(
+            f"{preset}: a two-step run with encoder steps has two phases of different cost; "
+            "only a plan without them (loss.encoder_steps: 0) is one rate measured here"
+        )
     if get_family(cfg.family).multi_domain:
         n_items = sum(1 for _ in (data / "train").glob("*/*.png"))
     else:

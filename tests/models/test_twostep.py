@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from i2i.models import create_networks, get_family, options_from_dict
-from i2i.models.twostep import TwoStepOptions, latent_mse, sample_latents
+from i2i.models.twostep import TwoStepOptions, colour_change, latent_mse, sample_latents
 from tests.conftest import TINY_MODEL_OPTIONS
 
 TINY = TINY_MODEL_OPTIONS["twostep"]
@@ -79,6 +79,7 @@ def test_the_condition_changes_the_image() -> None:
         ({"image_size": 48}, "power of two"),
         ({"image_size": 8}, "power of two, 16 or more"),
         ({"condition": "film"}, "unknown condition"),
+        ({"translation": "cycle"}, "unknown translation"),
         ({"z_dim": 0}, "z_dim must be >= 1"),
         ({"domains": ["A", "A"]}, "unique"),
         ({"domains": "AB"}, "list of names"),
@@ -151,3 +152,44 @@ def test_translators_need_both_g_and_e() -> None:
     assert family.translators({"g": networks["g"]}, options) == {}
     assert family.translators({"e": networks["e"], "d": networks["d"]}, options) == {}
     assert sorted(family.translators(networks, options)) == ["to_A", "to_B"]
+
+
+def test_colour_change_fits_a_gain_and_offset_per_image_and_channel() -> None:
+    rng = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 16, 16, generator=rng) * 2 - 1
+    source = torch.rand(2, 3, 16, 16, generator=rng) * 2 - 1
+    gains = torch.tensor([[0.5, 1.0, -0.3], [2.0, 0.1, 1.0]])[:, :, None, None]
+    offsets = torch.tensor([[-0.2, 0.0, 0.4], [0.1, -0.5, 0.0]])[:, :, None, None]
+    target = source * gains + offsets
+    out = colour_change(x, source, target)
+    # The renderings' own change, applied to x (the ridge toward 1 moves gains by < 1 %).
+    torch.testing.assert_close(out, (x * gains + offsets).clamp(-1, 1), atol=0.02, rtol=0)
+    assert out.abs().max() <= 1 and (x * gains + offsets).abs().max() > 1
+    # Equal renderings leave x as it is; a flat rendering keeps x's contrast (gain 1).
+    torch.testing.assert_close(colour_change(x, source, source), x)
+    flat = torch.zeros_like(source)
+    torch.testing.assert_close(colour_change(x, flat, flat + 0.25), (x + 0.25).clamp(-1, 1))
+
+
+def test_colour_translation_moves_the_photo_by_gs_change_between_the_domains() -> None:
+    options = _options(domains=["day", "dusk", "night"], translation="colour")
+    networks = _calibrated(options)
+    e, g = networks["e"], networks["g"]
+    assert e.classes is not None and e.classes.out_channels == 3
+    # Without the domain head (the paper's direct translation) there is no source to read.
+    with pytest.raises(RuntimeError, match="no domain head"):
+        _calibrated(_options(domains=["a", "b"]))["e"](torch.zeros(1, 3, 32, 32), True)
+
+    conditional = get_family("twostep").conditional(networks, options)
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        z, logits = e(x, True)
+        torch.testing.assert_close(z, e(x))  # the same code with or without the head
+        source = logits.argmax(1)
+        target = (source + 1) % 3
+        out = conditional(x, target)
+        by_hand = colour_change(x, g(z, source), g(z, target))
+        same = conditional(x, source)  # into its own (e's) domain: unchanged
+    torch.testing.assert_close(out, by_hand)
+    torch.testing.assert_close(same, x)
+    assert not torch.equal(out, x)

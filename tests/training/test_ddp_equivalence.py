@@ -1,7 +1,7 @@
 """DDP is one process with the global batch: 2 ranks x batch 1 == 1 process x batch 2.
 
-For every family in the registry, and MUNIT with its translations reused (gloo, real
-processes under torchrun): the same seed, the same data, a few steps; the networks (generators, discriminators, encoders, batch-norm
+For every family in the registry, MUNIT with its translations reused and the two-step
+model with its encoder trained on the photos (gloo, real processes under torchrun): the same seed, the same data, a few steps; the networks (generators, discriminators, encoders, batch-norm
 statistics) must match within float tolerance. The runs are shared with the resume tests:
 a 2-rank checkpoint resumed in one process at batch 2, and a one-process checkpoint resumed
 on 2 ranks at batch 1, both reach the one-process run's weights.
@@ -33,14 +33,14 @@ from i2i.training.distributed import DistInfo, rank_slice
 ROOT = Path(__file__).resolve().parents[2]
 FAMILIES = list_families()
 # Runs beyond one per family: a family with other settings (its CHANGES entry), by run name.
-VARIANT_RUNS = {"munit-reuse": "munit"}
+VARIANT_RUNS = {"munit-reuse": "munit", "twostep-colour": "twostep"}
 RUNS = [*FAMILIES, *VARIANT_RUNS]
 SIZE = 32
 # (step where the 2-rank run stops and the resumes start, last step). 4 items and a global
 # batch of 2: 2 steps an epoch, so the runs cross an epoch boundary.
 STEPS = (2, 3)
 # The two-step model: 8 labelled items, 4 steps of step 1, then 2 encoder steps.
-STEPS_OF = {"twostep": (4, 6)}
+STEPS_OF = {"twostep": (4, 6), "twostep-colour": (4, 6)}
 # What each family's run sets beyond its tiny model (see tests/test_families.py), with
 # per-sample randomness switched on where a family has it optional: CycleGAN with the
 # WGAN-GP critic (penalty weights) and dropout, pix2pix with its batch norm and dropout.
@@ -60,6 +60,13 @@ CHANGES: dict[str, dict[str, Any]] = {
     },
     "stargan": {"loss": {"n_critic": 1}},  # g trains every step
     "twostep": {"n_epochs": 1, "n_epochs_decay": 0, "loss": {"encoder_steps": 2}},
+    # e trains in step 1 too (on the photos) and names their domains (twostep-tiny's).
+    "twostep-colour": {
+        "n_epochs": 1,
+        "n_epochs_decay": 0,
+        "model": {"translation": "colour"},
+        "loss": {"encoder_steps": 2, "lambda_rec": 10.0},
+    },
 }
 # Float tolerance: the ranks' gradients are averaged in another order than one batch's.
 ATOL, RTOL = 2e-5, 1e-4

@@ -39,6 +39,7 @@ def samples(tmp_path_factory) -> dict[str, Path]:
         ("cogan-tiny", "D", ["n_epochs=2", "lr_step_size=4"]),
         ("stargan-tiny", "G", ["n_epochs=1", "n_epochs_decay=1", "batch_size=4"]),
         ("discogan-tiny", "D", ["n_epochs=3", "max_steps=7"]),
+        ("twostep-tiny", "G", ["n_epochs=2", "batch_size=8"]),
     ],
 )
 def test_total_steps_are_those_i2i_train_runs(samples, tmp_path, preset, data, overrides):
@@ -51,6 +52,14 @@ def test_total_steps_are_those_i2i_train_runs(samples, tmp_path, preset, data, o
     subprocess.run(cmd, env=ENV, check=True, capture_output=True, timeout=300)
     steps = [row["step"] for row in read_loss_log(tmp_path / "run" / "losses.jsonl")]
     assert steps[-1] == expected and len(steps) == expected
+
+
+def test_a_two_step_plan_with_encoder_steps_is_refused(samples) -> None:
+    # Two phases of different cost are not one rate; twostep-tiny has one phase.
+    with pytest.raises(SystemExit, match="two phases of different cost"):
+        demo_time.total_steps("twostep", samples["G"], [])
+    with pytest.raises(SystemExit, match="two phases of different cost"):
+        demo_time.total_steps("twostep-tiny", samples["G"], ["loss.encoder_steps=10"])
 
 
 def test_rate_is_read_inside_the_shared_window() -> None:

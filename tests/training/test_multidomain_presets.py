@@ -43,6 +43,12 @@ def paper_loss() -> dict:
 
 def test_twostep_presets_keep_the_papers_model() -> None:
     tiny, paper = load_config("twostep-tiny"), load_config("twostep")
-    assert options_from_dict("twostep", paper.model).z_dim == 100
-    assert options_from_dict("twostep", tiny.model).z_dim == 32
-    assert paper.ema_decay == 0.0
+    reference = options_from_dict("twostep", paper.model)
+    assert reference.z_dim == 100 and reference.translation == "direct"
+    assert paper.ema_decay == 0.0 and "lambda_rec" not in paper.loss
+    assert paper.loss["encoder_steps"] == 20_000
+    # The tiny preset trains e on the photos in step 1 and translates by colour
+    # (BENCHMARKS.md, "The two-step model with its encoder on the photos").
+    small = options_from_dict("twostep", tiny.model)
+    assert small.z_dim == 32 and small.translation == "colour"
+    assert (tiny.loss["lambda_rec"], tiny.loss["encoder_steps"], tiny.lr) == (10.0, 0, 1e-3)

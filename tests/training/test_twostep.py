@@ -25,14 +25,17 @@ SIZE = 32
 STEP1 = 3  # 12 images, batch 4, one epoch
 
 
-@pytest.fixture(scope="module")
-def labelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def write_labelled(root: Path) -> Path:
     """train/<domain>/ with 4 images in each of three domains, 32 px."""
-    root = tmp_path_factory.mktemp("labelled")
     tints = {"day": (1, 1, 1), "dusk": (1.0, 0.7, 0.5), "night": (0.3, 0.3, 0.6)}
     for i, domain in enumerate(DOMAINS):
         write_images(root / "train" / domain, 4, size=SIZE, seed=10 + i, tint=tints[domain])
     return root
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_labelled(tmp_path_factory.mktemp("labelled"))
 
 
 def twostep_config(root: Path, **changes: Any) -> TrainConfig:

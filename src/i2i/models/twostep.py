@@ -42,6 +42,8 @@ from i2i.shapes import ShapeRule
 log = logging.getLogger(__name__)
 
 CONDITIONS = ("embedding", "onehot")
+TRANSLATIONS = ("direct", "colour")
+COLOUR_EPS = 1e-3  # the colour gain's pull toward 1 (see colour_change)
 MAX_MULT = 8  # DCGAN's widest layer: 8 x ngf (or ndf) filters
 
 
@@ -60,6 +62,11 @@ class TwoStepOptions:
     ndf: int = 64  # filters of d's first layer
     nef: int = 64  # filters of e's first layer
     init_gain: float = 0.02  # DCGAN's N(0, 0.02) initialisation
+    # "direct": the paper's g(e(x), t). "colour": g renders e(x) in the source domain s
+    # and in t, and the photo gets the colour change between the two renderings (a gain
+    # and offset per channel, see colour_translation); s comes from e's own classifier
+    # (IcGAN's E_y: e gains a domain head).
+    translation: str = "direct"
 
     def __post_init__(self) -> None:
         if isinstance(self.domains, str) or not isinstance(self.domains, (list, tuple)):
@@ -70,6 +77,11 @@ class TwoStepOptions:
         if self.condition not in CONDITIONS:
             raise ValueError(
                 f"unknown condition {self.condition!r}; expected one of: {', '.join(CONDITIONS)}"
+            )
+        if self.translation not in TRANSLATIONS:
+            raise ValueError(
+                f"unknown translation {self.translation!r}; expected one of: "
+                f"{', '.join(TRANSLATIONS)}"
             )
         for key in ("input_nc", "output_nc"):
             if getattr(self, key) not in (1, 3):
@@ -190,7 +202,12 @@ class ACDiscriminator(nn.Module):
 
 
 class LatentEncoder(nn.Module):
-    """The encoder E: image [N, C, S, S] -> z [N, z_dim] in (-1, 1) (tanh)."""
+    """The encoder E: image [N, C, S, S] -> z [N, z_dim] in (-1, 1) (tanh).
+
+    With ``translation: colour`` it also names the image's domain (IcGAN's E_y): a
+    second head on the same trunk, domain logits [N, K], returned with
+    ``forward(x, domain_logits=True)``.
+    """
 
     def __init__(self, options: TwoStepOptions) -> None:
         super().__init__()
@@ -198,23 +215,77 @@ class LatentEncoder(nn.Module):
         self.z_dim = options.z_dim
         self.model, channels = _trunk(options.input_nc, options.nef, options.n_scales)
         self.head = nn.Conv2d(channels, options.z_dim, 4, 1, 0)
+        self.classes: nn.Conv2d | None = None
+        if options.translation == "colour":
+            self.classes = nn.Conv2d(channels, options.num_domains, 4, 1, 0)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.head(self.model(x)).flatten(1))
+    def forward(self, x: torch.Tensor, domain_logits: bool = False) -> Any:
+        """z [N, z_dim]; with ``domain_logits``, (z, domain logits [N, K]) from one pass of
+        the trunk (needs the domain head, ``translation: colour``). A flag of forward,
+        not a second method, so that DDP sees both calls."""
+        h = self.model(x)
+        z = torch.tanh(self.head(h).flatten(1))
+        if not domain_logits:
+            return z
+        if self.classes is None:
+            raise RuntimeError("this encoder has no domain head (model.translation: direct)")
+        return z, self.classes(h).flatten(1)
+
+
+def colour_change(
+    x: torch.Tensor, source: torch.Tensor, target: torch.Tensor, eps: float = COLOUR_EPS
+) -> torch.Tensor:
+    """x [N, C, H, W] with the colour change from ``source`` to ``target`` (two renderings
+    of x, same shape), clamped to [-1, 1].
+
+    Per image and channel, the least-squares gain and offset that map the source
+    rendering's values onto the target's are applied to x: the picture stays x's, and every
+    pixel's value moves as the renderings say this channel moves between the domains. The
+    gain is drawn toward 1 by ``eps`` (ridge: (cov + eps) / (var + eps)), so a flat channel
+    keeps x's contrast and two equal renderings give x back. Means and products only, so
+    the ONNX graph is plain arithmetic.
+    """
+    mean_s = source.mean(dim=(2, 3), keepdim=True)
+    mean_t = target.mean(dim=(2, 3), keepdim=True)
+    centred = source - mean_s
+    cov = (centred * (target - mean_t)).mean(dim=(2, 3), keepdim=True)
+    var = (centred * centred).mean(dim=(2, 3), keepdim=True)
+    gain = (cov + eps) / (var + eps)
+    return ((x - mean_s) * gain + mean_t).clamp(-1.0, 1.0)
+
+
+def colour_translation(
+    x: torch.Tensor,
+    z: torch.Tensor,
+    source: torch.Tensor,
+    target: torch.Tensor,
+    generator: nn.Module,
+) -> torch.Tensor:
+    """x translated from domains ``source`` to ``target`` [N] through g's renderings of its
+    code z in both (one pass of g over both halves): :func:`colour_change`."""
+    n = x.shape[0]
+    both = generator(torch.cat((z, z)), torch.cat((target, source)))
+    return colour_change(x, both[n:], both[:n])
 
 
 class TwoStepTranslation(nn.Module):
-    """Translation G(E(x), c): float x [N, C, S, S] in [-1, 1], target domains [N] -> image."""
+    """Translation into domain c: float x [N, C, S, S] in [-1, 1], target domains [N] ->
+    image; G(E(x), c) (``direct``) or :func:`colour_translation` from E's source domain
+    (``colour``)."""
 
-    def __init__(self, encoder: nn.Module, generator: nn.Module) -> None:
+    def __init__(self, encoder: nn.Module, generator: nn.Module, colour: bool = False) -> None:
         super().__init__()
         self.e = encoder
         self.g = generator
+        self.colour = colour
         self.input_nc = int(getattr(encoder, "input_nc"))  # noqa: B009
         self.output_nc = int(getattr(generator, "output_nc"))  # noqa: B009
 
     def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
-        return self.g(self.e(x), domain)
+        if not self.colour:
+            return self.g(self.e(x), domain)
+        z, logits = self.e(x, True)
+        return colour_translation(x, z, logits.argmax(1), domain, self.g)
 
 
 def build_twostep(options: TwoStepOptions) -> dict[str, nn.Module]:
@@ -239,7 +310,8 @@ def twostep_conditional(networks: Mapping[str, nn.Module], options: TwoStepOptio
     missing = [n for n in ("g", "e") if n not in networks]
     if missing:
         raise ValueError(f"two-step translation needs networks g and e; missing {missing}")
-    return TwoStepTranslation(networks["e"], networks["g"]).eval()
+    colour = options.translation == "colour"
+    return TwoStepTranslation(networks["e"], networks["g"], colour).eval()
 
 
 def twostep_translators(

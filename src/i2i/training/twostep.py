@@ -34,7 +34,7 @@ from torch import nn
 
 from i2i.checkpoint import CheckpointError, load_checkpoint
 from i2i.models import options_from_dict
-from i2i.models.twostep import TwoStepOptions, sample_latents
+from i2i.models.twostep import TwoStepOptions, colour_change, sample_latents
 
 from . import distributed
 from .config import ConfigError, TrainConfig, loss_options
@@ -57,10 +57,15 @@ class TwoStepLossOptions:
     d_cls_fake: bool = True  # d also classifies the fakes (AC-GAN); false: reals only
     encoder_steps: int = 20_000  # step 2's length (the paper's 20,000)
     generator_checkpoint: str = ""  # a step-1 checkpoint: skip step 1, train e on its g
+    # > 0: step 1 also trains e, on the photos: L1 of g(e(x), s) to x at this weight, and
+    # the translations of the photos to other domains face d like the samples do.
+    lambda_rec: float = 0.0
 
     def __post_init__(self) -> None:
         if self.lambda_cls < 0:
             raise ValueError(f"lambda_cls must be >= 0, got {self.lambda_cls}")
+        if self.lambda_rec < 0:
+            raise ValueError(f"lambda_rec must be >= 0, got {self.lambda_rec}")
         if self.encoder_steps < 0:
             raise ValueError(f"encoder_steps must be >= 0, got {self.encoder_steps}")
 
@@ -112,6 +117,13 @@ class TwoStepTrainer(StepHelpers):
         self.scalers = self.make_scalers()
         self.scalers["e"] = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
         self.rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 11)  # z and c draws
+        self.joint = self.loss.lambda_rec > 0
+        self.colour = self.options.translation == "colour"
+        if self.joint and self.loss.generator_checkpoint:
+            raise ConfigError(
+                "loss.lambda_rec trains e in step 1; a run from loss.generator_checkpoint has "
+                "no step 1 (set lambda_rec: 0 there)"
+            )
         self.phase = 1
         self._visuals: dict[str, torch.Tensor] = {}
         self._reconstruct: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -183,13 +195,50 @@ class TwoStepTrainer(StepHelpers):
         )
         return z.to(self.device), domains.to(self.device)
 
+    def _other_domains(self, labels: torch.Tensor) -> torch.Tensor:
+        """A target for each photo, uniform over the domains other than its own (from the
+        trainer's stream, drawn for the global batch like the latents)."""
+        k = self.options.num_domains
+        n = labels.shape[0]
+        shift = torch.randint(1, k, (distributed.global_batch(n, self.dist),), generator=self.rng)
+        return (labels + distributed.rank_slice(shift, self.dist).to(self.device)) % k
+
+    def _translate_photos(
+        self, real: torch.Tensor, labels: torch.Tensor, z: torch.Tensor, fake_labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Joint step 1: (samples g(z, c), translations of the photos, their targets, the
+        reconstructions g(e(x), s), e's domain logits or None). One pass of g over the
+        samples and both codes of the photos, so its batch norm sees one batch."""
+        n = real.shape[0]
+        targets = self._other_domains(labels)
+        if self.colour:
+            code, logits = self.e(real, True)
+        else:
+            code, logits = self.e(real), None
+        out = self.g(torch.cat((z, code, code)), torch.cat((fake_labels, targets, labels)))
+        fake, moved, recon = out[:n], out[n : 2 * n], out[2 * n :]
+        # Colour: the photo with the colour change between its two renderings, exactly what
+        # inference computes (colour_translation); d judges that image.
+        trans = colour_change(real, recon, moved) if self.colour else moved
+        return fake, trans, targets, recon, logits
+
     def _gan_step(self, batch: dict[str, Any]) -> dict[str, float]:
         mode, lam = self.cfg.gan_mode, self.loss.lambda_cls
         real = self._to_device(batch["image"])
         labels = batch["domain"].to(self.device)
         z, fake_labels = self._draw(real.shape[0])
+        recon: torch.Tensor | None = None
+        logits: torch.Tensor | None = None
         with self.autocast():
-            fake = self.g(z, fake_labels)
+            if self.joint:
+                fake, trans, targets, recon, logits = self._translate_photos(
+                    real, labels, z, fake_labels
+                )
+                # d and g see the samples and the translations as one batch of fakes.
+                fake = torch.cat((fake, trans))
+                fake_labels = torch.cat((fake_labels, targets))
+            else:
+                fake = self.g(z, fake_labels)
 
         # Discriminator: real images with their domains, detached fakes with theirs.
         set_requires_grad([self.networks["d"]], True)
@@ -217,10 +266,33 @@ class TwoStepTrainer(StepHelpers):
             losses["g_gan"] = gan_loss(src, True, mode)
             losses["g_cls"] = F.cross_entropy(cls.float(), fake_labels)
             loss_g = losses["g_gan"] + lam * losses["g_cls"]
-        self._backward_and_step("g", loss_g)
+            if recon is not None:
+                losses["g_rec"] = F.l1_loss(recon.float(), real.float())
+                loss_g = loss_g + self.loss.lambda_rec * losses["g_rec"]
+            if logits is not None:
+                losses["e_cls"] = F.cross_entropy(logits.float(), labels)
+                loss_g = loss_g + lam * losses["e_cls"]
+        if self.joint:
+            # g and e minimise one loss: one scaler, both optimisers.
+            self.encoder_optimizer.zero_grad(set_to_none=True)
+            scaler = self.scalers["g"]
+            scaler.scale(loss_g).backward()
+            scaler.step(self.optimizers["g"])
+            scaler.step(self.encoder_optimizer)
+            scaler.update()
+        else:
+            self._backward_and_step("g", loss_g)
         set_requires_grad([d_plain], True)
 
         self._visuals = {"real": real.detach(), "fake": fake.detach()}
+        if recon is not None:
+            n = real.shape[0]
+            self._visuals = {
+                "real": real.detach(),
+                "fake": fake[:n].detach(),
+                "translation": fake[n:].detach(),
+                "reconstruction": recon.detach(),
+            }
         self._reconstruct = None
         out = {name: float(value.detach()) for name, value in losses.items()}
         out["d"] = float(loss_d.detach())
@@ -247,16 +319,25 @@ class TwoStepTrainer(StepHelpers):
         if self.cfg.channels_last:
             samples = samples.contiguous(memory_format=torch.channels_last)
         self.encoder_optimizer.zero_grad(set_to_none=True)
+        out: dict[str, float] = {}
         with self.autocast():
-            z_hat = self.e(samples)
+            if self.colour:  # e's domain head learns the samples' domains too
+                z_hat, logits = self.e(samples, True)
+                e_cls = F.cross_entropy(logits.float(), domains)
+                out["e_cls"] = float(e_cls.detach())
+            else:
+                z_hat, e_cls = self.e(samples), None
             loss = F.mse_loss(z_hat.float(), z)
+            out["e_mse"] = float(loss.detach())
+            if e_cls is not None:
+                loss = loss + self.loss.lambda_cls * e_cls
         scaler = self.scalers["e"]
         scaler.scale(loss).backward()
         scaler.step(self.encoder_optimizer)
         scaler.update()
         self._visuals = {"sample": samples.detach()}
         self._reconstruct = (z_hat.detach().float(), domains)
-        return {"e_mse": float(loss.detach())}
+        return out
 
     @property
     def last_visuals(self) -> dict[str, torch.Tensor]:
@@ -268,8 +349,14 @@ class TwoStepTrainer(StepHelpers):
         return self._visuals
 
     def visual_rows(self) -> Iterator[tuple[str, ...]]:
-        """Step 1: real images, then fakes; step 2: samples, then g(e(sample), c)."""
-        yield ("real", "fake") if self.phase == 1 else ("sample", "reconstruction")
+        """Step 1: real images, then fakes (with ``lambda_rec``: the photos' reconstructions
+        and translations too); step 2: samples, then g(e(sample), c)."""
+        if self.phase != 1:
+            yield ("sample", "reconstruction")
+        elif self.joint:
+            yield ("real", "reconstruction", "translation", "fake")
+        else:
+            yield ("real", "fake")
 
     def state_dict(self) -> dict[str, Any]:
         """Everything beyond networks and the g/d optimisers that an exact resume needs."""
