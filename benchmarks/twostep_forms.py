@@ -68,6 +68,9 @@ def main() -> None:
     options = options_from_dict("twostep", payload["config"]["model"])
     g, e = networks["g"].eval(), networks["e"].eval()
     domains = list(options.domains)
+    names = {d: [f.name for f in sorted((args.data / "test" / d).glob("*.png"))] for d in domains}
+    if any(names[d] != names[domains[0]] for d in domains):
+        raise SystemExit(f"{args.data}/test: the domains' test images must have equal names")
     images = {d: load_domain(args.data, d) for d in domains}
     scores: dict[str, list[tuple[float, float]]] = {}
     with torch.no_grad():

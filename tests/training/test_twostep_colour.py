@@ -130,6 +130,73 @@ def test_the_reconstruction_of_the_photos_improves(labelled: Path, tmp_path: Pat
     assert np.mean(rec[-10:]) < 0.75 * np.mean(rec[:10]), rec
 
 
+def _trainer(root: Path, **changes: Any) -> Any:
+    from i2i.training.twostep import TwoStepTrainer
+
+    cfg = joint_config(root, **changes)
+    cfg = config_from_dict({**cfg.to_dict(), "model": {**cfg.model, "domains": DOMAINS}})
+    torch.manual_seed(cfg.seed)
+    networks = get_family("twostep").build(options_from_dict("twostep", cfg.model))
+    return TwoStepTrainer(cfg, networks, torch.device("cpu"))
+
+
+def test_a_photo_is_translated_to_another_domain_than_its_own(labelled: Path) -> None:
+    trainer = _trainer(labelled)
+    labels = torch.arange(300) % 3
+    targets = trainer._other_domains(labels)
+    assert not (targets == labels).any()
+    # Uniform over the two others: each (source, target) pair about 50 times.
+    pairs = torch.bincount(labels * 3 + targets, minlength=9).reshape(3, 3)
+    assert (pairs.diagonal() == 0).all() and pairs.sum() - pairs.trace() == 300
+    assert pairs[~torch.eye(3, dtype=torch.bool)].min() > 30, pairs
+
+
+def test_e_learns_at_gs_scheduled_rate_in_step1_and_at_lr_in_step2(
+    labelled: Path, tmp_path: Path
+) -> None:
+    # A linear decay over the second epoch: g's rate falls, e's must follow it (they
+    # minimise one loss); step 2 then runs e at the constant lr.
+    run = tmp_path / "run"
+    cfg = joint_config(
+        labelled, n_epochs=1, n_epochs_decay=1, save_every=1, loss={"encoder_steps": 1}
+    )
+    train(cfg, run)
+    records = _losses(run)
+    for step in (STEP1 + 1, 2 * STEP1):  # the decay epoch: g's rate below lr
+        state = _step(run, step)["training_state"]["trainer"]["encoder_optimizer"]
+        lr_g = records[step - 1]["lr_g"]
+        assert lr_g < cfg.lr
+        assert state["param_groups"][0]["lr"] == pytest.approx(lr_g)
+    last = load_checkpoint(run / "latest.pt")["training_state"]["trainer"]
+    assert last["phase"] == 2
+    assert last["encoder_optimizer"]["param_groups"][0]["lr"] == cfg.lr
+
+
+def test_a_joint_bf16_step_with_an_average_trains_and_averages_e(
+    labelled: Path, tmp_path: Path
+) -> None:
+    # bf16 autocast on the CPU, e's average folded in step 1, and e's domain head trained
+    # even with lambda_cls 0 (it has a weight of its own).
+    run = tmp_path / "run"
+    cfg = joint_config(
+        labelled,
+        amp="bf16",
+        ema_decay=0.5,
+        max_steps=2,
+        save_every=1,
+        loss={"lambda_cls": 0.0},
+    )
+    train(cfg, run)
+    records = _losses(run)
+    assert all(np.isfinite(v) for r in records for k, v in r.items() if k not in ("step",))
+    first, second = _step(run, 1), _step(run, 2)
+    raw, average = second["networks"]["e"], second["ema"]["e"]
+    moved = [k for k in raw if raw[k].is_floating_point() and not torch.equal(raw[k], average[k])]
+    assert moved, "e's average did not move away from e in step 1"
+    assert not torch.equal(first["ema"]["e"]["head.weight"], average["head.weight"])
+    assert set(_changed(first, second, "e")) >= {"classes.weight", "head.weight"}
+
+
 def test_lambda_rec_needs_step1_and_a_weight_of_zero_or_more(
     labelled: Path, joint_run: Path, tmp_path: Path
 ) -> None:
@@ -166,6 +233,7 @@ def test_colour_translators_export_to_onnx_and_match(joint_run: Path, tmp_path: 
     with torch.no_grad():
         z, logits = e(x, True)
         source = logits.argmax(1)
+    sent_home = 0
     for index, domain in enumerate(DOMAINS):
         session = ort.InferenceSession(
             str(folder / f"to_{domain}.onnx"), providers=["CPUExecutionProvider"]
@@ -181,6 +249,8 @@ def test_colour_translators_export_to_onnx_and_match(joint_run: Path, tmp_path: 
         # An image whose domain e names as this target comes back as it was.
         same = (source == index).numpy()
         assert np.abs(got[same].astype(int) - images[same].astype(int)).max(initial=0) <= 1
+        sent_home += int(same.sum())
+    assert sent_home == 3  # every image was checked once against its own domain
 
 
 def test_the_forms_benchmark_scores_the_colour_form_as_i2i_eval(

@@ -245,6 +245,8 @@ def colour_change(
     keeps x's contrast and two equal renderings give x back. Means and products only, so
     the ONNX graph is plain arithmetic.
     """
+    # In float32 whatever the autocast: means of a half-precision image lose levels.
+    x, source, target = x.float(), source.float(), target.float()
     mean_s = source.mean(dim=(2, 3), keepdim=True)
     mean_t = target.mean(dim=(2, 3), keepdim=True)
     centred = source - mean_s

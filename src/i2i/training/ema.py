@@ -2,8 +2,8 @@
 
 After every training step that changed a generator (an optimiser holding its parameters
 took a step: StarGAN's ``g`` every ``n_critic``-th step, the two-step model's ``e`` in
-its step 2, nothing when a GradScaler skipped an overflowing step), the average of that
-generator becomes ``d * average + (1 - d) * current`` for every parameter and every
+its step 2 and, with ``loss.lambda_rec``, in step 1; nothing when a GradScaler skipped an
+overflowing step), the average of that generator becomes ``d * average + (1 - d) * current`` for every parameter and every
 floating-point buffer (batch-norm running statistics: they belong to the weights they
 were gathered with, so they are averaged over the same window); integer buffers
 (``num_batches_tracked``) are copied. During the run's first ``ema_start`` steps the

@@ -11,14 +11,23 @@ in eval mode; each step draws a batch of ``(z, c)`` over every domain, and e lea
 ``MSE(e(g(z, c)), z)``. The loop calls ``step(None)`` for these steps (see
 :func:`i2i.training.loop.trainer_class`, ``plan_steps``).
 
-Losses, unweighted: d_real, d_fake, d_cls_real, d_cls_fake, g_gan, g_cls (step 1) and
-e_mse (step 2); ``d`` and ``g_total`` are the weighted sums minimised in step 1.
+With ``loss.lambda_rec`` > 0 (joint step 1) e trains in step 1 too, on the photos: one
+pass of g draws the samples, the photos' reconstructions ``g(e(x), s)`` and their
+translations to other domains; d judges the translations beside the samples, and g and e
+minimise one loss (GAN and domain terms of both, ``lambda_rec`` x L1 of the
+reconstructions, and in the colour form the cross-entropy of e's domain head).
+
+Losses, unweighted: d_real, d_fake, d_cls_real, d_cls_fake, g_gan, g_cls (step 1; joint:
+also g_rec and, in the colour form, e_cls) and e_mse (step 2; the colour form: also
+e_cls); ``d`` and ``g_total`` are the weighted sums minimised in step 1.
 
 Starting at step 2: ``loss.generator_checkpoint: PATH`` loads g and d from a two-step
 checkpoint (any i2i checkpoint of this family, read weights-only) and the run trains the
 encoder only. The trainer state (``phase``, the latent sampler's RNG, e's optimiser and
-scaler) makes resume exact in either step. e's optimiser is the trainer's own, at a
-constant ``lr`` (the paper's Adam for step 2): the loop's epoch schedules do not reach it.
+scaler) makes resume exact in either step. e's optimiser is the trainer's own: in a joint
+step 1 it runs at g's scheduled rate (set from g's before every step), in step 2 at the
+constant ``lr`` (the paper's Adam for step 2), which the loop's epoch schedules do not
+reach.
 """
 
 from __future__ import annotations
@@ -217,8 +226,9 @@ class TwoStepTrainer(StepHelpers):
             code, logits = self.e(real), None
         out = self.g(torch.cat((z, code, code)), torch.cat((fake_labels, targets, labels)))
         fake, moved, recon = out[:n], out[n : 2 * n], out[2 * n :]
-        # Colour: the photo with the colour change between its two renderings, exactly what
-        # inference computes (colour_translation); d judges that image.
+        # Colour: the photo with the colour change between its two renderings, the function
+        # inference computes (colour_translation), here with the photo's true domain as the
+        # source and g's batch norm in training mode; d judges that image.
         trans = colour_change(real, recon, moved) if self.colour else moved
         return fake, trans, targets, recon, logits
 
@@ -269,11 +279,13 @@ class TwoStepTrainer(StepHelpers):
             if recon is not None:
                 losses["g_rec"] = F.l1_loss(recon.float(), real.float())
                 loss_g = loss_g + self.loss.lambda_rec * losses["g_rec"]
-            if logits is not None:
+            if logits is not None:  # e's domain head: weight 1, whatever lambda_cls says
                 losses["e_cls"] = F.cross_entropy(logits.float(), labels)
-                loss_g = loss_g + lam * losses["e_cls"]
+                loss_g = loss_g + losses["e_cls"]
         if self.joint:
-            # g and e minimise one loss: one scaler, both optimisers.
+            # g and e minimise one loss: one scaler, both optimisers, e at g's scheduled rate.
+            for group in self.encoder_optimizer.param_groups:
+                group["lr"] = self.optimizers["g"].param_groups[0]["lr"]
             self.encoder_optimizer.zero_grad(set_to_none=True)
             scaler = self.scalers["g"]
             scaler.scale(loss_g).backward()
@@ -300,8 +312,11 @@ class TwoStepTrainer(StepHelpers):
         return out
 
     def _enter_step2(self) -> None:
-        """Freeze g (eval mode: its batch norm uses the statistics step 1 gathered) and d."""
+        """Freeze g (eval mode: its batch norm uses the statistics step 1 gathered) and d;
+        e learns at the constant ``lr`` (a joint step 1 ran it at g's scheduled rate)."""
         self.phase = 2
+        for group in self.encoder_optimizer.param_groups:
+            group["lr"] = self.cfg.lr
         self.networks["g"].eval()
         set_requires_grad([self.networks["g"], self.networks["d"]], False)
 
@@ -330,7 +345,7 @@ class TwoStepTrainer(StepHelpers):
             loss = F.mse_loss(z_hat.float(), z)
             out["e_mse"] = float(loss.detach())
             if e_cls is not None:
-                loss = loss + self.loss.lambda_cls * e_cls
+                loss = loss + e_cls
         scaler = self.scalers["e"]
         scaler.scale(loss).backward()
         scaler.step(self.encoder_optimizer)
