@@ -252,6 +252,31 @@ def test_colour_translators_export_to_onnx_and_match(joint_run: Path, tmp_path: 
         sent_home += int(same.sum())
     assert sent_home == 3  # every image was checked once against its own domain
 
+    # The parts: the encoder graph also gives e's domain logits, so a client can compose
+    # the colour translation from encoder and generator (renderings rounded to uint8).
+    outputs = manifest["graphs"]["encoder"]["outputs"]
+    assert [o["name"] for o in outputs] == ["z", "domain_logits"]
+    assert outputs[1]["shape"] == ["batch", len(DOMAINS)]
+    z_onnx, logits_onnx = ort.InferenceSession(
+        str(folder / "encoder.onnx"), providers=["CPUExecutionProvider"]
+    ).run(None, {"image": images})
+    np.testing.assert_allclose(logits_onnx, logits.numpy(), atol=1e-4)
+    generator = ort.InferenceSession(
+        str(folder / "generator.onnx"), providers=["CPUExecutionProvider"]
+    )
+    fused = ort.InferenceSession(str(folder / "to_night.onnx"), providers=["CPUExecutionProvider"])
+
+    def render(domain: np.ndarray) -> torch.Tensor:
+        pixels = generator.run(None, {"z": z_onnx, "domain": domain})[0]
+        return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+    composed = colour_change(
+        x, render(logits_onnx.argmax(1)), render(np.full(3, DOMAINS.index("night")))
+    )
+    want = fused.run(None, {"image": images})[0].astype(int)
+    got = ((composed + 1) * 127.5).round().clamp(0, 255).permute(0, 2, 3, 1).numpy()
+    assert np.abs(got.astype(int) - want).mean() < 1.0
+
 
 def test_the_forms_benchmark_scores_the_colour_form_as_i2i_eval(
     joint_run: Path, tmp_path: Path

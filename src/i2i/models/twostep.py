@@ -328,15 +328,18 @@ def twostep_translators(
 
 class ImageLatentEncoder(nn.Module):
     """The exported encoder graph: uint8 image [N, S, S, C] -> float32 z [N, z_dim], E on
-    the image scaled to [-1, 1] exactly as the fused translators scale it."""
+    the image scaled to [-1, 1] exactly as the fused translators scale it; with e's domain
+    head (``translation: colour``) also float32 domain logits [N, K], the source domain a
+    client needs to compose the colour translation from the parts."""
 
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
         self.e = encoder
         self.in_channels = int(getattr(encoder, "input_nc"))  # noqa: B009
+        self.domain_logits = getattr(encoder, "classes", None) is not None
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.e(_image_to_float(image, self.in_channels))
+    def forward(self, image: torch.Tensor) -> Any:
+        return self.e(_image_to_float(image, self.in_channels), self.domain_logits)
 
 
 class LatentImageGenerator(nn.Module):
@@ -354,11 +357,14 @@ class LatentImageGenerator(nn.Module):
 def twostep_graphs(
     networks: Mapping[str, nn.Module], options: TwoStepOptions
 ) -> dict[str, ExportGraph]:
-    """The encoder (``image`` -> ``z``) and generator (``z``, ``domain`` -> ``image``) graphs
-    that export writes beside the fused translators; empty without both g and e."""
+    """The encoder (``image`` -> ``z``, and ``domain_logits`` in the colour form) and
+    generator (``z``, ``domain`` -> ``image``) graphs that export writes beside the fused
+    translators; empty without both g and e."""
     if "g" not in networks or "e" not in networks:
         return {}
     size, channels, k = options.image_size, options.input_nc, options.num_domains
+    encoder = ImageLatentEncoder(networks["e"]).eval()
+    encoder_outputs = ("z", "domain_logits") if encoder.domain_logits else ("z",)
 
     def images(batch: int, seed: int) -> tuple[torch.Tensor, ...]:
         rng = torch.Generator().manual_seed(seed)
@@ -372,9 +378,7 @@ def twostep_graphs(
         return z, (torch.arange(batch, dtype=torch.int64) + start) % k  # every target in turn
 
     return {
-        "encoder": ExportGraph(
-            ImageLatentEncoder(networks["e"]).eval(), ("image",), ("z",), images
-        ),
+        "encoder": ExportGraph(encoder, ("image",), encoder_outputs, images),
         "generator": ExportGraph(
             LatentImageGenerator(networks["g"]).eval(), ("z", "domain"), ("image",), latents
         ),
