@@ -27,16 +27,18 @@ from PIL import Image
 
 from i2i.checkpoint import load_trained_networks
 from i2i.models import options_from_dict
+from i2i.models.translators import _float_to_image, _image_to_float
 from i2i.models.twostep import colour_change
 from i2i.training.metrics import psnr, ssim
 
 
 def load_domain(root: Path, domain: str) -> torch.Tensor:
+    """test/<domain>/*.png as float [N, 3, S, S] in [-1, 1], scaled as the translators do."""
     files = sorted((root / "test" / domain).glob("*.png"))
     if not files:
         raise SystemExit(f"{root / 'test' / domain}: no test images")
     pixels = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
-    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return _image_to_float(torch.from_numpy(pixels), 3)
 
 
 def affine_map(x: torch.Tensor, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -51,7 +53,8 @@ def affine_map(x: torch.Tensor, source: torch.Tensor, target: torch.Tensor) -> t
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    return ((x + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    """Pixels rounded as the exported translators round them."""
+    return _float_to_image(x).numpy()
 
 
 def main() -> None:

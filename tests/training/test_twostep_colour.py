@@ -92,15 +92,20 @@ def test_joint_resume_is_bitwise_exact(labelled: Path, joint_run: Path, tmp_path
         _assert_same_trainer_state(full, resumed)
 
 
-def test_the_photos_translations_are_what_d_sees(labelled: Path) -> None:
-    # The step's visuals: the photos' reconstructions g(e(x), s) and translations, which
-    # are the colour change of the photo between g(e(x), s) and g(e(x), t).
+def _trainer(root: Path, **changes: Any) -> Any:
     from i2i.training.twostep import TwoStepTrainer
 
-    cfg = joint_config(labelled)
+    cfg = joint_config(root, **changes)
     cfg = config_from_dict({**cfg.to_dict(), "model": {**cfg.model, "domains": DOMAINS}})
+    torch.manual_seed(cfg.seed)
     networks = get_family("twostep").build(options_from_dict("twostep", cfg.model))
-    trainer = TwoStepTrainer(cfg, networks, torch.device("cpu"))
+    return TwoStepTrainer(cfg, networks, torch.device("cpu"))
+
+
+def test_a_joint_step_shows_reconstructions_and_colour_translations(labelled: Path) -> None:
+    # The step's visuals: the photos' reconstructions g(e(x), s) and translations, which
+    # are the colour change of the photo between g(e(x), s) and g(e(x), t).
+    trainer = _trainer(labelled)
     rng = torch.Generator().manual_seed(1)
     real = torch.rand(4, 3, SIZE, SIZE, generator=rng) * 2 - 1
     labels = torch.tensor([0, 1, 2, 0])
@@ -128,16 +133,6 @@ def test_the_reconstruction_of_the_photos_improves(labelled: Path, tmp_path: Pat
     # Measured: 0.49 over the first ten steps, 0.31 over the last ten (4-filter networks
     # and a code of 8 values on noise images).
     assert np.mean(rec[-10:]) < 0.75 * np.mean(rec[:10]), rec
-
-
-def _trainer(root: Path, **changes: Any) -> Any:
-    from i2i.training.twostep import TwoStepTrainer
-
-    cfg = joint_config(root, **changes)
-    cfg = config_from_dict({**cfg.to_dict(), "model": {**cfg.model, "domains": DOMAINS}})
-    torch.manual_seed(cfg.seed)
-    networks = get_family("twostep").build(options_from_dict("twostep", cfg.model))
-    return TwoStepTrainer(cfg, networks, torch.device("cpu"))
 
 
 def test_a_photo_is_translated_to_another_domain_than_its_own(labelled: Path) -> None:

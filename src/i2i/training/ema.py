@@ -1,13 +1,13 @@
 """An exponential moving average (EMA) of a family's generators (``ema_decay``).
 
 After every training step that changed a generator (an optimiser holding its parameters
-took a step: StarGAN's ``g`` every ``n_critic``-th step, the two-step model's ``e`` in
-its step 2 and, with ``loss.lambda_rec``, in step 1; nothing when a GradScaler skipped an
-overflowing step), the average of that generator becomes ``d * average + (1 - d) * current`` for every parameter and every
-floating-point buffer (batch-norm running statistics: they belong to the weights they
-were gathered with, so they are averaged over the same window); integer buffers
-(``num_batches_tracked``) are copied. During the run's first ``ema_start`` steps the
-average copies the generator instead.
+took a step: StarGAN's ``g`` every ``n_critic``-th step, the two-step model's ``e`` in its
+step 2 and, with ``loss.lambda_rec``, in step 1; nothing when a GradScaler skipped an
+overflowing step), the average of that generator becomes ``d * average + (1 - d) *
+current`` for every parameter and every floating-point buffer (batch-norm running
+statistics: they belong to the weights they were gathered with, so they are averaged over
+the same window); integer buffers (``num_batches_tracked``) are copied. During the run's
+first ``ema_start`` steps the average copies the generator instead.
 
 The average follows the networks the trainer was given (the unwrapped modules), whose
 parameters DDP and ``torch.compile`` share, so every rank computes the same average

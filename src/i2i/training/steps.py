@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -59,8 +60,13 @@ class StepHelpers:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def _backward_and_step(self, name: str, loss: torch.Tensor) -> None:
+    def _backward_and_step(
+        self, name: str, loss: torch.Tensor, also: Sequence[torch.optim.Optimizer] = ()
+    ) -> None:
+        """Backward ``loss`` through ``name``'s scaler, then step its optimiser and ``also``
+        (optimisers of networks that minimise the same loss) with that one scaler."""
         scaler = self.scalers[name]
         scaler.scale(loss).backward()
-        scaler.step(self.optimizers[name])
+        for optimizer in (self.optimizers[name], *also):
+            scaler.step(optimizer)
         scaler.update()

@@ -204,6 +204,13 @@ class TwoStepTrainer(StepHelpers):
         )
         return z.to(self.device), domains.to(self.device)
 
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(e's code, its domain logits in the colour form, else None), one call of e."""
+        if self.colour:
+            z, logits = self.e(x, True)
+            return z, logits
+        return self.e(x), None
+
     def _other_domains(self, labels: torch.Tensor) -> torch.Tensor:
         """A target for each photo, uniform over the domains other than its own (from the
         trainer's stream, drawn for the global batch like the latents)."""
@@ -220,10 +227,7 @@ class TwoStepTrainer(StepHelpers):
         samples and both codes of the photos, so its batch norm sees one batch."""
         n = real.shape[0]
         targets = self._other_domains(labels)
-        if self.colour:
-            code, logits = self.e(real, True)
-        else:
-            code, logits = self.e(real), None
+        code, logits = self._encode(real)
         out = self.g(torch.cat((z, code, code)), torch.cat((fake_labels, targets, labels)))
         fake, moved, recon = out[:n], out[n : 2 * n], out[2 * n :]
         # Colour: the photo with the colour change between its two renderings, the function
@@ -282,29 +286,21 @@ class TwoStepTrainer(StepHelpers):
             if logits is not None:  # e's domain head: weight 1, whatever lambda_cls says
                 losses["e_cls"] = F.cross_entropy(logits.float(), labels)
                 loss_g = loss_g + losses["e_cls"]
+        also: list[torch.optim.Optimizer] = []
         if self.joint:
             # g and e minimise one loss: one scaler, both optimisers, e at g's scheduled rate.
             for group in self.encoder_optimizer.param_groups:
                 group["lr"] = self.optimizers["g"].param_groups[0]["lr"]
             self.encoder_optimizer.zero_grad(set_to_none=True)
-            scaler = self.scalers["g"]
-            scaler.scale(loss_g).backward()
-            scaler.step(self.optimizers["g"])
-            scaler.step(self.encoder_optimizer)
-            scaler.update()
-        else:
-            self._backward_and_step("g", loss_g)
+            also.append(self.encoder_optimizer)
+        self._backward_and_step("g", loss_g, also)
         set_requires_grad([d_plain], True)
 
-        self._visuals = {"real": real.detach(), "fake": fake.detach()}
+        n = real.shape[0]
+        self._visuals = {"real": real.detach(), "fake": fake[:n].detach()}
         if recon is not None:
-            n = real.shape[0]
-            self._visuals = {
-                "real": real.detach(),
-                "fake": fake[:n].detach(),
-                "translation": fake[n:].detach(),
-                "reconstruction": recon.detach(),
-            }
+            self._visuals["translation"] = fake[n:].detach()
+            self._visuals["reconstruction"] = recon.detach()
         self._reconstruct = None
         out = {name: float(value.detach()) for name, value in losses.items()}
         out["d"] = float(loss_d.detach())
@@ -336,15 +332,12 @@ class TwoStepTrainer(StepHelpers):
         self.encoder_optimizer.zero_grad(set_to_none=True)
         out: dict[str, float] = {}
         with self.autocast():
-            if self.colour:  # e's domain head learns the samples' domains too
-                z_hat, logits = self.e(samples, True)
-                e_cls = F.cross_entropy(logits.float(), domains)
-                out["e_cls"] = float(e_cls.detach())
-            else:
-                z_hat, e_cls = self.e(samples), None
+            z_hat, logits = self._encode(samples)
             loss = F.mse_loss(z_hat.float(), z)
             out["e_mse"] = float(loss.detach())
-            if e_cls is not None:
+            if logits is not None:  # e's domain head learns the samples' domains too
+                e_cls = F.cross_entropy(logits.float(), domains)
+                out["e_cls"] = float(e_cls.detach())
                 loss = loss + e_cls
         scaler = self.scalers["e"]
         scaler.scale(loss).backward()
